@@ -1,0 +1,130 @@
+"""The leader's maintenance loops. Each is a small object: a name, an interval, and ``run``.
+
+- **stager**: publishes delayed and retrying jobs whose time has come;
+- **relay**: publishes committed jobs that were never published (Redis was
+  down at submit, or the producer died between commit and publish);
+- **rescuer**: moves running jobs whose lease expired (their worker died) to
+  ``retrying``, or to ``failed`` on their last attempt.
+
+More loops (schedules, re-drive, pruning) slot in by adding to ``default_loops``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from celery import Celery
+
+from jobs import db, ledger, publisher
+from jobs.errors import BrokerUnavailable
+from jobs.kinds import Registry
+from jobs.settings import Settings
+
+__all__ = ["Loop", "Maintenance", "Relay", "Rescuer", "Stager", "default_loops"]
+
+log = logging.getLogger("jobs.beat")
+
+BATCH = 1000
+
+
+@dataclass
+class Maintenance:
+    """What every loop gets: settings, the app to publish with, the kinds."""
+
+    settings: Settings
+    app: Celery
+    registry: Registry
+
+
+class Loop(Protocol):
+    name: str
+    interval: float
+
+    def run(self, env: Maintenance) -> int:
+        """Do one round; returns how many jobs it moved."""
+
+
+@dataclass
+class Stager:
+    interval: float
+    name: str = "stager"
+
+    def run(self, env: Maintenance) -> int:
+        moved = 0
+        while True:
+            with db.transaction(env.settings) as conn:
+                due = ledger.stage_due(conn, limit=BATCH)
+            if not due:
+                return moved
+            moved += len(due)
+            try:
+                publisher.publish_and_mark(env.settings, env.app, env.registry, due)
+            except BrokerUnavailable as error:
+                log.warning("stager: %s; %d staged job(s) left to the relay", error, len(due))
+                return moved
+            if len(due) < BATCH:
+                return moved
+
+
+@dataclass
+class Relay:
+    interval: float
+    grace: float
+    name: str = "relay"
+
+    def run(self, env: Maintenance) -> int:
+        with db.transaction(env.settings) as conn:
+            stranded = ledger.unpublished(conn, older_than=self.grace, limit=BATCH)
+        if not stranded:
+            return 0
+        try:
+            sent = publisher.publish_and_mark(env.settings, env.app, env.registry, stranded)
+        except BrokerUnavailable as error:
+            log.warning("relay: %s; %d job(s) wait in the ledger", error, len(stranded))
+            return 0
+        log.info("relay: published %d job(s) that had not reached the broker", len(sent))
+        return len(sent)
+
+
+@dataclass
+class Rescuer:
+    interval: float
+    name: str = "rescuer"
+
+    def run(self, env: Maintenance) -> int:
+        with db.transaction(env.settings) as conn:
+            rescued = ledger.rescue_expired(conn, limit=BATCH)
+        for job_id, state in rescued:
+            log.warning("rescuer: job %s lost its worker; now %s", job_id, state)
+        return len(rescued)
+
+
+def default_loops(settings: Settings) -> list[Loop]:
+    tick = settings.leader_tick
+    return [Stager(tick), Relay(tick, settings.relay_grace), Rescuer(max(tick, 5.0))]
+
+
+@dataclass
+class Runner:
+    """Runs each loop when it is due; a loop that fails is logged and tried next time."""
+
+    env: Maintenance
+    loops: Sequence[Loop]
+    _next: dict[str, float] = field(default_factory=dict)
+
+    def tick(self) -> float:
+        now = time.monotonic()
+        for loop in self.loops:
+            if self._next.get(loop.name, 0.0) > now:
+                continue
+            try:
+                loop.run(self.env)
+            except Exception:
+                log.exception("maintenance loop %s failed; it runs again next tick", loop.name)
+            self._next[loop.name] = time.monotonic() + loop.interval
+        upcoming = min(self._next.values(), default=now + 1.0)
+        return max(0.05, upcoming - time.monotonic())

@@ -1,0 +1,45 @@
+"""What a job body receives beside its payload: who it is, a database session, progress and cancel."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+__all__ = ["JobContext"]
+
+
+@dataclass(slots=True)
+class JobContext:
+    """The running attempt of a job.
+
+    ``session`` is a SQLAlchemy session in the job's own transaction: what the
+    body writes through it commits together with the job's success, and is
+    rolled back if the attempt fails, is cancelled or its worker dies.
+    """
+
+    job_id: uuid.UUID
+    kind: str
+    attempt: int
+    max_attempts: int
+    session: Session
+    logger: logging.Logger
+    _report: Callable[[dict[str, Any]], None] = field(repr=False)
+    _state: Callable[[], str | None] = field(repr=False)
+
+    @property
+    def last_attempt(self) -> bool:
+        """Whether a failure now is final."""
+        return self.attempt >= self.max_attempts
+
+    def progress(self, done: float, total: float | None = None, message: str | None = None) -> None:
+        """Report progress; ``jobs status`` and ``jobs wait`` show the latest report."""
+        self._report({"done": done, "total": total, "message": message})
+
+    def cancelled(self) -> bool:
+        """Whether an operator cancelled this job; a long body should check and return early."""
+        return self._state() != "running"

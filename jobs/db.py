@@ -1,0 +1,91 @@
+"""The database seam: one engine per process, and PostgreSQL errors turned into ``LedgerUnavailable``."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs.errors import LedgerUnavailable
+from jobs.settings import Settings, get_settings
+
+__all__ = ["dispose_after_fork", "engine", "ledger_errors", "safe_url", "session", "transaction"]
+
+CONNECT_TIMEOUT = 5
+
+
+def safe_url(url: str) -> str:
+    """The URL with its password hidden, fit for error messages."""
+    return sa.make_url(url).render_as_string(hide_password=True)
+
+
+_ENGINES: dict[str, sa.Engine] = {}
+
+
+def _engine(url: str) -> sa.Engine:
+    if url in _ENGINES:
+        return _ENGINES[url]
+    created = _ENGINES[url] = sa.create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=10,
+        pool_recycle=1800,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT, "application_name": "jobs"},
+    )
+    return created
+
+
+def engine(settings: Settings | None = None) -> sa.Engine:
+    """The process's engine for the configured ledger."""
+    return _engine((settings or get_settings()).database_url)
+
+
+def dispose_after_fork() -> None:
+    """Drop pooled connections inherited from a parent process (call in the child)."""
+    for created in _ENGINES.values():
+        created.dispose(close=False)
+
+
+@contextlib.contextmanager
+def ledger_errors(url: str) -> Iterator[None]:
+    """Turn "cannot reach PostgreSQL" into ``LedgerUnavailable`` naming the URL."""
+    try:
+        yield
+    except (sa_exc.OperationalError, sa_exc.InterfaceError) as error:
+        if error.connection_invalidated or isinstance(error, sa_exc.InterfaceError) or _is_connect(error):
+            reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+            raise LedgerUnavailable(
+                f"PostgreSQL is unreachable at {safe_url(url)}: {reason}"
+            ) from error
+        raise
+
+
+def _is_connect(error: sa_exc.OperationalError) -> bool:
+    text = str(error.orig).lower()
+    return any(
+        word in text
+        for word in ("connection", "connect", "server closed", "terminating", "shutting down")
+    )
+
+
+@contextlib.contextmanager
+def transaction(settings: Settings | None = None) -> Iterator[sa.Connection]:
+    """A connection in a transaction that commits on success."""
+    settings = settings or get_settings()
+    with ledger_errors(settings.database_url), engine(settings).begin() as conn:
+        yield conn
+
+
+@functools.cache
+def _sessionmaker(url: str) -> sessionmaker[Session]:
+    return sessionmaker(bind=_engine(url), expire_on_commit=False)
+
+
+def session(settings: Settings | None = None) -> Session:
+    """A new ORM session on the ledger's engine (job bodies get one of these)."""
+    return _sessionmaker((settings or get_settings()).database_url)()

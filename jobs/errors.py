@@ -1,0 +1,124 @@
+"""The one exception tree of the platform.
+
+Every error the platform raises on purpose is a ``JobsError``; the CLI maps the
+branches to exit codes (bad input: 2, infrastructure: 3) and prints one line.
+
+::
+
+    JobsError
+    ├── BadInput                      exit 2: the caller can fix it
+    │   ├── ConfigError               a JOBS_* setting is invalid
+    │   ├── UnknownKind               no kind is registered under that name
+    │   ├── InvalidPayload            the payload fails the kind's model
+    │   ├── PayloadTooLarge           the serialized payload is over the limit
+    │   ├── InvalidJobOptions         queue, priority, delay or attempts are off
+    │   ├── DuplicateKind             a kind name is registered twice
+    │   └── JobNotFound               no job has that id
+    ├── InfrastructureError           exit 3: a server is unreachable
+    │   ├── LedgerUnavailable         PostgreSQL
+    │   └── BrokerUnavailable         Redis
+    └── InvalidTransition             a state change the ledger does not allow
+
+Control flow is not failure: ``RetryLater`` and ``Fail`` are signals a job body
+raises to steer its own outcome; they are not logged as errors.
+
+Each class's docstring is its default message.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadInput",
+    "BrokerUnavailable",
+    "ConfigError",
+    "DuplicateKind",
+    "Fail",
+    "InfrastructureError",
+    "InvalidJobOptions",
+    "InvalidPayload",
+    "InvalidTransition",
+    "JobNotFound",
+    "JobsError",
+    "LedgerUnavailable",
+    "PayloadTooLarge",
+    "RetryLater",
+    "UnknownKind",
+]
+
+
+class JobsError(Exception):
+    """The jobs platform failed."""
+
+    exit_code = 1
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class BadInput(JobsError):
+    """The input is invalid."""
+
+    exit_code = 2
+
+
+class ConfigError(BadInput):
+    """A setting is invalid."""
+
+
+class UnknownKind(BadInput):
+    """No job kind is registered under that name."""
+
+
+class InvalidPayload(BadInput):
+    """The payload does not match the kind's model."""
+
+
+class PayloadTooLarge(BadInput):
+    """The payload is larger than the configured limit."""
+
+
+class InvalidJobOptions(BadInput):
+    """The job options are invalid."""
+
+
+class DuplicateKind(BadInput):
+    """A job kind with that name is already registered."""
+
+
+class JobNotFound(BadInput):
+    """No job has that id."""
+
+
+class InfrastructureError(JobsError):
+    """A server the platform needs is unreachable."""
+
+    exit_code = 3
+
+
+class LedgerUnavailable(InfrastructureError):
+    """PostgreSQL (the ledger) is unreachable."""
+
+
+class BrokerUnavailable(InfrastructureError):
+    """Redis (the broker) is unreachable."""
+
+
+class InvalidTransition(JobsError):
+    """The ledger does not allow that state change."""
+
+
+class RetryLater(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by a job body to be run again later, counting an attempt."""
+
+    def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
+        super().__init__(reason)
+        self.delay = delay
+        self.reason = reason
+
+
+class Fail(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by a job body to fail at once, without retries."""

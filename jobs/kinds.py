@@ -1,0 +1,213 @@
+"""Job kinds: a stable name, a pydantic model for the payload, a body and its options.
+
+A team adds a kind in a few lines::
+
+    class Resize(BaseModel):
+        model_config = ConfigDict(frozen=True)
+        image_id: int
+        width: int
+
+    @jobs.kind("images.resize", payload=Resize, queue="images", max_attempts=3)
+    def resize(ctx: jobs.JobContext, p: Resize) -> dict[str, int]:
+        ...
+
+The producer validates a payload against the model when the job is submitted;
+the worker validates it again before the body runs. Kinds whose bodies live in
+the worker (the built-ins) are declared here with ``declare`` and given their
+body with ``Registry.implement``, so producers never import worker code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+from pydantic import BaseModel, SecretBytes, SecretStr
+from pydantic_core import to_jsonable_python
+
+from jobs.backoff import Backoff
+from jobs.context import JobContext
+from jobs.errors import ConfigError, DuplicateKind, InvalidPayload, UnknownKind
+
+__all__ = ["Body", "Kind", "Registry", "declare", "kind", "load_kinds", "registry"]
+
+Body = Callable[[JobContext, Any], Any]
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """A declared job kind and its per-kind options (``None`` means: the settings' default)."""
+
+    name: str
+    payload: type[BaseModel]
+    result: type[BaseModel] | None = None
+    body: Body | None = None
+    queue: str | None = None
+    priority: int = 5
+    max_attempts: int | None = None
+    backoff: Backoff = field(default_factory=Backoff)
+    soft_time_limit: float | None = None
+    hard_time_limit: float | None = None
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(
+                f"kind name {self.name!r} must be dotted lower-case words, like 'images.resize'"
+            )
+        if not 0 <= self.priority <= 9:
+            raise ValueError(f"kind {self.name}: priority must be 0 (first) to 9 (last)")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValueError(f"kind {self.name}: max_attempts must be at least 1")
+        soft, hard = self.soft_time_limit, self.hard_time_limit
+        if soft is not None and hard is not None and soft >= hard:
+            raise ValueError(f"kind {self.name}: soft_time_limit must be below hard_time_limit")
+
+    @property
+    def has_secrets(self) -> bool:
+        """Whether the payload model declares secret fields (masked wherever shown)."""
+        return _has_secrets(self.payload)
+
+    def validate(self, data: Any) -> BaseModel:
+        """The payload as the kind's model, or ``InvalidPayload`` naming the field."""
+        try:
+            return self.payload.model_validate(data)
+        except pydantic.ValidationError as error:
+            raise InvalidPayload(f"invalid payload for kind {self.name!r}: {_fields(error)}") from None
+
+    def dump(self, payload: BaseModel) -> dict[str, Any]:
+        """JSON-shaped payload with secrets revealed: what the ledger stores and the body gets."""
+        dumped = to_jsonable_python(_reveal(payload.model_dump(mode="python")))
+        assert isinstance(dumped, dict)
+        return dumped
+
+    def display(self, stored: dict[str, Any]) -> dict[str, Any]:
+        """A stored payload as people may see it: ``SecretStr`` fields masked."""
+        try:
+            shown = self.payload.model_validate(stored).model_dump(mode="json")
+        except pydantic.ValidationError:
+            return {key: "**********" for key in stored}
+        assert isinstance(shown, dict)
+        return shown
+
+    def dump_result(self, value: Any) -> Any:
+        """The body's return value as JSON, validated against the result model if there is one."""
+        if self.result is not None:
+            return to_jsonable_python(self.result.model_validate(value).model_dump(mode="json"))
+        jsonable = to_jsonable_python(value, fallback=repr)
+        json.dumps(jsonable)
+        return jsonable
+
+
+@functools.cache
+def _has_secrets(model: type[BaseModel]) -> bool:
+    schema = json.dumps(model.model_json_schema())
+    return '"writeOnly": true' in schema or '"format": "password"' in schema
+
+
+def _reveal(value: Any) -> Any:
+    if isinstance(value, SecretStr | SecretBytes):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {key: _reveal(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_reveal(item) for item in value]
+    return value
+
+
+def _fields(error: pydantic.ValidationError) -> str:
+    parts = []
+    for item in error.errors(include_url=False):
+        where = ".".join(str(part) for part in item["loc"]) or "payload"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+class Registry:
+    """Every kind this process knows, by name. Registering a name twice is refused."""
+
+    def __init__(self) -> None:
+        self._kinds: dict[str, Kind] = {}
+
+    def register(self, declared: Kind) -> Kind:
+        existing = self._kinds.get(declared.name)
+        if existing is not None and existing != declared:
+            raise DuplicateKind(f"job kind {declared.name!r} is already registered")
+        self._kinds[declared.name] = declared
+        return declared
+
+    def implement(self, name: str) -> Callable[[Body], Body]:
+        """Attach a body to a kind declared without one."""
+
+        def attach(body: Body) -> Body:
+            declared = self.get(name)
+            if declared.body is not None and declared.body is not body:
+                raise DuplicateKind(f"job kind {name!r} already has a body")
+            self._kinds[name] = dataclasses.replace(declared, body=body)
+            return body
+
+        return attach
+
+    def get(self, name: str) -> Kind:
+        try:
+            return self._kinds[name]
+        except KeyError:
+            known = ", ".join(sorted(self._kinds)) or "none"
+            raise UnknownKind(f"unknown job kind {name!r} (known kinds: {known})") from None
+
+    def unregister(self, name: str) -> None:
+        """Forget a kind (for tests that declare throwaway kinds)."""
+        self._kinds.pop(name, None)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._kinds
+
+    def __iter__(self) -> Iterator[Kind]:
+        return iter(sorted(self._kinds.values(), key=lambda k: k.name))
+
+    def __len__(self) -> int:
+        return len(self._kinds)
+
+
+registry = Registry()
+
+
+def declare(name: str, *, payload: type[BaseModel], **options: Any) -> Kind:
+    """Register a kind whose body is attached elsewhere (see ``Registry.implement``)."""
+    return registry.register(Kind(name=name, payload=payload, **options))
+
+
+def kind[F: Body](name: str, *, payload: type[BaseModel], **options: Any) -> Callable[[F], F]:
+    """Decorator: register the function as the body of kind ``name``; returns it unchanged."""
+
+    def register(body: F) -> F:
+        description = options.pop("description", None) or (body.__doc__ or "").strip()
+        registry.register(
+            Kind(name=name, payload=payload, body=body, description=description, **options)
+        )
+        return body
+
+    return register
+
+
+def load_kinds(modules: list[str]) -> Registry:
+    """Import the built-in kinds and the modules that declare your own (``JOBS_KIND_MODULES``)."""
+    importlib.import_module("jobs.builtin")
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ConfigError(
+                f"invalid setting JOBS_KIND_MODULES: cannot import {module!r} ({error})"
+            ) from None
+    return registry

@@ -1,0 +1,389 @@
+"""The job lifecycle, and the compare-and-set statements that enforce it.
+
+Every job lives in exactly one of these states; the three on the right are
+terminal and never left::
+
+                 ┌──────────────────────── cancel ─────────────────────────┐
+                 │                                                          ▼
+  submit ─► scheduled ──stage──► queued ──claim──► running ──succeed──► succeeded
+  (delayed)                        ▲     (a worker)  │  ▲ │
+                                   │                 │  │ ├──fail────────► failed
+                                 stage      retry/rescue│ │  (no attempts left,
+                                   │                 ▼  │ │   not retryable)
+                                   └──────────── retrying │
+                                                        claim (lease expired)
+                                                          └──cancel──────► cancelled
+
+The transitions, one per line (``from --event--> to``); the unit tests check
+``TRANSITIONS`` against this list and against ``docs/architecture.md``::
+
+    scheduled --stage--> queued        the leader publishes a delayed job when due
+    retrying --stage--> queued         the leader publishes a retry when its backoff ends
+    queued --claim--> running          a worker takes the job: attempt + 1, lease taken
+    running --claim--> running         a redelivery takes a job whose lease expired
+    running --succeed--> succeeded     the body returned; result stored
+    running --retry--> retrying        the body raised a retryable error, attempts left
+    running --fail--> failed           not retryable, or the last attempt failed
+    running --rescue--> retrying       the lease expired (worker lost), attempts left
+    running --rescue--> failed         the lease expired on the last attempt
+    scheduled --cancel--> cancelled    an operator cancelled it
+    queued --cancel--> cancelled       an operator cancelled it
+    retrying --cancel--> cancelled     an operator cancelled it
+    running --cancel--> cancelled      an operator cancelled it; the worker stops it
+
+Replaying a ``failed`` or ``cancelled`` job (``jobs retry``) never leaves the
+terminal state: it submits a new job whose ``retry_of`` names the old one.
+
+Each function below is one statement: an UPDATE whose WHERE clause names the
+states the event may start from, so two actors racing for the same job cannot
+both win. The attempt history (``job_attempts``) is written in the same
+statement through a data-modifying CTE, so every transition is one round trip.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from jobs.schema import TERMINAL_STATES, job_attempts, jobs
+
+__all__ = [
+    "ACTIVE_STATES",
+    "TRANSITIONS",
+    "Claimed",
+    "Published",
+    "cancel",
+    "claim",
+    "fail",
+    "id_for_key",
+    "insert_rows",
+    "mark_published",
+    "progress",
+    "rescue_expired",
+    "retry",
+    "sources",
+    "stage_due",
+    "succeed",
+    "unpublished",
+]
+
+TRANSITIONS: frozenset[tuple[str, str, str]] = frozenset(
+    {
+        ("scheduled", "stage", "queued"),
+        ("retrying", "stage", "queued"),
+        ("queued", "claim", "running"),
+        ("running", "claim", "running"),
+        ("running", "succeed", "succeeded"),
+        ("running", "retry", "retrying"),
+        ("running", "fail", "failed"),
+        ("running", "rescue", "retrying"),
+        ("running", "rescue", "failed"),
+        ("scheduled", "cancel", "cancelled"),
+        ("queued", "cancel", "cancelled"),
+        ("retrying", "cancel", "cancelled"),
+        ("running", "cancel", "cancelled"),
+    }
+)
+
+ACTIVE_STATES = ("scheduled", "queued", "running", "retrying")
+
+
+def sources(event: str) -> tuple[str, ...]:
+    """The states an event may start from, per ``TRANSITIONS``."""
+    found = sorted({source for source, name, _ in TRANSITIONS if name == event})
+    if not found:
+        raise KeyError(event)
+    return tuple(found)
+
+
+def _targets(event: str) -> set[str]:
+    return {target for _, name, target in TRANSITIONS if name == event}
+
+
+assert not {t for _, _, t in TRANSITIONS} - set(ACTIVE_STATES) - set(TERMINAL_STATES)
+
+_now = sa.func.now
+
+
+def _seconds(value: float) -> sa.BindParameter[timedelta]:
+    return sa.bindparam(None, timedelta(seconds=value), type_=sa.Interval)
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A job a worker has just claimed."""
+
+    id: uuid.UUID
+    kind: str
+    payload: dict[str, Any]
+    attempt: int
+    max_attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What the publisher needs to put a job on the broker."""
+
+    id: uuid.UUID
+    kind: str
+    queue: str
+    priority: int
+    payload: dict[str, Any]
+
+
+_PUBLISH_COLUMNS = (jobs.c.id, jobs.c.kind, jobs.c.queue, jobs.c.priority, jobs.c.payload)
+
+
+def claim(conn: sa.Connection, job_id: uuid.UUID, *, worker: str, lease: float) -> Claimed | None:
+    """Take a queued job (or a running one whose lease expired) for one attempt.
+
+    ``None`` means another delivery holds it, it is finished or cancelled, or it
+    is not due: the caller acknowledges the message and does nothing.
+    """
+    assert set(sources("claim")) == {"queued", "running"}
+    claimed = (
+        sa.update(jobs)
+        .where(
+            jobs.c.id == job_id,
+            sa.or_(
+                jobs.c.state == "queued",
+                sa.and_(
+                    jobs.c.state == "running",
+                    jobs.c.lease_until < _now(),
+                    jobs.c.attempt < jobs.c.max_attempts,
+                ),
+            ),
+        )
+        .values(
+            state="running",
+            attempt=jobs.c.attempt + 1,
+            lease_until=_now() + _seconds(lease),
+            started_at=_now(),
+            worker=worker,
+        )
+        .returning(jobs.c.id, jobs.c.kind, jobs.c.payload, jobs.c.attempt, jobs.c.max_attempts)
+        .cte("claimed")
+    )
+    lost = (
+        sa.update(job_attempts)
+        .where(
+            job_attempts.c.job_id == claimed.c.id,
+            job_attempts.c.attempt == claimed.c.attempt - 1,
+            job_attempts.c.outcome.is_(None),
+        )
+        .values(outcome="lost", finished_at=_now(), error=_LOST_ERROR)
+        .cte("lost")
+    )
+    attempt = (
+        sa.insert(job_attempts)
+        .from_select(
+            ["job_id", "attempt", "worker"],
+            sa.select(claimed.c.id, claimed.c.attempt, sa.literal(worker)),
+        )
+        .cte("attempt")
+    )
+    row = conn.execute(sa.select(claimed).add_cte(lost, attempt)).one_or_none()
+    if row is None:
+        return None
+    return Claimed(row.id, row.kind, row.payload, row.attempt, row.max_attempts)
+
+
+_LOST_ERROR = {"type": "WorkerLost", "message": "worker lost: its lease expired before it finished"}
+
+
+def _finish(
+    conn: sa.Connection,
+    job_id: uuid.UUID,
+    attempt: int,
+    *,
+    event: str,
+    job_values: dict[str, Any],
+    outcome: str,
+    error: dict[str, Any] | None,
+) -> bool:
+    (state,) = _targets(event)
+    finished = (
+        sa.update(jobs)
+        .where(jobs.c.id == job_id, jobs.c.attempt == attempt, jobs.c.state.in_(sources(event)))
+        .values(state=state, lease_until=None, **job_values)
+        .returning(jobs.c.id, jobs.c.attempt)
+        .cte("finished")
+    )
+    history = (
+        sa.update(job_attempts)
+        .where(job_attempts.c.job_id == finished.c.id, job_attempts.c.attempt == finished.c.attempt)
+        .values(outcome=outcome, finished_at=_now(), error=error)
+        .cte("history")
+    )
+    return conn.execute(sa.select(finished.c.id).add_cte(history)).first() is not None
+
+
+def succeed(conn: sa.Connection, job_id: uuid.UUID, attempt: int, result: Any) -> bool:
+    """Record success of this attempt; ``False`` if the job is no longer ours."""
+    values = {"result": sa.null() if result is None else result, "finished_at": _now(), "error": None}
+    return _finish(
+        conn, job_id, attempt, event="succeed", job_values=values, outcome="succeeded", error=None
+    )
+
+
+def retry(
+    conn: sa.Connection, job_id: uuid.UUID, attempt: int, error: dict[str, Any], delay: float
+) -> bool:
+    """Record a failed attempt that will be retried after ``delay`` seconds."""
+    values = {"error": error, "not_before": _now() + _seconds(delay)}
+    return _finish(conn, job_id, attempt, event="retry", job_values=values, outcome="error", error=error)
+
+
+def fail(conn: sa.Connection, job_id: uuid.UUID, attempt: int, error: dict[str, Any]) -> bool:
+    """Record the final failure of a job."""
+    values = {"error": error, "finished_at": _now()}
+    return _finish(conn, job_id, attempt, event="fail", job_values=values, outcome="error", error=error)
+
+
+def rescue_expired(
+    conn: sa.Connection, *, limit: int = 500, only: uuid.UUID | None = None
+) -> list[tuple[uuid.UUID, str]]:
+    """Move running jobs whose lease expired to ``retrying`` (or ``failed`` when out of attempts)."""
+    assert _targets("rescue") == {"retrying", "failed"}
+    due = sa.select(jobs.c.id).where(jobs.c.state == "running", jobs.c.lease_until < _now())
+    if only is not None:
+        due = due.where(jobs.c.id == only)
+    due = due.order_by(jobs.c.lease_until).limit(limit).with_for_update(skip_locked=True)
+    exhausted = jobs.c.attempt >= jobs.c.max_attempts
+    rescued = (
+        sa.update(jobs)
+        .where(jobs.c.id.in_(due.scalar_subquery()), jobs.c.state == "running")
+        .values(
+            state=sa.case((exhausted, "failed"), else_="retrying"),
+            finished_at=sa.case((exhausted, _now()), else_=None),
+            not_before=_now(),
+            lease_until=None,
+            error=_LOST_ERROR,
+        )
+        .returning(jobs.c.id, jobs.c.attempt, jobs.c.state)
+        .cte("rescued")
+    )
+    history = (
+        sa.update(job_attempts)
+        .where(
+            job_attempts.c.job_id == rescued.c.id,
+            job_attempts.c.attempt == rescued.c.attempt,
+            job_attempts.c.outcome.is_(None),
+        )
+        .values(outcome="lost", finished_at=_now(), error=_LOST_ERROR)
+        .cte("history")
+    )
+    rows = conn.execute(sa.select(rescued.c.id, rescued.c.state).add_cte(history)).all()
+    return [(row.id, row.state) for row in rows]
+
+
+def cancel(conn: sa.Connection, job_id: uuid.UUID) -> str | None:
+    """Cancel a job that is not finished; returns the state it was in, or ``None``."""
+    previous = (
+        sa.select(jobs.c.id, jobs.c.state, jobs.c.attempt)
+        .where(jobs.c.id == job_id, jobs.c.state.in_(sources("cancel")))
+        .with_for_update()
+        .cte("previous")
+    )
+    cancelled = (
+        sa.update(jobs)
+        .where(jobs.c.id == previous.c.id)
+        .values(state="cancelled", finished_at=_now(), lease_until=None)
+        .returning(jobs.c.id)
+        .cte("cancelled")
+    )
+    history = (
+        sa.update(job_attempts)
+        .where(
+            job_attempts.c.job_id == previous.c.id,
+            job_attempts.c.attempt == previous.c.attempt,
+            previous.c.state == "running",
+            job_attempts.c.outcome.is_(None),
+        )
+        .values(outcome="cancelled", finished_at=_now())
+        .cte("history")
+    )
+    row = conn.execute(
+        sa.select(previous.c.state).join(cancelled, cancelled.c.id == previous.c.id).add_cte(history)
+    ).first()
+    return None if row is None else str(row.state)
+
+
+def stage_due(conn: sa.Connection, *, limit: int = 1000) -> list[Published]:
+    """Move due ``scheduled`` and ``retrying`` jobs to ``queued``, to be published."""
+    due = (
+        sa.select(jobs.c.id)
+        .where(jobs.c.state.in_(sources("stage")), jobs.c.not_before <= _now())
+        .order_by(jobs.c.not_before)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = conn.execute(
+        sa.update(jobs)
+        .where(jobs.c.id.in_(due.scalar_subquery()), jobs.c.state.in_(sources("stage")))
+        .values(state="queued", published_at=None)
+        .returning(*_PUBLISH_COLUMNS)
+    ).all()
+    return [Published(*row) for row in rows]
+
+
+def unpublished(conn: sa.Connection, *, older_than: float, limit: int = 1000) -> list[Published]:
+    """Queued jobs committed more than ``older_than`` seconds ago and never published."""
+    rows = conn.execute(
+        sa.select(*_PUBLISH_COLUMNS)
+        .where(
+            jobs.c.state == "queued",
+            jobs.c.published_at.is_(None),
+            jobs.c.created_at < _now() - _seconds(older_than),
+        )
+        .order_by(jobs.c.created_at)
+        .limit(limit)
+    ).all()
+    return [Published(*row) for row in rows]
+
+
+def mark_published(conn: sa.Connection, ids: Iterable[uuid.UUID]) -> None:
+    """Stamp ``published_at`` on jobs that were just handed to the broker."""
+    id_list = list(ids)
+    if id_list:
+        conn.execute(
+            sa.update(jobs)
+            .where(jobs.c.id.in_(id_list), jobs.c.published_at.is_(None))
+            .values(published_at=_now())
+        )
+
+
+def progress(
+    conn: sa.Connection, job_id: uuid.UUID, attempt: int, report: dict[str, Any]
+) -> bool:
+    """Store a running job's latest progress report."""
+    result = conn.execute(
+        sa.update(jobs)
+        .where(jobs.c.id == job_id, jobs.c.attempt == attempt, jobs.c.state == "running")
+        .values(progress=report)
+    )
+    return result.rowcount == 1
+
+
+def insert_rows(
+    conn: sa.Connection, rows: Sequence[dict[str, Any]], *, idempotent: bool
+) -> list[uuid.UUID]:
+    """Insert new jobs; with ``idempotent`` an existing key wins and its row is skipped."""
+    stmt = pg_insert(jobs).values(list(rows))
+    if idempotent:
+        stmt = stmt.on_conflict_do_nothing(index_elements=[jobs.c.idempotency_key])
+    return list(conn.execute(stmt.returning(jobs.c.id)).scalars())
+
+
+def id_for_key(conn: sa.Connection, key: str) -> uuid.UUID | None:
+    """The job that holds an idempotency key, if any."""
+    return conn.execute(
+        sa.select(jobs.c.id).where(jobs.c.idempotency_key == key)
+    ).scalar_one_or_none()
+

@@ -1,0 +1,257 @@
+"""Submitting jobs: validate, insert into the ledger, publish after commit (design §4).
+
+``submit`` returns only once the job's row is committed: from then on the job
+is durable even if Redis is down (the leader's relay publishes it later).
+With ``session=`` the row is written in the caller's transaction and published
+after that transaction commits: the job exists only if the caller's data does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from celery import Celery
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from jobs import db, ledger, publisher
+from jobs.app import get_app
+from jobs.errors import BadInput, BrokerUnavailable, InvalidJobOptions, PayloadTooLarge
+from jobs.kinds import Kind, Registry, load_kinds
+from jobs.settings import Settings, get_settings
+
+__all__ = ["JobId", "Producer", "submit", "submit_many"]
+
+log = logging.getLogger("jobs.producer")
+
+
+class JobId(uuid.UUID):
+    """A submitted job's id, which also says how the submission went.
+
+    ``duplicate``: the idempotency key was already in use, and this is the
+    existing job's id. ``published``: the message reached Redis now (if not,
+    the job is safe in the ledger and the relay publishes it later).
+    """
+
+    __slots__ = ("duplicate", "published")
+    duplicate: bool
+    published: bool
+
+    def __init__(self, value: uuid.UUID, *, duplicate: bool = False, published: bool = False) -> None:
+        super().__init__(int=value.int)
+        object.__setattr__(self, "duplicate", duplicate)
+        object.__setattr__(self, "published", published)
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    queue: str | None = None
+    priority: int | None = None
+    delay: float | timedelta | None = None
+    at: datetime | None = None
+    max_attempts: int | None = None
+    submitted_by: str | None = None
+
+
+class Producer:
+    """Submits jobs for one set of settings (the module functions use the process-wide one)."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        app: Celery | None = None,
+        registry: Registry | None = None,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.app = app or get_app()
+        self.registry = registry or load_kinds(self.settings.kind_modules)
+
+    def submit(
+        self,
+        kind: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        idempotency_key: str | None = None,
+        max_attempts: int | None = None,
+        submitted_by: str | None = None,
+        session: Session | None = None,
+    ) -> JobId:
+        """Submit one job; see the module docstring."""
+        options = _Options(queue, priority, delay, at, max_attempts, submitted_by)
+        declared = self.registry.get(kind)
+        row = self._row(declared, payload or {}, options, idempotency_key)
+        if session is not None:
+            return self._submit_in(session, [row], key=idempotency_key)[0]
+        with db.transaction(self.settings) as conn:
+            inserted = ledger.insert_rows(conn, [row], idempotent=idempotency_key is not None)
+            if not inserted:
+                assert idempotency_key is not None
+                existing = ledger.id_for_key(conn, idempotency_key)
+                assert existing is not None
+                return JobId(existing, duplicate=True)
+        return JobId(row["id"], published=self._publish([row]) == 1)
+
+    def submit_many(
+        self,
+        kind: str,
+        payloads: Iterable[Mapping[str, Any]],
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        max_attempts: int | None = None,
+        submitted_by: str | None = None,
+        session: Session | None = None,
+    ) -> list[JobId]:
+        """Submit many jobs of one kind: all are valid and committed together, or none is.
+
+        An invalid payload raises ``InvalidPayload`` whose message starts with
+        its position (``item 12: ...``, counting from 1) and nothing is inserted.
+        """
+        options = _Options(queue, priority, delay, at, max_attempts, submitted_by)
+        declared = self.registry.get(kind)
+        rows = []
+        for number, payload in enumerate(payloads, start=1):
+            try:
+                rows.append(self._row(declared, payload, options, None))
+            except BadInput as error:
+                raise type(error)(f"item {number}: {error.message}") from None
+        if not rows:
+            return []
+        if session is not None:
+            return self._submit_in(session, rows, key=None)
+        with db.transaction(self.settings) as conn:
+            for chunk in _chunks(rows, 5000):
+                ledger.insert_rows(conn, chunk, idempotent=False)
+        published = self._publish(rows) == len(rows)
+        return [JobId(row["id"], published=published) for row in rows]
+
+    def _row(
+        self,
+        declared: Kind,
+        payload: Mapping[str, Any],
+        options: _Options,
+        key: str | None,
+    ) -> dict[str, Any]:
+        data = declared.dump(declared.validate(payload))
+        size = len(json.dumps(data, separators=(",", ":")).encode())
+        if size > self.settings.max_payload_bytes:
+            raise PayloadTooLarge(
+                f"payload of {size} bytes is over the limit of {self.settings.max_payload_bytes} "
+                "bytes (JOBS_MAX_PAYLOAD_BYTES); store large data elsewhere and pass its id"
+            )
+        priority = declared.priority if options.priority is None else options.priority
+        if not 0 <= priority <= 9:
+            raise InvalidJobOptions(f"priority {priority} is out of range: use 0 (first) to 9 (last)")
+        attempts = options.max_attempts or declared.max_attempts or self.settings.max_attempts
+        if attempts < 1:
+            raise InvalidJobOptions("max attempts must be at least 1")
+        if key is not None and not 0 < len(key) <= 255:
+            raise InvalidJobOptions("an idempotency key must be 1 to 255 characters")
+        not_before = _due(options.delay, options.at)
+        return {
+            "id": uuid.uuid4(),
+            "kind": declared.name,
+            "queue": options.queue or declared.queue or self.settings.default_queue,
+            "priority": priority,
+            "payload": data,
+            "state": "scheduled" if not_before is not None else "queued",
+            "max_attempts": attempts,
+            "not_before": not_before,
+            "idempotency_key": key,
+            "submitted_by": options.submitted_by,
+        }
+
+    def _submit_in(
+        self, session: Session, rows: list[dict[str, Any]], *, key: str | None
+    ) -> list[JobId]:
+        conn = session.connection()
+        if not ledger.insert_rows(conn, rows, idempotent=key is not None):
+            assert key is not None
+            existing = ledger.id_for_key(conn, key)
+            assert existing is not None
+            return [JobId(existing, duplicate=True)]
+        if not session.info.get("jobs.listening"):
+            session.info["jobs.listening"] = True
+            event.listen(session, "after_commit", self._after_commit)
+            event.listen(session, "after_rollback", _forget)
+        session.info.setdefault("jobs.pending", []).extend(rows)
+        return [JobId(row["id"]) for row in rows]
+
+    def _after_commit(self, session: Session) -> None:
+        rows = session.info.pop("jobs.pending", [])
+        if rows:
+            self._publish(rows)
+
+    def _publish(self, rows: Sequence[dict[str, Any]]) -> int:
+        items = [
+            ledger.Published(r["id"], r["kind"], r["queue"], r["priority"], r["payload"])
+            for r in rows
+            if r["state"] == "queued"
+        ]
+        if not items:
+            return len(rows)
+        try:
+            sent = publisher.publish_and_mark(self.settings, self.app, self.registry, items)
+        except BrokerUnavailable as error:
+            log.warning("%s; %d job(s) are saved and will be published when it returns", error, len(items))
+            return 0
+        return len(sent) + (len(rows) - len(items))
+
+
+def _forget(session: Session) -> None:
+    session.info.pop("jobs.pending", None)
+
+
+def _due(delay: float | timedelta | None, at: datetime | None) -> datetime | None:
+    if delay is not None and at is not None:
+        raise InvalidJobOptions("give a delay or a time (--delay or --at), not both")
+    now = datetime.now(UTC)
+    if delay is not None:
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+        if seconds < 0:
+            raise InvalidJobOptions("a delay cannot be negative")
+        return now + timedelta(seconds=seconds) if seconds > 0 else None
+    if at is not None:
+        if at.tzinfo is None:
+            raise InvalidJobOptions("a time must include its UTC offset, like 2026-01-31T09:00:00+01:00")
+        return at if at > now else None
+    return None
+
+
+def _chunks[T](items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+_default: Producer | None = None
+
+
+def _producer() -> Producer:
+    global _default  # noqa: PLW0603 - one lazily built producer per process
+    if _default is None:
+        _default = Producer()
+    return _default
+
+
+def submit(kind: str, payload: Mapping[str, Any] | None = None, **options: Any) -> JobId:
+    """Submit one job with the process-wide settings; see ``Producer.submit``."""
+    return _producer().submit(kind, payload, **options)
+
+
+def submit_many(kind: str, payloads: Iterable[Mapping[str, Any]], **options: Any) -> list[JobId]:
+    """Submit many jobs with the process-wide settings; see ``Producer.submit_many``."""
+    return _producer().submit_many(kind, payloads, **options)
+

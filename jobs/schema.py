@@ -1,0 +1,95 @@
+"""The ledger's tables: SQLAlchemy Core metadata, the target of the Alembic migrations.
+
+``jobs`` holds one row per accepted job; ``job_attempts`` one row per attempt,
+so an operator can ask what happened on attempt 2. The columns and the states
+are explained in ``docs/architecture.md``; the state machine lives in
+``jobs.ledger``.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+
+__all__ = ["STATES", "TERMINAL_STATES", "job_attempts", "jobs", "metadata"]
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+STATES = ("scheduled", "queued", "running", "retrying", "succeeded", "failed", "cancelled")
+TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+
+_TZ = sa.DateTime(timezone=True)
+_state_list = ", ".join(f"'{state}'" for state in STATES)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("queue", sa.Text, nullable=False),
+    sa.Column("priority", sa.SmallInteger, nullable=False),
+    sa.Column("payload", pg.JSONB, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("max_attempts", sa.Integer, nullable=False),
+    sa.Column("not_before", _TZ),
+    sa.Column("lease_until", _TZ),
+    sa.Column("idempotency_key", sa.Text, unique=True),
+    sa.Column("schedule_name", sa.Text),
+    sa.Column("schedule_slot", _TZ),
+    sa.Column("retry_of", sa.Uuid, sa.ForeignKey("jobs.id", ondelete="SET NULL")),
+    sa.Column("result", pg.JSONB),
+    sa.Column("error", pg.JSONB),
+    sa.Column("progress", pg.JSONB),
+    sa.Column("worker", sa.Text),
+    sa.Column("submitted_by", sa.Text),
+    sa.Column("created_at", _TZ, nullable=False, server_default=sa.func.now()),
+    sa.Column("published_at", _TZ),
+    sa.Column("started_at", _TZ),
+    sa.Column("finished_at", _TZ),
+    sa.CheckConstraint(f"state IN ({_state_list})", name="state"),
+    sa.CheckConstraint("priority BETWEEN 0 AND 9", name="priority"),
+    sa.CheckConstraint("attempt >= 0 AND max_attempts >= 1", name="attempts"),
+    sa.UniqueConstraint("schedule_name", "schedule_slot"),
+    # Operators list by state and time; the pruner walks old finished rows.
+    sa.Index("ix_jobs_state_created_at", "state", "created_at"),
+    # The stager: due delayed and retrying jobs.
+    sa.Index(
+        "ix_jobs_due",
+        "not_before",
+        postgresql_where=sa.text("state IN ('scheduled', 'retrying')"),
+    ),
+    # The relay: committed jobs never published.
+    sa.Index(
+        "ix_jobs_unpublished",
+        "created_at",
+        postgresql_where=sa.text("state = 'queued' AND published_at IS NULL"),
+    ),
+    # The rescuer: running jobs whose lease expired.
+    sa.Index("ix_jobs_lease", "lease_until", postgresql_where=sa.text("state = 'running'")),
+    sa.Index("ix_jobs_retry_of", "retry_of", postgresql_where=sa.text("retry_of IS NOT NULL")),
+)
+
+job_attempts = sa.Table(
+    "job_attempts",
+    metadata,
+    sa.Column("job_id", sa.Uuid, sa.ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("attempt", sa.Integer, primary_key=True),
+    sa.Column("worker", sa.Text),
+    sa.Column("started_at", _TZ, nullable=False, server_default=sa.func.now()),
+    sa.Column("finished_at", _TZ),
+    sa.Column("outcome", sa.Text),
+    sa.Column("error", pg.JSONB),
+    sa.CheckConstraint(
+        "outcome IN ('succeeded', 'error', 'lost', 'cancelled')",
+        name="outcome",
+    ),
+)

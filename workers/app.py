@@ -1,0 +1,34 @@
+"""The worker process's Celery app: every kind registered as a ledger-aware task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, signals
+
+from jobs import db
+from jobs.app import get_app
+from jobs.kinds import load_kinds
+from jobs.settings import get_settings
+from workers import builtin as _builtin  # noqa: F401 - attaches the built-in bodies
+from workers.task import register_kinds
+
+__all__ = ["app", "build"]
+
+
+def build() -> Celery:
+    """Load settings and kinds, and register them on the process-wide app."""
+    settings = get_settings()
+    registry = load_kinds(settings.kind_modules)
+    celery_app = get_app()
+    register_kinds(celery_app, registry, settings)
+    return celery_app
+
+
+@signals.worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    # A pool child must not share the parent's pooled connections.
+    db.dispose_after_fork()
+
+
+app = build()

@@ -1,0 +1,242 @@
+"""One attempt of one job: claim, run the body, finish (design §5).
+
+This module knows the ledger and the kinds, not Celery: ``workers.task`` wraps
+it in a Celery task. Every outcome is one compare-and-set in the ledger; the
+body's own database work commits in the same transaction as its success.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from celery.exceptions import SoftTimeLimitExceeded
+
+from jobs import db, ledger
+from jobs.context import JobContext
+from jobs.errors import Fail, InvalidPayload, RetryLater, UnknownKind
+from jobs.kinds import Kind, Registry
+from jobs.schema import jobs
+from jobs.settings import Settings
+
+__all__ = ["Delivery", "error_record", "lease_for", "record_failure", "run"]
+
+log = logging.getLogger("jobs.worker")
+
+MAX_TRACEBACK = 8000
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message as the worker received it."""
+
+    job_id: uuid.UUID
+    kind: str
+    kwargs: dict[str, Any]
+    queue: str
+    priority: int
+    worker: str
+
+
+def lease_for(settings: Settings, declared: Kind | None) -> float:
+    """Seconds a claim holds a job: its hard limit plus the margin, so it expires only if the worker is gone."""
+    hard = (declared.hard_time_limit if declared else None) or settings.hard_time_limit
+    return hard + settings.lease_margin
+
+
+def error_record(error: BaseException, *, reason: str | None = None) -> dict[str, Any]:
+    """An exception as the ledger stores it: type, message, traceback."""
+    trace = "".join(traceback.format_exception(error))
+    return {
+        "type": type(error).__name__,
+        "message": reason or str(error) or type(error).__name__,
+        "traceback": trace[-MAX_TRACEBACK:],
+    }
+
+
+def run(settings: Settings, registry: Registry, delivery: Delivery) -> Any:
+    """Run one delivered message through the ledger; returns the job's result (or ``None``)."""
+    declared = registry.get(delivery.kind) if delivery.kind in registry else None
+    with db.transaction(settings) as conn:
+        claimed = ledger.claim(
+            conn, delivery.job_id, worker=delivery.worker, lease=lease_for(settings, declared)
+        )
+        if claimed is None:
+            claimed = _unclaimed(conn, settings, registry, delivery)
+    if claimed is None:
+        return None
+    if declared is None or declared.body is None:
+        _finish_error(
+            settings,
+            claimed,
+            UnknownKind(f"no worker implements job kind {delivery.kind!r}"),
+            retryable=False,
+        )
+        return None
+    return _attempt(settings, declared, claimed, delivery.worker)
+
+
+def _unclaimed(
+    conn: sa.Connection, settings: Settings, registry: Registry, delivery: Delivery
+) -> ledger.Claimed | None:
+    """The claim found nothing: a duplicate, a stale redelivery, or a message from outside."""
+    row = conn.execute(
+        sa.select(jobs.c.state, jobs.c.attempt, jobs.c.max_attempts, jobs.c.lease_until).where(
+            jobs.c.id == delivery.job_id
+        )
+    ).first()
+    if row is None:
+        return _adopt(conn, settings, registry, delivery)
+    if row.state == "running" and row.attempt >= row.max_attempts:
+        rescued = ledger.rescue_expired(conn, only=delivery.job_id)
+        if rescued:
+            log.warning("job %s failed: worker lost on its last attempt", delivery.job_id)
+            return None
+    log.info(
+        "job %s (%s) delivered again while %s; ignored (duplicate delivery)",
+        delivery.job_id,
+        delivery.kind,
+        row.state,
+    )
+    return None
+
+
+def _adopt(
+    conn: sa.Connection, settings: Settings, registry: Registry, delivery: Delivery
+) -> ledger.Claimed | None:
+    """A message sent by a plain Celery producer: record it in the ledger, then claim it."""
+    row: dict[str, Any] = {
+        "id": delivery.job_id,
+        "kind": delivery.kind,
+        "queue": delivery.queue,
+        "priority": min(max(delivery.priority, 0), 9),
+        "max_attempts": settings.max_attempts,
+        "submitted_by": "adopted",
+    }
+    error: dict[str, Any] | None = None
+    try:
+        declared = registry.get(delivery.kind)
+        row["payload"] = declared.dump(declared.validate(delivery.kwargs))
+        row["max_attempts"] = declared.max_attempts or settings.max_attempts
+    except (UnknownKind, InvalidPayload) as bad:
+        error = {"type": type(bad).__name__, "message": bad.message}
+        row["payload"] = {}
+    if error is not None:
+        row.update(state="failed", error=error, finished_at=sa.func.now())
+        ledger.insert_rows(conn, [row], idempotent=False)
+        log.error("job %s (%s) refused: %s", delivery.job_id, delivery.kind, error["message"])
+        return None
+    row["state"] = "queued"
+    ledger.insert_rows(conn, [row], idempotent=False)
+    log.info("job %s (%s) adopted into the ledger", delivery.job_id, delivery.kind)
+    return ledger.claim(
+        conn, delivery.job_id, worker=delivery.worker, lease=lease_for(settings, declared)
+    )
+
+
+def _attempt(settings: Settings, declared: Kind, claimed: ledger.Claimed, worker: str) -> Any:
+    assert declared.body is not None
+    started = time.monotonic()
+    prefix = f"job {claimed.id} {declared.name} attempt {claimed.attempt}/{claimed.max_attempts}"
+    log.info("%s running on %s", prefix, worker)
+    try:
+        payload = declared.validate(claimed.payload)
+    except InvalidPayload as bad:
+        _finish_error(settings, claimed, bad, retryable=False)
+        log.error("%s failed: %s", prefix, bad.message)
+        return None
+
+    session = db.session(settings)
+    ctx = JobContext(
+        job_id=claimed.id,
+        kind=declared.name,
+        attempt=claimed.attempt,
+        max_attempts=claimed.max_attempts,
+        session=session,
+        logger=logging.getLogger(f"jobs.kind.{declared.name}"),
+        _report=lambda report: _progress(settings, claimed, report),
+        _state=lambda: _state(settings, claimed.id),
+    )
+    try:
+        value = declared.body(ctx, payload)
+        result = declared.dump_result(value)
+        if ledger.succeed(session.connection(), claimed.id, claimed.attempt, result):
+            session.commit()
+            log.info("%s succeeded in %.3fs", prefix, time.monotonic() - started)
+            return result
+        session.rollback()
+        log.warning("%s finished but the job was cancelled or taken over; its work is rolled back", prefix)
+        return None
+    except RetryLater as signal:
+        session.rollback()
+        _finish_error(settings, claimed, signal, retryable=True, delay=signal.delay, declared=declared)
+        log.info("%s asked to retry: %s", prefix, signal.reason)
+    except Fail as signal:
+        session.rollback()
+        _finish_error(settings, claimed, signal, retryable=False)
+        log.warning("%s failed: %s", prefix, signal)
+    except SoftTimeLimitExceeded as error:
+        session.rollback()
+        _finish_error(
+            settings, claimed, error, retryable=True, declared=declared,
+            reason="time limit: the soft time limit was exceeded",
+        )
+        log.warning("%s hit its soft time limit after %.1fs", prefix, time.monotonic() - started)
+    except Exception as error:
+        session.rollback()
+        retryable = isinstance(error, declared.retry_on)
+        _finish_error(settings, claimed, error, retryable=retryable, declared=declared)
+        log.warning("%s raised %s: %s", prefix, type(error).__name__, error)
+    finally:
+        session.close()
+    return None
+
+
+def _finish_error(
+    settings: Settings,
+    claimed: ledger.Claimed,
+    error: BaseException,
+    *,
+    retryable: bool,
+    declared: Kind | None = None,
+    delay: float | None = None,
+    reason: str | None = None,
+) -> str:
+    """Record a failed attempt: ``retrying`` if it may run again, else ``failed``."""
+    record = error_record(error, reason=reason)
+    return record_failure(settings, claimed.id, claimed.attempt, claimed.max_attempts, record,
+                          retryable=retryable, declared=declared, delay=delay)
+
+
+def record_failure(
+    settings: Settings,
+    job_id: uuid.UUID,
+    attempt: int,
+    max_attempts: int,
+    record: dict[str, Any],
+    *,
+    retryable: bool,
+    declared: Kind | None = None,
+    delay: float | None = None,
+) -> str:
+    """Store a failed attempt's outcome; returns the state the job moved to ('' if it was not ours)."""
+    with db.transaction(settings) as conn:
+        if retryable and attempt < max_attempts:
+            wait = delay if delay is not None else (declared.backoff.delay(attempt) if declared else 0.0)
+            return "retrying" if ledger.retry(conn, job_id, attempt, record, wait) else ""
+        return "failed" if ledger.fail(conn, job_id, attempt, record) else ""
+
+
+def _progress(settings: Settings, claimed: ledger.Claimed, report: dict[str, Any]) -> None:
+    with db.transaction(settings) as conn:
+        ledger.progress(conn, claimed.id, claimed.attempt, report)
+
+
+def _state(settings: Settings, job_id: uuid.UUID) -> str | None:
+    with db.transaction(settings) as conn:
+        return conn.execute(sa.select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one_or_none()
