@@ -9,6 +9,7 @@ PostgreSQL (``jobs.leader.current_leader``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -66,10 +67,8 @@ class Leadership:
     def release(self) -> None:
         """Give the lock up (on shutdown), so a standby takes over at once."""
         if self._conn is not None:
-            try:
+            with contextlib.suppress(sa_exc.DBAPIError):
                 self._conn.execute(sa.select(sa.func.pg_advisory_unlock(LOCK_KEY)))
-            except sa_exc.DBAPIError:
-                pass
             log.info("%s stepped down", self.identity)
         self._drop()
         self._engine.dispose()

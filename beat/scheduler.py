@@ -22,7 +22,7 @@ __all__ = ["LeaderScheduler"]
 log = logging.getLogger("jobs.beat")
 
 
-class LeaderScheduler(beat.Scheduler):  # type: ignore[misc]
+class LeaderScheduler(beat.Scheduler):
     """Celery's beat loop driving the leader election and the maintenance loops."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

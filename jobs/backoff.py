@@ -25,9 +25,7 @@ class Backoff:
 
     def __post_init__(self) -> None:
         if self.base < 0 or self.maximum < 0 or self.factor < 1 or not 0 <= self.jitter <= 1:
-            raise ValueError(
-                "backoff needs base >= 0, maximum >= 0, factor >= 1 and 0 <= jitter <= 1"
-            )
+            raise ValueError("backoff needs base >= 0, maximum >= 0, factor >= 1 and 0 <= jitter <= 1")
 
     def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""

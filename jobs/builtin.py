@@ -13,7 +13,7 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
 from jobs.backoff import Backoff
 from jobs.kinds import declare
 
-__all__ = ["HTTP_POST", "PING", "PG_REFRESH", "PG_VACUUM", "HttpPost", "Ping", "PgRelation"]
+__all__ = ["HTTP_POST", "PG_REFRESH", "PG_VACUUM", "PING", "HttpPost", "PgRelation", "Ping"]
 
 _QUALIFIED = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
 

@@ -59,17 +59,14 @@ def ledger_errors(url: str) -> Iterator[None]:
     except (sa_exc.OperationalError, sa_exc.InterfaceError) as error:
         if error.connection_invalidated or isinstance(error, sa_exc.InterfaceError) or _is_connect(error):
             reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
-            raise LedgerUnavailable(
-                f"PostgreSQL is unreachable at {safe_url(url)}: {reason}"
-            ) from error
+            raise LedgerUnavailable(f"PostgreSQL is unreachable at {safe_url(url)}: {reason}") from error
         raise
 
 
 def _is_connect(error: sa_exc.OperationalError) -> bool:
     text = str(error.orig).lower()
     return any(
-        word in text
-        for word in ("connection", "connect", "server closed", "terminating", "shutting down")
+        word in text for word in ("connection", "connect", "server closed", "terminating", "shutting down")
     )
 
 

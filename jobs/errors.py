@@ -13,11 +13,11 @@ branches to exit codes (bad input: 2, infrastructure: 3) and prints one line.
     │   ├── PayloadTooLarge           the serialized payload is over the limit
     │   ├── InvalidJobOptions         queue, priority, delay or attempts are off
     │   ├── DuplicateKind             a kind name is registered twice
-    │   └── JobNotFound               no job has that id
-    ├── InfrastructureError           exit 3: a server is unreachable
-    │   ├── LedgerUnavailable         PostgreSQL
-    │   └── BrokerUnavailable         Redis
-    └── InvalidTransition             a state change the ledger does not allow
+    │   ├── JobNotFound               no job has that id
+    │   └── InvalidTransition         the job's state does not allow that action
+    └── InfrastructureError           exit 3: a server is unreachable
+        ├── LedgerUnavailable         PostgreSQL
+        └── BrokerUnavailable         Redis
 
 Control flow is not failure: ``RetryLater`` and ``Fail`` are signals a job body
 raises to steer its own outcome; they are not logged as errors.
@@ -107,11 +107,11 @@ class BrokerUnavailable(InfrastructureError):
     """Redis (the broker) is unreachable."""
 
 
-class InvalidTransition(JobsError):
-    """The ledger does not allow that state change."""
+class InvalidTransition(BadInput):
+    """The job's state does not allow that action."""
 
 
-class RetryLater(Exception):  # noqa: N818 - a signal, not an error
+class RetryLater(Exception):
     """Raised by a job body to be run again later, counting an attempt."""
 
     def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
@@ -120,5 +120,5 @@ class RetryLater(Exception):  # noqa: N818 - a signal, not an error
         self.reason = reason
 
 
-class Fail(Exception):  # noqa: N818 - a signal, not an error
+class Fail(Exception):
     """Raised by a job body to fail at once, without retries."""

@@ -62,9 +62,7 @@ class Kind:
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
-            raise ValueError(
-                f"kind name {self.name!r} must be dotted lower-case words, like 'images.resize'"
-            )
+            raise ValueError(f"kind name {self.name!r} must be dotted lower-case words, like 'images.resize'")
         if not 0 <= self.priority <= 9:
             raise ValueError(f"kind {self.name}: priority must be 0 (first) to 9 (last)")
         if self.max_attempts is not None and self.max_attempts < 1:
@@ -96,7 +94,7 @@ class Kind:
         try:
             shown = self.payload.model_validate(stored).model_dump(mode="json")
         except pydantic.ValidationError:
-            return {key: "**********" for key in stored}
+            return dict.fromkeys(stored, "**********")
         assert isinstance(shown, dict)
         return shown
 
@@ -192,9 +190,7 @@ def kind[F: Body](name: str, *, payload: type[BaseModel], **options: Any) -> Cal
 
     def register(body: F) -> F:
         description = options.pop("description", None) or (body.__doc__ or "").strip()
-        registry.register(
-            Kind(name=name, payload=payload, body=body, description=description, **options)
-        )
+        registry.register(Kind(name=name, payload=payload, body=body, description=description, **options))
         return body
 
     return register

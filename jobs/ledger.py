@@ -227,14 +227,10 @@ def _finish(
 def succeed(conn: sa.Connection, job_id: uuid.UUID, attempt: int, result: Any) -> bool:
     """Record success of this attempt; ``False`` if the job is no longer ours."""
     values = {"result": sa.null() if result is None else result, "finished_at": _now(), "error": None}
-    return _finish(
-        conn, job_id, attempt, event="succeed", job_values=values, outcome="succeeded", error=None
-    )
+    return _finish(conn, job_id, attempt, event="succeed", job_values=values, outcome="succeeded", error=None)
 
 
-def retry(
-    conn: sa.Connection, job_id: uuid.UUID, attempt: int, error: dict[str, Any], delay: float
-) -> bool:
+def retry(conn: sa.Connection, job_id: uuid.UUID, attempt: int, error: dict[str, Any], delay: float) -> bool:
     """Record a failed attempt that will be retried after ``delay`` seconds."""
     values = {"error": error, "not_before": _now() + _seconds(delay)}
     return _finish(conn, job_id, attempt, event="retry", job_values=values, outcome="error", error=error)
@@ -359,9 +355,7 @@ def mark_published(conn: sa.Connection, ids: Iterable[uuid.UUID]) -> None:
         )
 
 
-def progress(
-    conn: sa.Connection, job_id: uuid.UUID, attempt: int, report: dict[str, Any]
-) -> bool:
+def progress(conn: sa.Connection, job_id: uuid.UUID, attempt: int, report: dict[str, Any]) -> bool:
     """Store a running job's latest progress report."""
     result = conn.execute(
         sa.update(jobs)
@@ -371,9 +365,7 @@ def progress(
     return result.rowcount == 1
 
 
-def insert_rows(
-    conn: sa.Connection, rows: Sequence[dict[str, Any]], *, idempotent: bool
-) -> list[uuid.UUID]:
+def insert_rows(conn: sa.Connection, rows: Sequence[dict[str, Any]], *, idempotent: bool) -> list[uuid.UUID]:
     """Insert new jobs; with ``idempotent`` an existing key wins and its row is skipped."""
     stmt = pg_insert(jobs).values(list(rows))
     if idempotent:
@@ -383,7 +375,4 @@ def insert_rows(
 
 def id_for_key(conn: sa.Connection, key: str) -> uuid.UUID | None:
     """The job that holds an idempotency key, if any."""
-    return conn.execute(
-        sa.select(jobs.c.id).where(jobs.c.idempotency_key == key)
-    ).scalar_one_or_none()
-
+    return conn.execute(sa.select(jobs.c.id).where(jobs.c.idempotency_key == key)).scalar_one_or_none()

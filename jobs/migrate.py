@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -12,7 +13,7 @@ from alembic.script import ScriptDirectory
 from jobs import db
 from jobs.settings import Settings, get_settings
 
-__all__ = ["alembic_config", "check", "current", "downgrade", "head", "upgrade"]
+__all__ = ["alembic_config", "check", "create_database", "current", "downgrade", "head", "upgrade"]
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -57,3 +58,30 @@ def current(settings: Settings | None = None) -> str | None:
     settings = settings or get_settings()
     with db.transaction(settings) as conn:
         return MigrationContext.configure(conn).get_current_revision()
+
+
+def create_database(settings: Settings | None = None) -> bool:
+    """Create the configured database if it is missing (development and tests); ``True`` if created."""
+    settings = settings or get_settings()
+    url = sa.make_url(settings.database_url)
+    name = url.database
+    if not name:
+        return False
+    admin = sa.create_engine(
+        url.set(database="postgres"),
+        isolation_level="AUTOCOMMIT",
+        poolclass=sa.pool.NullPool,
+        connect_args={"connect_timeout": db.CONNECT_TIMEOUT},
+    )
+    try:
+        with db.ledger_errors(settings.database_url), admin.connect() as conn:
+            exists = conn.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            ).scalar()
+            if exists:
+                return False
+            quoted = conn.dialect.identifier_preparer.quote_identifier(name)
+            conn.execute(sa.text(f"CREATE DATABASE {quoted}"))
+            return True
+    finally:
+        admin.dispose()

@@ -57,6 +57,7 @@ class _Options:
     at: datetime | None = None
     max_attempts: int | None = None
     submitted_by: str | None = None
+    retry_of: uuid.UUID | None = None
 
 
 class Producer:
@@ -86,9 +87,10 @@ class Producer:
         max_attempts: int | None = None,
         submitted_by: str | None = None,
         session: Session | None = None,
+        retry_of: uuid.UUID | None = None,
     ) -> JobId:
         """Submit one job; see the module docstring."""
-        options = _Options(queue, priority, delay, at, max_attempts, submitted_by)
+        options = _Options(queue, priority, delay, at, max_attempts, submitted_by, retry_of)
         declared = self.registry.get(kind)
         row = self._row(declared, payload or {}, options, idempotency_key)
         if session is not None:
@@ -172,11 +174,10 @@ class Producer:
             "not_before": not_before,
             "idempotency_key": key,
             "submitted_by": options.submitted_by,
+            "retry_of": options.retry_of,
         }
 
-    def _submit_in(
-        self, session: Session, rows: list[dict[str, Any]], *, key: str | None
-    ) -> list[JobId]:
+    def _submit_in(self, session: Session, rows: list[dict[str, Any]], *, key: str | None) -> list[JobId]:
         conn = session.connection()
         if not ledger.insert_rows(conn, rows, idempotent=key is not None):
             assert key is not None
@@ -254,4 +255,3 @@ def submit(kind: str, payload: Mapping[str, Any] | None = None, **options: Any) 
 def submit_many(kind: str, payloads: Iterable[Mapping[str, Any]], **options: Any) -> list[JobId]:
     """Submit many jobs with the process-wide settings; see ``Producer.submit_many``."""
     return _producer().submit_many(kind, payloads, **options)
-

@@ -27,9 +27,7 @@ log = logging.getLogger("jobs.publisher")
 BROKER_ERRORS = (KombuOperationalError, RedisError, OSError)
 
 
-def publish(
-    app: Celery, registry: Registry, items: Sequence[ledger.Published]
-) -> list[uuid.UUID]:
+def publish(app: Celery, registry: Registry, items: Sequence[ledger.Published]) -> list[uuid.UUID]:
     """Send each job's message; returns the ids sent before any failure, raises if none could be."""
     sent: list[uuid.UUID] = []
     if not items:
@@ -50,9 +48,7 @@ def publish(
                 sent.append(item.id)
     except BROKER_ERRORS as error:
         if not sent:
-            raise BrokerUnavailable(
-                f"Redis is unreachable at {_safe(app)}: {error}"
-            ) from error
+            raise BrokerUnavailable(f"Redis is unreachable at {_safe(app)}: {error}") from error
         log.warning("broker failed after %d of %d messages: %s", len(sent), len(items), error)
     return sent
 

@@ -8,11 +8,10 @@ platform reads the environment.
 from __future__ import annotations
 
 import functools
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 from jobs.errors import ConfigError
 

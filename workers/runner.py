@@ -44,7 +44,7 @@ class Delivery:
 
 
 def lease_for(settings: Settings, declared: Kind | None) -> float:
-    """Seconds a claim holds a job: its hard limit plus the margin, so it expires only if the worker is gone."""
+    """Seconds a claim holds a job: its hard limit plus the margin (expires only if the worker is gone)."""
     hard = (declared.hard_time_limit if declared else None) or settings.hard_time_limit
     return hard + settings.lease_margin
 
@@ -134,9 +134,7 @@ def _adopt(
     row["state"] = "queued"
     ledger.insert_rows(conn, [row], idempotent=False)
     log.info("job %s (%s) adopted into the ledger", delivery.job_id, delivery.kind)
-    return ledger.claim(
-        conn, delivery.job_id, worker=delivery.worker, lease=lease_for(settings, declared)
-    )
+    return ledger.claim(conn, delivery.job_id, worker=delivery.worker, lease=lease_for(settings, declared))
 
 
 def _attempt(settings: Settings, declared: Kind, claimed: ledger.Claimed, worker: str) -> Any:
@@ -183,7 +181,11 @@ def _attempt(settings: Settings, declared: Kind, claimed: ledger.Claimed, worker
     except SoftTimeLimitExceeded as error:
         session.rollback()
         _finish_error(
-            settings, claimed, error, retryable=True, declared=declared,
+            settings,
+            claimed,
+            error,
+            retryable=True,
+            declared=declared,
             reason="time limit: the soft time limit was exceeded",
         )
         log.warning("%s hit its soft time limit after %.1fs", prefix, time.monotonic() - started)
@@ -209,8 +211,16 @@ def _finish_error(
 ) -> str:
     """Record a failed attempt: ``retrying`` if it may run again, else ``failed``."""
     record = error_record(error, reason=reason)
-    return record_failure(settings, claimed.id, claimed.attempt, claimed.max_attempts, record,
-                          retryable=retryable, declared=declared, delay=delay)
+    return record_failure(
+        settings,
+        claimed.id,
+        claimed.attempt,
+        claimed.max_attempts,
+        record,
+        retryable=retryable,
+        declared=declared,
+        delay=delay,
+    )
 
 
 def record_failure(

@@ -45,7 +45,7 @@ class LedgerRequest(Request):
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
 
-class LedgerTask(Task):  # type: ignore[misc]
+class LedgerTask(Task[Any, Any]):
     """Runs one kind's jobs; ``settings`` and ``registry`` are set at registration."""
 
     Request = "workers.task:LedgerRequest"
@@ -76,9 +76,7 @@ class LedgerTask(Task):  # type: ignore[misc]
             time.sleep(LEDGER_DOWN_PAUSE)
             raise Reject(str(error), requeue=True) from error
 
-    def on_failure(
-        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
-    ) -> None:
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         """Called in the main process when the hard time limit killed the child."""
         if isinstance(exc, TimeLimitExceeded):
             self._record_hard_timeout(uuid.UUID(task_id), exc)
@@ -95,8 +93,13 @@ class LedgerTask(Task):  # type: ignore[misc]
                 return
             record = runner.error_record(exc, reason=f"time limit: killed after {exc.args[0]}s (hard limit)")
             state = runner.record_failure(
-                self.settings, job_id, row.attempt, row.max_attempts, record,
-                retryable=isinstance(exc, self.kind.retry_on), declared=self.kind,
+                self.settings,
+                job_id,
+                row.attempt,
+                row.max_attempts,
+                record,
+                retryable=isinstance(exc, self.kind.retry_on),
+                declared=self.kind,
             )
             log.warning("job %s %s hit its hard time limit; now %s", job_id, self.name, state or "unchanged")
         except LedgerUnavailable as error:

@@ -1,0 +1,77 @@
+# The platform's tasks. `make` alone lists them.
+# uv is found on PATH, or installed into .tools/ on first use; Python 3.12 is
+# taken from pyenv when present (uv cannot download interpreters here).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYENV_312 := $(lastword $(sort $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12)))
+export UV_PYTHON ?= $(or $(PYENV_312),3.12)
+export UV_PYTHON_DOWNLOADS ?= never
+export UV_LINK_MODE ?= copy
+UV := $(shell for c in uv "$(CURDIR)/.tools/bin/uv"; do "$$c" --version >/dev/null 2>&1 && { command -v "$$c" || echo "$$c"; } && break; done)
+ifeq ($(UV),)
+UV := $(CURDIR)/.tools/bin/uv
+endif
+RUN := $(UV) run --locked
+
+# Tests use their own database and Redis db, never the development ones.
+TEST_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/jobs_test
+TEST_BROKER_URL ?= redis://127.0.0.1:6379/11
+
+.PHONY: help
+help: ## Show this list
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(CURDIR)/.tools/bin/uv:
+	python3 -m venv "$(CURDIR)/.tools"
+	"$(CURDIR)/.tools/bin/pip" install --quiet uv
+
+.PHONY: install
+install: $(if $(filter $(CURDIR)/.tools/bin/uv,$(UV)),$(UV)) ## Install the project and its dev tools into .venv
+	$(UV) sync --locked
+
+.PHONY: dev
+dev: install ## Run the platform: migrations, worker, beat, Flower, and a first job (Ctrl-C stops)
+	$(RUN) jobs dev
+
+.PHONY: test
+test: install ## Run all tests (unit, integration, acceptance) with coverage
+	JOBS_DATABASE_URL=$(TEST_DATABASE_URL) JOBS_BROKER_URL=$(TEST_BROKER_URL) \
+		$(RUN) pytest --cov --cov-report=term $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: install ## Run the unit tests only (no servers needed)
+	$(RUN) pytest tests/unit $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: install ## ruff, format check, mypy --strict, bandit (alembic check runs in the tests)
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy
+	$(RUN) bandit -q -c pyproject.toml -r jobs workers beat
+
+.PHONY: fmt
+fmt: install ## Format and fix what ruff can
+	$(RUN) ruff format .
+	$(RUN) ruff check --fix .
+
+.PHONY: migrate
+migrate: install ## Create the database if missing and migrate it to the newest schema
+	$(RUN) jobs db upgrade --create-database
+
+.PHONY: worker
+worker: install ## Run a worker
+	$(RUN) jobs worker
+
+.PHONY: beat
+beat: install ## Run the leader (beat)
+	$(RUN) jobs beat
+
+.PHONY: flower
+flower: install ## Run Flower (needs JOBS_FLOWER_USER and JOBS_FLOWER_PASSWORD)
+	$(RUN) jobs flower
+
+.PHONY: clean
+clean: ## Remove caches and build output
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* htmlcov dist build

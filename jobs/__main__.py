@@ -1,0 +1,5 @@
+"""``python -m jobs`` runs the ``jobs`` command."""
+
+from jobs.cli.main import main
+
+main()

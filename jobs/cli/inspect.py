@@ -1,0 +1,170 @@
+"""``jobs status``, ``list``, ``wait``, ``cancel`` and ``retry``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from typing import Any
+
+import click
+from rich.table import Table
+
+from jobs import control, inspect
+from jobs.app import get_app
+from jobs.cli import context
+from jobs.cli.output import console, emit_json, err, humanize, state
+from jobs.cli.submit import DURATION, SINCE
+from jobs.cli.waiting import wait_for
+from jobs.schema import STATES
+
+__all__ = ["cancel", "list_", "retry", "status", "wait"]
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+@click.command()
+@click.argument("job_id")
+@json_option
+def status(job_id: str, as_json: bool) -> None:
+    """Show a job: state, attempts with their errors, timings, worker, result."""
+    job = inspect.get_job(context.settings(), context.registry(), inspect.parse_id(job_id))
+    if as_json:
+        emit_json(job)
+        return
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    rows: list[tuple[str, Any]] = [
+        ("id", job["id"]),
+        ("kind", job["kind"]),
+        ("state", state(job["state"])),
+        ("queue", f"{job['queue']} (priority {job['priority']})"),
+        ("attempts", f"{job['attempt']} of {job['max_attempts']}"),
+        ("created", humanize(job["created_at"])),
+        ("published", humanize(job["published_at"])),
+        ("started", humanize(job["started_at"])),
+        ("finished", humanize(job["finished_at"])),
+    ]
+    if job["not_before"] and job["state"] in ("scheduled", "retrying"):
+        rows.append(("not before", humanize(job["not_before"])))
+    if job["worker"]:
+        rows.append(("worker", job["worker"]))
+    if job["idempotency_key"]:
+        rows.append(("key", job["idempotency_key"]))
+    if job["retry_of"]:
+        rows.append(("retry of", job["retry_of"]))
+    if job["progress"]:
+        rows.append(("progress", _progress(job["progress"])))
+    rows.append(("payload", json.dumps(job["payload"])))
+    if job["result"] is not None:
+        rows.append(("result", json.dumps(job["result"])))
+    if job["error"]:
+        rows.append(("error", f"{job['error'].get('type')}: {job['error'].get('message')}"))
+    for key, value in rows:
+        grid.add_row(key, str(value))
+    console.print(grid)
+    if job["attempts"]:
+        table = Table(title="attempts", title_justify="left")
+        for column in ("#", "worker", "started", "finished", "outcome", "error"):
+            table.add_column(column)
+        for attempt in job["attempts"]:
+            error = attempt["error"] or {}
+            table.add_row(
+                str(attempt["attempt"]),
+                attempt["worker"] or "-",
+                humanize(attempt["started_at"]),
+                humanize(attempt["finished_at"]),
+                attempt["outcome"] or "running",
+                f"{error.get('type')}: {error.get('message')}" if error else "",
+            )
+        console.print(table)
+
+
+def _progress(report: dict[str, Any]) -> str:
+    done, total, message = report.get("done"), report.get("total"), report.get("message")
+    text = f"{done:g}/{total:g}" if total else f"{done}"
+    return f"{text} {message}" if message else text
+
+
+@click.command("list")
+@click.option("--state", "states", multiple=True, type=click.Choice(STATES), help="Only jobs in this state.")
+@click.option("--kind", "kinds", multiple=True, help="Only jobs of this kind.")
+@click.option("--queue", "queues", multiple=True, help="Only jobs on this queue.")
+@click.option("--since", type=SINCE, help="Created at or after (ISO time, or a duration ago: 1h).")
+@click.option("--until", type=SINCE, help="Created before (ISO time, or a duration ago).")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--page", type=click.IntRange(1), default=1, show_default=True)
+@json_option
+def list_(
+    states: tuple[str, ...],
+    kinds: tuple[str, ...],
+    queues: tuple[str, ...],
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    page: int,
+    as_json: bool,
+) -> None:
+    """List jobs, newest first."""
+    filters = inspect.Filters(states, kinds, queues, since, until)
+    rows, total = inspect.list_jobs(context.settings(), filters, limit=limit, offset=(page - 1) * limit)
+    if as_json:
+        emit_json({"total": total, "page": page, "limit": limit, "jobs": rows})
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("id", "kind", "state", "queue", "try", "created", "error"):
+        table.add_column(column, no_wrap=column in ("id", "created"))
+    for row in rows:
+        table.add_row(
+            row["id"],
+            row["kind"],
+            state(row["state"]),
+            row["queue"],
+            f"{row['attempt']}/{row['max_attempts']}",
+            humanize(row["created_at"]),
+            (row["error"] or "")[:60],
+        )
+    console.print(table)
+    pages = max(1, -(-total // limit))
+    err.print(f"{len(rows)} of {total} job(s), page {page} of {pages}")
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("--timeout", type=DURATION, help="Give up after this long (exit 124).")
+@json_option
+def wait(job_id: str, timeout: float | None, as_json: bool) -> None:
+    """Wait for a job to finish: exit 0 if it succeeded, 1 if it failed or was cancelled."""
+    sys.exit(wait_for(inspect.parse_id(job_id), timeout=timeout, as_json=as_json))
+
+
+@click.command()
+@click.argument("job_ids", nargs=-1, required=True)
+@json_option
+def cancel(job_ids: tuple[str, ...], as_json: bool) -> None:
+    """Cancel jobs: queued, delayed and retrying at once; running ones are stopped by their worker."""
+    ids = [inspect.parse_id(text) for text in job_ids]
+    results = []
+    for job_id in ids:
+        previous = control.cancel(context.settings(), get_app(), job_id)
+        results.append({"id": job_id, "was": previous, "state": "cancelled"})
+        if not as_json:
+            note = " (its worker is told to stop it)" if previous == "running" else ""
+            click.echo(f"{job_id} cancelled, was {previous}{note}")
+    if as_json:
+        emit_json(results)
+
+
+@click.command()
+@click.argument("job_id")
+@json_option
+def retry(job_id: str, as_json: bool) -> None:
+    """Run a failed or cancelled job again, as a new job linked to the old one."""
+    old = inspect.parse_id(job_id)
+    new = control.replay(context.producer(), old, submitted_by="cli:retry")
+    if as_json:
+        emit_json({"id": new, "retry_of": old, "published": new.published})
+    else:
+        click.echo(str(new))
+        err.print(f"job {old} submitted again as {new}")

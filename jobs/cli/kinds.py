@@ -1,0 +1,77 @@
+"""``jobs kinds``: what can be submitted, and each kind's payload schema and options."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from rich.table import Table
+
+from jobs.cli import context
+from jobs.cli.output import console, emit_json
+from jobs.kinds import Kind
+
+__all__ = ["kinds"]
+
+
+def describe(declared: Kind) -> dict[str, Any]:
+    settings = context.settings()
+    return {
+        "name": declared.name,
+        "description": declared.description,
+        "queue": declared.queue or settings.default_queue,
+        "priority": declared.priority,
+        "max_attempts": declared.max_attempts or settings.max_attempts,
+        "backoff": {
+            "base": declared.backoff.base,
+            "factor": declared.backoff.factor,
+            "maximum": declared.backoff.maximum,
+            "jitter": declared.backoff.jitter,
+        },
+        "soft_time_limit": declared.soft_time_limit or settings.soft_time_limit,
+        "hard_time_limit": declared.hard_time_limit or settings.hard_time_limit,
+        "retry_on": [exc.__name__ for exc in declared.retry_on],
+        "payload_schema": declared.payload.model_json_schema(),
+        "result_schema": declared.result.model_json_schema() if declared.result else None,
+    }
+
+
+@click.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def kinds(ctx: click.Context, as_json: bool) -> None:
+    """List the job kinds this installation knows."""
+    if ctx.invoked_subcommand is not None:
+        return
+    known = list(context.registry())
+    if as_json:
+        emit_json([describe(k) for k in known])
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("kind", "queue", "attempts", "description"):
+        table.add_column(column)
+    for declared in known:
+        info = describe(declared)
+        table.add_row(declared.name, info["queue"], str(info["max_attempts"]), declared.description)
+    console.print(table)
+
+
+@kinds.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def show(name: str, as_json: bool) -> None:
+    """Print a kind's payload JSON Schema and its options."""
+    info = describe(context.registry().get(name))
+    if as_json:
+        emit_json(info)
+        return
+    for key, value in info.items():
+        if key.endswith("_schema"):
+            continue
+        console.print(f"[bold]{key}[/]: {value}")
+    console.print("[bold]payload schema[/]:")
+    console.print_json(json.dumps(info["payload_schema"]))
+    if info["result_schema"]:
+        console.print("[bold]result schema[/]:")
+        console.print_json(json.dumps(info["result_schema"]))

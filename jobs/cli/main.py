@@ -1,0 +1,61 @@
+"""The ``jobs`` command: the group, global error handling, and the exit codes.
+
+Exit codes: 0 ok · 1 the job failed (with ``--wait``) · 2 bad input ·
+3 infrastructure unreachable · 124 ``--timeout`` expired while waiting.
+Expected errors print one line and never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import click
+
+from jobs.cli.output import fail
+from jobs.errors import JobsError
+
+__all__ = ["cli", "main"]
+
+
+class JobsGroup(click.Group):
+    """A click group that turns platform errors into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except JobsError as error:
+            fail(error.message, error.exit_code)
+
+
+@click.group(cls=JobsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log what the platform does (to stderr).")
+def cli(verbose: bool) -> None:
+    """Typed jobs on Celery, with PostgreSQL as the system of record.
+
+    Configure with JOBS_* environment variables or a .env file (see README).
+    """
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.ERROR,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _register() -> None:
+    from jobs.cli import db, inspect, kinds, processes, submit
+
+    cli.add_command(submit.submit)
+    for command in (inspect.status, inspect.list_, inspect.wait, inspect.cancel, inspect.retry):
+        cli.add_command(command)
+    cli.add_command(kinds.kinds)
+    cli.add_command(db.db)
+    for command in (processes.worker, processes.beat, processes.flower, processes.dev):
+        cli.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="jobs")

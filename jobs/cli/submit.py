@@ -1,0 +1,239 @@
+"""``jobs submit``: one job from options, or many from a JSON-lines file."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from jobs.cli import context
+from jobs.cli.output import emit_json, err, fail
+from jobs.cli.waiting import wait_for
+from jobs.durations import parse_duration, parse_instant
+from jobs.errors import InvalidPayload
+
+__all__ = ["submit"]
+
+BATCH = 2000
+
+
+class DurationType(click.ParamType[float]):
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        try:
+            return parse_duration(str(value))
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
+class InstantType(click.ParamType[datetime]):
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 time like 2026-01-31T09:00:00+01:00", param, ctx)
+
+
+class SinceType(click.ParamType[datetime]):
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        try:
+            return parse_instant(str(value))
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
+DURATION = DurationType()
+INSTANT = InstantType()
+SINCE = SinceType()
+
+
+def _param(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise click.BadParameter(f"{text!r} is not key=value", param_hint="-p")
+    if value[:1] in "[{":
+        try:
+            return key, json.loads(value)
+        except json.JSONDecodeError as error:
+            raise click.BadParameter(f"{key}: invalid JSON ({error.msg})", param_hint="-p") from None
+    return key, value
+
+
+def _payload(
+    payload_json: str | None, payload_file: IO[str] | None, params: tuple[str, ...]
+) -> dict[str, Any]:
+    data: Any = {}
+    source = "--payload"
+    if payload_json is not None and payload_file is not None:
+        raise click.UsageError("give --payload or --payload-file, not both")
+    try:
+        if payload_json is not None:
+            data = json.loads(payload_json)
+        elif payload_file is not None:
+            source = f"--payload-file {payload_file.name}"
+            data = json.load(payload_file)
+    except json.JSONDecodeError as error:
+        raise click.BadParameter(
+            f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}", param_hint=source
+        ) from None
+    if not isinstance(data, dict):
+        raise click.BadParameter("the payload must be a JSON object", param_hint=source)
+    data.update(dict(_param(p) for p in params))
+    return data
+
+
+@click.command()
+@click.argument("kind")
+@click.option(
+    "-p",
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A payload field (repeatable); the kind's model coerces the value.",
+)
+@click.option("--payload", "payload_json", metavar="JSON", help="The payload as a JSON object.")
+@click.option(
+    "--payload-file", type=click.File("r"), help="Read the payload from a JSON file ('-' for stdin)."
+)
+@click.option(
+    "--from-file",
+    "from_file",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="Submit one job per line of a JSON-lines file, all or nothing.",
+)
+@click.option("--queue", help="Queue to run on (default: the kind's, else JOBS_DEFAULT_QUEUE).")
+@click.option("--priority", type=click.IntRange(0, 9), help="0 runs first, 9 last (default: the kind's).")
+@click.option("--delay", type=DURATION, help="Run no earlier than this from now (30s, 10m, 2h).")
+@click.option("--at", "at", type=INSTANT, help="Run no earlier than this ISO 8601 time.")
+@click.option("--key", "idempotency_key", help="Idempotency key: a second submit returns the first job.")
+@click.option("--max-attempts", type=click.IntRange(1, 1000), help="Attempts before the job fails for good.")
+@click.option("--wait", is_flag=True, help="Wait for the job to finish; the exit code tells how it ended.")
+@click.option("--timeout", type=DURATION, help="With --wait: give up after this long (exit 124).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def submit(
+    kind: str,
+    params: tuple[str, ...],
+    payload_json: str | None,
+    payload_file: IO[str] | None,
+    from_file: Path | None,
+    queue: str | None,
+    priority: int | None,
+    delay: float | None,
+    at: datetime | None,
+    idempotency_key: str | None,
+    max_attempts: int | None,
+    wait: bool,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Submit a job of KIND; prints its id once it is safe in the ledger.
+
+    \b
+    Examples:
+      jobs submit ping
+      jobs submit http.post -p url=https://example.com/hook --payload '{"body": {"a": 1}}'
+      jobs submit ping --delay 10m --key nightly-2026-01-31
+      jobs submit ping --from-file jobs.jsonl
+    """
+    options: dict[str, Any] = {
+        "queue": queue,
+        "priority": priority,
+        "delay": delay,
+        "at": at,
+        "max_attempts": max_attempts,
+        "submitted_by": _who(),
+    }
+    if from_file is not None:
+        if params or payload_json or payload_file or idempotency_key or wait:
+            raise click.UsageError("--from-file takes no -p, --payload, --payload-file, --key or --wait")
+        _submit_file(kind, from_file, options, as_json)
+        return
+    payload = _payload(payload_json, payload_file, params)
+    job = context.producer().submit(kind, payload, idempotency_key=idempotency_key, **options)
+    if as_json and not wait:
+        emit_json({"id": job, "duplicate": job.duplicate, "published": job.published})
+    elif not as_json:
+        click.echo(str(job))
+    if job.duplicate:
+        err.print(f"the key {idempotency_key!r} is already in use: this is the existing job")
+    elif not job.published and not _delayed(delay, at):
+        err.print(
+            "[yellow]warning:[/] the broker (Redis) is unreachable; the job is saved in the ledger "
+            "and will be published when Redis returns"
+        )
+    if wait:
+        sys.exit(wait_for(job, timeout=timeout, as_json=as_json))
+
+
+def _delayed(delay: float | None, at: datetime | None) -> bool:
+    return bool(delay) or at is not None
+
+
+def _who() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _submit_file(kind: str, path: Path, options: dict[str, Any], as_json: bool) -> None:
+    lines = _read_lines(path)
+    producer = context.producer()
+    payloads: list[dict[str, Any]] = []
+    numbers: list[int] = []
+    for number, line in lines:
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as error:
+            fail(f"{path}: line {number}: not valid JSON ({error.msg}); nothing was submitted", 2)
+        if not isinstance(data, dict):
+            fail(f"{path}: line {number}: a payload must be a JSON object; nothing was submitted", 2)
+        payloads.append(data)
+        numbers.append(number)
+    if not payloads:
+        fail(f"{path}: no payloads in the file; nothing was submitted", 2)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err, transient=True
+    ) as bar:
+        task = bar.add_task(f"submitting {kind}", total=len(payloads))
+        try:
+            ids = producer.submit_many(kind, payloads, **options)
+        except InvalidPayload as error:
+            item, _, rest = error.message.partition(": ")
+            index = int(item.removeprefix("item ")) - 1 if item.startswith("item ") else 0
+            fail(f"{path}: line {numbers[index]}: {rest}; nothing was submitted", 2)
+        bar.update(task, completed=len(payloads))
+    if as_json:
+        emit_json({"count": len(ids), "ids": ids, "published": all(i.published for i in ids)})
+    else:
+        for job in ids:
+            click.echo(str(job))
+        err.print(f"submitted {len(ids)} {kind} job(s)")
+    if ids and not ids[0].published and not options.get("delay") and not options.get("at"):
+        err.print("[yellow]warning:[/] Redis is unreachable; the jobs will be published when it returns")
+
+
+def _read_lines(path: Path) -> list[tuple[int, str]]:
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    except OSError as error:
+        fail(f"{path}: cannot read ({error.strerror})", 2)
+    except UnicodeDecodeError:
+        fail(f"{path}: not UTF-8 text", 2)
+    return [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
