@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Iterator
 
 import sqlalchemy as sa
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from jobs.errors import LedgerUnavailable
 from jobs.settings import Settings, get_settings
 
-__all__ = ["dispose_after_fork", "engine", "ledger_errors", "safe_url", "session", "transaction"]
+__all__ = ["dispose", "dispose_after_fork", "engine", "ledger_errors", "safe_url", "session", "transaction"]
 
 CONNECT_TIMEOUT = 5
 
@@ -24,11 +25,13 @@ def safe_url(url: str) -> str:
 
 
 _ENGINES: dict[str, sa.Engine] = {}
+_OWNER: dict[str, int] = {}
 
 
 def _engine(url: str) -> sa.Engine:
     if url in _ENGINES:
         return _ENGINES[url]
+    _OWNER[url] = os.getpid()
     created = _ENGINES[url] = sa.create_engine(
         url,
         pool_pre_ping=True,
@@ -46,9 +49,21 @@ def engine(settings: Settings | None = None) -> sa.Engine:
 
 
 def dispose_after_fork() -> None:
-    """Drop pooled connections inherited from a parent process (call in the child)."""
+    """Drop pooled connections inherited from a parent process (call in a forked child).
+
+    A no-op in the process that made them: Celery's solo pool sends the
+    "process init" signal in the worker's own process.
+    """
+    for url, created in _ENGINES.items():
+        if _OWNER.get(url) != os.getpid():
+            created.dispose(close=False)
+            _OWNER[url] = os.getpid()
+
+
+def dispose() -> None:
+    """Close every pooled connection of this process (at exit, and between tests)."""
     for created in _ENGINES.values():
-        created.dispose(close=False)
+        created.dispose()
 
 
 @contextlib.contextmanager

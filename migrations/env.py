@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import context
 
 from jobs import db
@@ -19,12 +20,16 @@ def run_offline() -> None:
 
 
 def run_online() -> None:
-    engine = db.engine(get_settings()) if url == get_settings().database_url else None
-    connectable = engine or db.sa.create_engine(url)
-    with db.ledger_errors(url), connectable.connect() as connection:
-        context.configure(connection=connection, target_metadata=metadata, compare_type=True)
-        with context.begin_transaction():
-            context.run_migrations()
+    engine = sa.create_engine(
+        url, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": db.CONNECT_TIMEOUT}
+    )
+    try:
+        with db.ledger_errors(url), engine.connect() as connection:
+            context.configure(connection=connection, target_metadata=metadata, compare_type=True)
+            with context.begin_transaction():
+                context.run_migrations()
+    finally:
+        engine.dispose()
 
 
 if context.is_offline_mode():

@@ -1,0 +1,121 @@
+"""Job kinds for the tests: each exercises one behaviour of the platform.
+
+Loaded through ``JOBS_KIND_MODULES=tests.support.kinds`` by the test process
+and by the worker subprocesses of the acceptance tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+import jobs
+from jobs.backoff import Backoff
+
+FAST = Backoff(base=0.2, factor=1.0, maximum=0.2, jitter=0.0)
+
+EFFECTS_DDL = """
+CREATE TABLE IF NOT EXISTS test_effects (
+    key text NOT NULL,
+    job_id uuid NOT NULL,
+    attempt int NOT NULL,
+    at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+class Nothing(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Effect(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    key: str
+    sleep: float = 0.0
+    fail_after_write: bool = False
+
+
+class Flaky(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    succeed_on: int = 2
+
+
+class Sleep(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    seconds: float = 1.0
+    steps: int = 4
+
+
+class Secret(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    user: str
+    token: SecretStr
+
+
+@jobs.kind("test.fail", payload=Nothing, max_attempts=3, backoff=FAST)
+def always_fail(ctx: jobs.JobContext, payload: Nothing) -> None:
+    """Raise every time."""
+    raise RuntimeError(f"boom on attempt {ctx.attempt}")
+
+
+@jobs.kind("test.flaky", payload=Flaky, max_attempts=5, backoff=FAST)
+def flaky(ctx: jobs.JobContext, payload: Flaky) -> dict[str, int]:
+    """Fail until attempt ``succeed_on``."""
+    if ctx.attempt < payload.succeed_on:
+        raise ConnectionError(f"not yet (attempt {ctx.attempt})")
+    return {"attempt": ctx.attempt}
+
+
+@jobs.kind("test.effect", payload=Effect, max_attempts=3, backoff=FAST)
+def effect(ctx: jobs.JobContext, payload: Effect) -> dict[str, Any]:
+    """Record an effect row in the job's own transaction."""
+    ctx.session.execute(
+        sa.text("INSERT INTO test_effects (key, job_id, attempt) VALUES (:k, :j, :a)"),
+        {"k": payload.key, "j": ctx.job_id, "a": ctx.attempt},
+    )
+    deadline = time.monotonic() + payload.sleep
+    while time.monotonic() < deadline:
+        if ctx.cancelled():
+            return {"cancelled": True}
+        time.sleep(0.05)
+    if payload.fail_after_write:
+        raise jobs.Fail("failed after writing; the write must roll back")
+    return {"key": payload.key}
+
+
+@jobs.kind("test.sleep", payload=Sleep, max_attempts=1, soft_time_limit=3.0, hard_time_limit=5.0)
+def sleep(ctx: jobs.JobContext, payload: Sleep) -> dict[str, float]:
+    """Sleep in steps, reporting progress."""
+    for step in range(payload.steps):
+        ctx.progress(step, payload.steps, f"step {step + 1}")
+        time.sleep(payload.seconds / payload.steps)
+    ctx.progress(payload.steps, payload.steps, "done")
+    return {"slept": payload.seconds}
+
+
+@jobs.kind("test.hang", payload=Sleep, max_attempts=1, soft_time_limit=1.0, hard_time_limit=2.0)
+def hang(ctx: jobs.JobContext, payload: Sleep) -> None:
+    """Ignore the soft limit (swallow it) so the hard limit must kill the child."""
+    deadline = time.monotonic() + payload.seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.1)
+        except BaseException:  # noqa: BLE001, S110 - deliberately ignores the soft limit
+            pass
+
+
+@jobs.kind("test.secret", payload=Secret, max_attempts=1)
+def secret(ctx: jobs.JobContext, payload: Secret) -> dict[str, Any]:
+    """Use a secret: the body sees it, nobody else does."""
+    return {"user": payload.user, "token_length": len(payload.token.get_secret_value())}
+
+
+@jobs.kind("test.crash", payload=Nothing, max_attempts=2, backoff=FAST)
+def crash(ctx: jobs.JobContext, payload: Nothing) -> None:
+    """Kill the pool process running it, every time."""
+    os.kill(os.getpid(), signal.SIGKILL)
