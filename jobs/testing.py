@@ -1,0 +1,24 @@
+"""Helpers for the tests of projects that use the platform (and for the platform's own tests)."""
+
+from __future__ import annotations
+
+from jobs import app, db, settings
+
+__all__ = ["reset"]
+
+
+def reset() -> None:
+    """Forget the process-wide settings, app, producer and database pools.
+
+    Call it after changing ``JOBS_*`` variables in a test, so the next use
+    reads them again.
+    """
+    from jobs import producer
+    from jobs.cli import context
+
+    settings.get_settings.cache_clear()
+    app.get_app.cache_clear()
+    context.registry.cache_clear()
+    context.producer.cache_clear()
+    producer._default = None  # noqa: SLF001 - the module's own lazily built producer
+    db.dispose()

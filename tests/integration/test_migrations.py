@@ -1,0 +1,39 @@
+"""Migrations: upgrade, check, downgrade, upgrade again, on a database of their own."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from jobs import db, migrate
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def scratch(settings):
+    url = sa.make_url(settings.database_url).set(database="jobs_migrations_test")
+    scratch_settings = settings.model_copy(update={"database_url": url.render_as_string(hide_password=False)})
+    migrate.create_database(scratch_settings)
+    migrate.downgrade(scratch_settings, "base")
+    yield scratch_settings
+    db.dispose()
+
+
+def tables(settings) -> set[str]:
+    with db.transaction(settings) as conn:
+        return set(sa.inspect(conn).get_table_names())
+
+
+def test_round_trip_and_check(scratch):
+    assert tables(scratch) <= {"alembic_version"}
+    migrate.upgrade(scratch)
+    assert {"jobs", "job_attempts"} <= tables(scratch)
+    assert migrate.current(scratch) == migrate.head()
+    migrate.check(scratch)  # alembic check: models and migrations agree
+    migrate.downgrade(scratch, "base")
+    assert tables(scratch) <= {"alembic_version"}
+    assert migrate.current(scratch) is None
+    migrate.upgrade(scratch)
+    migrate.check(scratch)
+    assert migrate.current(scratch) == migrate.head()
