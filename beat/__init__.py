@@ -7,8 +7,11 @@ import sys
 from jobs.errors import ConfigError
 
 try:
+    from jobs import logs
     from jobs.app import get_app
+    from jobs.settings import get_settings
 
+    logs.install(get_settings())
     app = get_app()
     app.conf.beat_scheduler = "beat.scheduler:LeaderScheduler"
 except ConfigError as error:

@@ -6,7 +6,10 @@
 - **rescuer**: moves running jobs whose lease expired (their worker died) to
   ``retrying``, or to ``failed`` on their last attempt.
 
-More loops (schedules, re-drive, pruning) slot in by adding to ``default_loops``.
+- **pruner**: deletes finished jobs past their retention, in bounded batches
+  (failed jobs are kept longer than succeeded and cancelled ones).
+
+More loops (schedules, re-drive) slot in by adding to ``default_loops``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from jobs.errors import BrokerUnavailable
 from jobs.kinds import Registry
 from jobs.settings import Settings
 
-__all__ = ["Loop", "Maintenance", "Relay", "Rescuer", "Stager", "default_loops"]
+__all__ = ["Loop", "Maintenance", "Pruner", "Relay", "Rescuer", "Runner", "Stager", "default_loops"]
 
 log = logging.getLogger("jobs.beat")
 
@@ -103,9 +106,40 @@ class Rescuer:
         return len(rescued)
 
 
+@dataclass
+class Pruner:
+    interval: float
+    retention_finished: float
+    retention_failed: float
+    batch: int = BATCH
+    max_batches: int = 50
+    name: str = "pruner"
+
+    def run(self, env: Maintenance) -> int:
+        removed = 0
+        for states, older_than in (
+            (("succeeded", "cancelled"), self.retention_finished),
+            (("failed",), self.retention_failed),
+        ):
+            for _ in range(self.max_batches):  # bounded work per round; the rest waits for the next
+                with db.transaction(env.settings) as conn:
+                    deleted = ledger.prune(conn, states=states, older_than=older_than, limit=self.batch)
+                removed += deleted
+                if deleted < self.batch:
+                    break
+        if removed:
+            log.info("pruner: removed %d finished job(s) past their retention", removed)
+        return removed
+
+
 def default_loops(settings: Settings) -> list[Loop]:
     tick = settings.leader_tick
-    return [Stager(tick), Relay(tick, settings.relay_grace), Rescuer(max(tick, 5.0))]
+    return [
+        Stager(tick),
+        Relay(tick, settings.relay_grace),
+        Rescuer(max(tick, 5.0)),
+        Pruner(60.0, settings.retention_succeeded, settings.retention_failed),
+    ]
 
 
 @dataclass

@@ -65,6 +65,7 @@ __all__ = [
     "insert_rows",
     "mark_published",
     "progress",
+    "prune",
     "rescue_expired",
     "retry",
     "sources",
@@ -363,6 +364,19 @@ def progress(conn: sa.Connection, job_id: uuid.UUID, attempt: int, report: dict[
         .values(progress=report)
     )
     return result.rowcount == 1
+
+
+def prune(conn: sa.Connection, *, states: Sequence[str], older_than: float, limit: int = 1000) -> int:
+    """Delete up to ``limit`` jobs in ``states`` finished more than ``older_than`` seconds ago."""
+    assert set(states) <= set(TERMINAL_STATES), "only finished jobs are ever pruned"
+    cutoff = _now() - _seconds(older_than)
+    old = (
+        sa.select(jobs.c.id)
+        .where(jobs.c.state.in_(list(states)), jobs.c.created_at < cutoff, jobs.c.finished_at < cutoff)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return conn.execute(sa.delete(jobs).where(jobs.c.id.in_(old.scalar_subquery()))).rowcount
 
 
 def insert_rows(conn: sa.Connection, rows: Sequence[dict[str, Any]], *, idempotent: bool) -> list[uuid.UUID]:

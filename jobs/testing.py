@@ -20,5 +20,5 @@ def reset() -> None:
     app.get_app.cache_clear()
     context.registry.cache_clear()
     context.producer.cache_clear()
-    producer._default = None  # noqa: SLF001 - the module's own lazily built producer
+    producer._default = None
     db.dispose()

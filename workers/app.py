@@ -6,7 +6,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from jobs import db
+from jobs import db, logs
 from jobs.app import get_app
 from jobs.kinds import load_kinds
 from jobs.settings import get_settings
@@ -19,6 +19,7 @@ __all__ = ["app", "build"]
 def build() -> Celery:
     """Load settings and kinds, and register them on the process-wide app."""
     settings = get_settings()
+    logs.install(settings)
     registry = load_kinds(settings.kind_modules)
     celery_app = get_app()
     register_kinds(celery_app, registry, settings)

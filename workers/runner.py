@@ -137,16 +137,36 @@ def _adopt(
     return ledger.claim(conn, delivery.job_id, worker=delivery.worker, lease=lease_for(settings, declared))
 
 
+def _log(level: int, claimed: ledger.Claimed, declared: Kind, what: str, *args: Any, **fields: Any) -> None:
+    """One line per transition, with the job's fields as ``extra`` (kept as keys by the JSON format)."""
+    prefix = "job %s %s attempt %d/%d "
+    log.log(
+        level,
+        prefix + what,
+        claimed.id,
+        declared.name,
+        claimed.attempt,
+        claimed.max_attempts,
+        *args,
+        extra={
+            "job_id": str(claimed.id),
+            "kind": declared.name,
+            "attempt": claimed.attempt,
+            "max_attempts": claimed.max_attempts,
+            **fields,
+        },
+    )
+
+
 def _attempt(settings: Settings, declared: Kind, claimed: ledger.Claimed, worker: str) -> Any:
     assert declared.body is not None
     started = time.monotonic()
-    prefix = f"job {claimed.id} {declared.name} attempt {claimed.attempt}/{claimed.max_attempts}"
-    log.info("%s running on %s", prefix, worker)
+    _log(logging.INFO, claimed, declared, "running on %s", worker, state="running", worker=worker)
     try:
         payload = declared.validate(claimed.payload)
     except InvalidPayload as bad:
         _finish_error(settings, claimed, bad, retryable=False)
-        log.error("%s failed: %s", prefix, bad.message)
+        _log(logging.ERROR, claimed, declared, "failed: %s", bad.message, state="failed")
         return None
 
     session = db.session(settings)
@@ -160,42 +180,55 @@ def _attempt(settings: Settings, declared: Kind, claimed: ledger.Claimed, worker
         _report=lambda report: _progress(settings, claimed, report),
         _state=lambda: _state(settings, claimed.id),
     )
+    outcome = ""
+    message = ""
     try:
         value = declared.body(ctx, payload)
         result = declared.dump_result(value)
         if ledger.succeed(session.connection(), claimed.id, claimed.attempt, result):
             session.commit()
-            log.info("%s succeeded in %.3fs", prefix, time.monotonic() - started)
+            outcome = "succeeded"
             return result
         session.rollback()
-        log.warning("%s finished but the job was cancelled or taken over; its work is rolled back", prefix)
+        outcome, message = (
+            "cancelled",
+            "the job was cancelled or taken over while running; its work is rolled back",
+        )
         return None
     except RetryLater as signal:
         session.rollback()
-        _finish_error(settings, claimed, signal, retryable=True, delay=signal.delay, declared=declared)
-        log.info("%s asked to retry: %s", prefix, signal.reason)
+        outcome = _finish_error(
+            settings, claimed, signal, retryable=True, delay=signal.delay, declared=declared
+        )
+        message = signal.reason
     except Fail as signal:
         session.rollback()
-        _finish_error(settings, claimed, signal, retryable=False)
-        log.warning("%s failed: %s", prefix, signal)
+        outcome = _finish_error(settings, claimed, signal, retryable=False)
+        message = str(signal)
     except SoftTimeLimitExceeded as error:
         session.rollback()
-        _finish_error(
-            settings,
-            claimed,
-            error,
-            retryable=True,
-            declared=declared,
-            reason="time limit: the soft time limit was exceeded",
-        )
-        log.warning("%s hit its soft time limit after %.1fs", prefix, time.monotonic() - started)
+        message = "time limit: the soft time limit was exceeded"
+        outcome = _finish_error(settings, claimed, error, retryable=True, declared=declared, reason=message)
     except Exception as error:
         session.rollback()
         retryable = isinstance(error, declared.retry_on)
-        _finish_error(settings, claimed, error, retryable=retryable, declared=declared)
-        log.warning("%s raised %s: %s", prefix, type(error).__name__, error)
+        outcome = _finish_error(settings, claimed, error, retryable=retryable, declared=declared)
+        message = f"{type(error).__name__}: {error}"
     finally:
         session.close()
+        duration = round(time.monotonic() - started, 6)
+        level = logging.INFO if outcome == "succeeded" else logging.WARNING
+        _log(
+            level,
+            claimed,
+            declared,
+            "%s in %.3fs%s",
+            outcome or "unrecorded",
+            duration,
+            f": {message}" if message else "",
+            state=outcome or None,
+            duration=duration,
+        )
     return None
 
 

@@ -42,7 +42,7 @@ def cli(verbose: bool) -> None:
 
 
 def _register() -> None:
-    from jobs.cli import db, inspect, kinds, processes, submit
+    from jobs.cli import db, health, inspect, kinds, processes, submit
 
     cli.add_command(submit.submit)
     for command in (inspect.status, inspect.list_, inspect.wait, inspect.cancel, inspect.retry):
@@ -51,6 +51,7 @@ def _register() -> None:
     cli.add_command(db.db)
     for command in (processes.worker, processes.beat, processes.flower, processes.dev):
         cli.add_command(command)
+    cli.add_command(health.health)
 
 
 _register()

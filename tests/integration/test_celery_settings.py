@@ -38,7 +38,10 @@ def test_config_is_what_the_design_asks(settings):
     assert conf["worker_send_task_events"] is True
     assert conf["task_send_sent_event"] is True
     assert conf["broker_connection_max_retries"] is None
-    assert conf["broker_transport_options"]["visibility_timeout"] > settings.hard_time_limit + settings.lease_margin
+    assert (
+        conf["broker_transport_options"]["visibility_timeout"]
+        > settings.hard_time_limit + settings.lease_margin
+    )
     assert conf["task_time_limit"] == settings.hard_time_limit
     assert conf["task_soft_time_limit"] == settings.soft_time_limit
     assert conf["worker_soft_shutdown_timeout"] == settings.worker_soft_shutdown_timeout
@@ -50,7 +53,8 @@ def test_every_kind_runs_under_limits_and_late_acks(worker, registry):
         task = app.tasks[declared.name]
         assert task.acks_late
         assert task.reject_on_worker_lost
-        assert task.time_limit and task.soft_time_limit
+        assert task.time_limit
+        assert task.soft_time_limit
         assert task.soft_time_limit < task.time_limit
     assert app.tasks["test.sleep"].time_limit == 5.0
 

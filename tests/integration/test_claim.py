@@ -19,8 +19,17 @@ def new_job(settings, state: str = "queued", max_attempts: int = 3) -> uuid.UUID
     with db.transaction(settings) as conn:
         ledger.insert_rows(
             conn,
-            [{"id": job_id, "kind": "ping", "queue": "default", "priority": 5, "payload": {}, "state": state,
-              "max_attempts": max_attempts}],
+            [
+                {
+                    "id": job_id,
+                    "kind": "ping",
+                    "queue": "default",
+                    "priority": 5,
+                    "payload": {},
+                    "state": state,
+                    "max_attempts": max_attempts,
+                }
+            ],
             idempotent=False,
         )
     return job_id
@@ -69,7 +78,9 @@ def test_a_live_lease_blocks_a_second_claim_an_expired_one_does_not(clean):
         assert first.attempt == 1
         assert ledger.claim(conn, job_id, worker="w2", lease=60) is None
         conn.execute(
-            sa.update(jobs).where(jobs.c.id == job_id).values(lease_until=sa.func.now() - sa.text("interval '1 second'"))
+            sa.update(jobs)
+            .where(jobs.c.id == job_id)
+            .values(lease_until=sa.func.now() - sa.text("interval '1 second'"))
         )
         second = ledger.claim(conn, job_id, worker="w2", lease=60)
     assert second is not None
@@ -77,7 +88,8 @@ def test_a_live_lease_blocks_a_second_claim_an_expired_one_does_not(clean):
     with db.transaction(clean) as conn:
         history = conn.execute(
             sa.select(job_attempts.c.attempt, job_attempts.c.worker, job_attempts.c.outcome)
-            .where(job_attempts.c.job_id == job_id).order_by(job_attempts.c.attempt)
+            .where(job_attempts.c.job_id == job_id)
+            .order_by(job_attempts.c.attempt)
         ).all()
     assert [tuple(h) for h in history] == [(1, "w1", "lost"), (2, "w2", None)]
 
@@ -112,7 +124,9 @@ def test_stager_moves_only_due_jobs(clean):
     with db.transaction(clean) as conn:
         conn.execute(sa.update(jobs).where(jobs.c.id == due).values(not_before=sa.func.now()))
         conn.execute(
-            sa.update(jobs).where(jobs.c.id == later).values(not_before=sa.func.now() + sa.text("interval '1 hour'"))
+            sa.update(jobs)
+            .where(jobs.c.id == later)
+            .values(not_before=sa.func.now() + sa.text("interval '1 hour'"))
         )
         staged = ledger.stage_due(conn)
     assert [s.id for s in staged] == [due]

@@ -43,7 +43,9 @@ def test_bad_input_leaves_no_row(producer, clean, broker):
         producer.submit("nope", {})
     with pytest.raises(InvalidPayload, match="message: Input should be a valid string"):
         producer.submit("ping", {"message": 5})
-    small = Producer(clean.model_copy(update={"max_payload_bytes": 50}), app=producer.app, registry=producer.registry)
+    small = Producer(
+        clean.model_copy(update={"max_payload_bytes": 50}), app=producer.app, registry=producer.registry
+    )
     with pytest.raises(PayloadTooLarge, match="over the limit of 50 bytes"):
         small.submit("ping", {"message": "x" * 100})
     with pytest.raises(InvalidPayload, match="item 2: invalid payload"):

@@ -58,7 +58,9 @@ def test_a_failing_kind_fails_after_max_attempts_with_each_error(producer, worke
     assert view["state"] == "failed"
     assert view["attempt"] == 3
     assert [a["error"]["message"] for a in view["attempts"]] == [
-        "boom on attempt 1", "boom on attempt 2", "boom on attempt 3"
+        "boom on attempt 1",
+        "boom on attempt 2",
+        "boom on attempt 3",
     ]
     assert "RuntimeError: boom on attempt 3" in view["error"]["traceback"]
 
@@ -123,7 +125,9 @@ def test_foreign_message_with_invalid_payload_is_failed_not_retried(producer, wo
 
 def test_duplicate_delivery_runs_the_body_once(producer, worker, clean):
     job = producer.submit("test.effect", {"key": "once", "sleep": 0.3})
-    get_app().send_task("test.effect", kwargs={"key": "once", "sleep": 0.3}, task_id=str(job), queue="default")
+    get_app().send_task(
+        "test.effect", kwargs={"key": "once", "sleep": 0.3}, task_id=str(job), queue="default"
+    )
     assert wait_for_state(clean, job)["state"] == "succeeded"
     time.sleep(0.8)  # let the second delivery arrive and be absorbed
     assert len(effects(clean, "once")) == 1

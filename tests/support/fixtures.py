@@ -64,12 +64,12 @@ def clear_broker(client: redis.Redis) -> None:
 
 
 @pytest.fixture
-def clean(ledger_db: Settings, broker: redis.Redis) -> Iterator[Settings]:
+def clean(ledger_db: Settings, broker: redis.Redis) -> Settings:
     """An empty ledger and an empty test broker db for this test."""
     with db.transaction(ledger_db) as conn:
         conn.execute(sa.text("TRUNCATE jobs, job_attempts, test_effects"))
     clear_broker(broker)
-    yield ledger_db
+    return ledger_db
 
 
 @pytest.fixture
@@ -97,7 +97,8 @@ def wait_for_state(
 def effects(settings: Settings, key: str) -> list[dict[str, Any]]:
     with db.transaction(settings) as conn:
         rows = conn.execute(
-            sa.text("SELECT key, job_id, attempt FROM test_effects WHERE key = :k ORDER BY attempt"), {"k": key}
+            sa.text("SELECT key, job_id, attempt FROM test_effects WHERE key = :k ORDER BY attempt"),
+            {"k": key},
         ).all()
     return [dict(row._mapping) for row in rows]
 
@@ -122,8 +123,9 @@ def maintenance(clean: Settings, registry: Registry) -> Any:
     return Maintenance(clean, get_app(), registry)
 
 
-def run_jobs(*args: str, env: dict[str, str] | None = None, input: str | None = None,
-             timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_jobs(
+    *args: str, env: dict[str, str] | None = None, input: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """The real ``jobs`` command, as a user runs it."""
     return subprocess.run(
         [sys.executable, "-m", "jobs", *args],

@@ -6,6 +6,7 @@ and by the worker subprocesses of the acceptance tests.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -103,10 +104,8 @@ def hang(ctx: jobs.JobContext, payload: Sleep) -> None:
     """Ignore the soft limit (swallow it) so the hard limit must kill the child."""
     deadline = time.monotonic() + payload.seconds
     while time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(BaseException):  # deliberately swallows the soft limit
             time.sleep(0.1)
-        except BaseException:  # noqa: BLE001, S110 - deliberately ignores the soft limit
-            pass
 
 
 @jobs.kind("test.secret", payload=Secret, max_attempts=1)

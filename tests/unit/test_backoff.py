@@ -32,9 +32,7 @@ def test_real_randomness_stays_in_range():
     assert len(delays) > 1
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"base": -1}, {"factor": 0.5}, {"jitter": 1.5}, {"maximum": -2}]
-)
+@pytest.mark.parametrize("kwargs", [{"base": -1}, {"factor": 0.5}, {"jitter": 1.5}, {"maximum": -2}])
 def test_refuses_nonsense(kwargs):
     with pytest.raises(ValueError, match="backoff needs"):
         Backoff(**kwargs)

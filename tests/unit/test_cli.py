@@ -34,7 +34,7 @@ def run(*args: str):
 def test_param_values_are_strings_unless_json_objects_or_lists():
     assert _param("n=3") == ("n", "3")
     assert _param("url=http://x/?a=b") == ("url", "http://x/?a=b")
-    assert _param("body={\"a\": 1}") == ("body", {"a": 1})
+    assert _param('body={"a": 1}') == ("body", {"a": 1})
     assert _param("tags=[1,2]") == ("tags", [1, 2])
 
 
@@ -47,7 +47,10 @@ def test_params_override_the_json_payload():
     [
         (["submit", "nope"], "unknown job kind 'nope'"),
         (["submit", "ping", "-p", "message"], "'message' is not key=value"),
-        (["submit", "ping", "-p", "x=1"], "invalid payload for kind 'ping': x: Extra inputs are not permitted"),
+        (
+            ["submit", "ping", "-p", "x=1"],
+            "invalid payload for kind 'ping': x: Extra inputs are not permitted",
+        ),
         (["submit", "ping", "--payload", "{oops"], "not valid JSON"),
         (["submit", "ping", "--payload", "[1]"], "the payload must be a JSON object"),
         (["submit", "ping", "--delay", "soon"], "'soon' is not a duration"),
@@ -67,7 +70,9 @@ def test_bad_input_exits_2_with_one_line_and_no_traceback(args, message):
 
 def test_oversized_payload_is_refused_before_the_ledger(monkeypatch):
     result = CliRunner().invoke(
-        cli, ["submit", "ping", "-p", "message=" + "x" * 150], env={**UNREACHABLE, "JOBS_MAX_PAYLOAD_BYTES": "100"}
+        cli,
+        ["submit", "ping", "-p", "message=" + "x" * 150],
+        env={**UNREACHABLE, "JOBS_MAX_PAYLOAD_BYTES": "100"},
     )
     assert result.exit_code == 2
     assert "over the limit of 100 bytes" in result.output
@@ -103,6 +108,8 @@ def test_flower_refuses_to_start_without_credentials():
     assert result.exit_code == 2
     assert "Flower needs JOBS_FLOWER_USER and JOBS_FLOWER_PASSWORD" in result.output
     reset()
-    exposed = CliRunner().invoke(cli, ["flower", "--no-auth"], env={**UNREACHABLE, "JOBS_FLOWER_ADDRESS": "0.0.0.0"})
+    exposed = CliRunner().invoke(
+        cli, ["flower", "--no-auth"], env={**UNREACHABLE, "JOBS_FLOWER_ADDRESS": "0.0.0.0"}
+    )
     assert exposed.exit_code == 2
     assert "only allowed on a loopback address" in exposed.output

@@ -11,8 +11,17 @@ pytestmark = pytest.mark.unit
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90", 90), ("1.5", 1.5), ("30s", 30), ("10m", 600), ("1h30m", 5400), ("2d", 172800), ("250ms", 0.25),
-     ("1w", 604800), (" 2h ", 7200)],
+    [
+        ("90", 90),
+        ("1.5", 1.5),
+        ("30s", 30),
+        ("10m", 600),
+        ("1h30m", 5400),
+        ("2d", 172800),
+        ("250ms", 0.25),
+        ("1w", 604800),
+        (" 2h ", 7200),
+    ],
 )
 def test_durations(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
@@ -20,7 +29,7 @@ def test_durations(text, seconds):
 
 @pytest.mark.parametrize("text", ["", "ten", "10x", "-5", "5m10", "m"])
 def test_bad_durations_say_what_is_expected(text):
-    with pytest.raises(ValueError, match="is not a duration|is negative"):
+    with pytest.raises(ValueError, match=r"is not a duration|is negative"):
         parse_duration(text)
 
 

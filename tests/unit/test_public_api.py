@@ -11,10 +11,34 @@ import jobs
 pytestmark = pytest.mark.unit
 
 PUBLIC = {
-    "Backoff", "BadInput", "BrokerUnavailable", "ConfigError", "DuplicateKind", "Fail", "InfrastructureError",
-    "InvalidJobOptions", "InvalidPayload", "InvalidTransition", "JobContext", "JobId", "JobNotFound", "JobsError",
-    "Kind", "LedgerUnavailable", "PayloadTooLarge", "Producer", "RetryLater", "Settings", "UnknownKind",
-    "declare", "get_settings", "kind", "load_settings", "registry", "submit", "submit_many",
+    "Backoff",
+    "BadInput",
+    "BrokerUnavailable",
+    "ConfigError",
+    "DuplicateKind",
+    "Fail",
+    "InfrastructureError",
+    "InvalidJobOptions",
+    "InvalidPayload",
+    "InvalidTransition",
+    "JobContext",
+    "JobId",
+    "JobNotFound",
+    "JobsError",
+    "Kind",
+    "LedgerUnavailable",
+    "PayloadTooLarge",
+    "Producer",
+    "RetryLater",
+    "Settings",
+    "UnknownKind",
+    "declare",
+    "get_settings",
+    "kind",
+    "load_settings",
+    "registry",
+    "submit",
+    "submit_many",
 }
 
 
@@ -26,8 +50,21 @@ def test_package_exports_exactly_the_public_names():
 
 @pytest.mark.parametrize(
     "module",
-    ["jobs.backoff", "jobs.context", "jobs.errors", "jobs.kinds", "jobs.ledger", "jobs.producer", "jobs.settings",
-     "jobs.publisher", "jobs.inspect", "jobs.control", "jobs.db", "jobs.migrate", "jobs.durations"],
+    [
+        "jobs.backoff",
+        "jobs.context",
+        "jobs.errors",
+        "jobs.kinds",
+        "jobs.ledger",
+        "jobs.producer",
+        "jobs.settings",
+        "jobs.publisher",
+        "jobs.inspect",
+        "jobs.control",
+        "jobs.db",
+        "jobs.migrate",
+        "jobs.durations",
+    ],
 )
 def test_every_module_declares_all(module):
     loaded = importlib.import_module(module)

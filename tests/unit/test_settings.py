@@ -14,8 +14,15 @@ def _no_dotenv(monkeypatch, tmp_path):
 
 
 def test_defaults_point_at_localhost(monkeypatch):
-    for name in ("JOBS_DATABASE_URL", "JOBS_BROKER_URL", "JOBS_VISIBILITY_TIMEOUT", "JOBS_HARD_TIME_LIMIT",
-                 "JOBS_SOFT_TIME_LIMIT", "JOBS_LEASE_MARGIN", "JOBS_KIND_MODULES"):
+    for name in (
+        "JOBS_DATABASE_URL",
+        "JOBS_BROKER_URL",
+        "JOBS_VISIBILITY_TIMEOUT",
+        "JOBS_HARD_TIME_LIMIT",
+        "JOBS_SOFT_TIME_LIMIT",
+        "JOBS_LEASE_MARGIN",
+        "JOBS_KIND_MODULES",
+    ):
         monkeypatch.delenv(name, raising=False)
     settings = load_settings()
     assert settings.database_url == "postgresql+psycopg://postgres@127.0.0.1:5432/jobs"

@@ -1,0 +1,106 @@
+"""``jobs health ROLE``: the probe Docker and Kubernetes run inside each process's container.
+
+One line of output; exit 0 when healthy, 1 when not (never 2: Docker reserves it).
+
+- ``worker``: this host's worker node answers a Celery ping through the broker, so
+  the main process is alive, consuming, and connected to Redis.
+- ``beat``: PostgreSQL is reachable and some beat process holds the leader lock.
+  A standby that does not lead is healthy: only one beat leads at a time, and
+  restarting a standby would not help. When nobody leads, every beat reports
+  unhealthy, because each one tries for the lock on every tick.
+- ``flower``: Flower answers ``GET /healthcheck`` on its configured port.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import NoReturn
+
+import click
+
+from jobs.cli import context
+
+__all__ = ["health"]
+
+ROLES = ("worker", "beat", "flower")
+
+
+def _report(healthy: bool, role: str, detail: str) -> NoReturn:
+    click.echo(f"{role} {'healthy' if healthy else 'unhealthy'}: {detail}")
+    sys.exit(0 if healthy else 1)
+
+
+def _worker(node: str, timeout: float) -> tuple[bool, str]:
+    from celery.utils.nodenames import host_format
+
+    from jobs.app import get_app
+
+    name = host_format(node)
+    app = get_app()
+    with app.connection_for_write() as connection:
+        # Bounded: the app itself retries the broker forever, a probe must not.
+        connection.ensure_connection(max_retries=1, timeout=math.ceil(timeout))
+        replies = app.control.ping(destination=[name], timeout=timeout, limit=1, connection=connection)
+    if any(name in reply for reply in replies or []):
+        return True, f"{name} answered a ping"
+    return False, f"{name} did not answer a ping within {timeout:g}s"
+
+
+def _beat(timeout: float) -> tuple[bool, str]:
+    import socket
+
+    import sqlalchemy as sa
+
+    # The lock query lives next to the lock (beat.leader); the probe only reads it.
+    from beat.leader import current_leader
+    from jobs import db
+
+    with db.transaction(context.settings()) as conn:
+        conn.execute(sa.select(sa.func.set_config("statement_timeout", f"{int(timeout * 1000)}", True)))
+        leader = current_leader(conn)
+    if leader is None:
+        return False, "PostgreSQL is reachable but no beat holds the leader lock"
+    here = socket.gethostname()
+    role = "this host leads" if leader.split(":")[1:2] == [here] else "standby on this host"
+    return True, f"{role}; leader is {leader}"
+
+
+def _flower(timeout: float) -> tuple[bool, str]:
+    import httpx
+
+    settings = context.settings()
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(  # noqa: S104 - mapped, not bound
+        settings.flower_address, settings.flower_address
+    )
+    if ":" in host:
+        host = f"[{host}]"
+    url = f"http://{host}:{settings.flower_port}/healthcheck"
+    response = httpx.get(url, timeout=timeout)
+    if response.status_code == 200 and response.text.strip() == "OK":
+        return True, f"{url} answered OK"
+    return False, f"{url} answered {response.status_code}"
+
+
+@click.command()
+@click.argument("role", type=click.Choice(ROLES))
+@click.option(
+    "--node",
+    default="celery@%h",
+    show_default=True,
+    help="worker: the node name to ping, as given to jobs worker -n (%h is this host).",
+)
+@click.option("--timeout", type=click.FloatRange(0.1), default=5.0, show_default=True, help="Seconds.")
+def health(role: str, node: str, timeout: float) -> None:
+    """Exit 0 if this host's ROLE (worker, beat or flower) is healthy, else 1; for container probes."""
+    try:
+        if role == "worker":
+            healthy, detail = _worker(node, timeout)
+        elif role == "beat":
+            healthy, detail = _beat(timeout)
+        else:
+            healthy, detail = _flower(timeout)
+    except Exception as error:  # any failure to check is "unhealthy", said in one line
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        _report(False, role, f"{type(error).__name__}: {reason}")
+    _report(healthy, role, detail)

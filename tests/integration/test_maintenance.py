@@ -1,0 +1,81 @@
+"""The leader's maintenance loops against the real ledger."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from beat.maintenance import Pruner, Rescuer, Runner
+from jobs import db, ledger
+from jobs.schema import jobs
+
+pytestmark = pytest.mark.integration
+
+
+def insert(settings, state: str, age_seconds: float) -> uuid.UUID:
+    job_id = uuid.uuid4()
+    with db.transaction(settings) as conn:
+        ledger.insert_rows(
+            conn,
+            [
+                {
+                    "id": job_id,
+                    "kind": "ping",
+                    "queue": "default",
+                    "priority": 5,
+                    "payload": {},
+                    "state": state,
+                    "max_attempts": 1,
+                }
+            ],
+            idempotent=False,
+        )
+        age = sa.text(f"now() - interval '{int(age_seconds)} seconds'")
+        conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(created_at=age, finished_at=age))
+    return job_id
+
+
+def remaining(settings) -> set[uuid.UUID]:
+    with db.transaction(settings) as conn:
+        return set(conn.execute(sa.select(jobs.c.id)).scalars())
+
+
+def test_pruner_removes_old_finished_jobs_in_batches_and_keeps_failed_longer(maintenance, clean):
+    old_ok = [insert(clean, "succeeded", 7200) for _ in range(25)]
+    old_cancelled = insert(clean, "cancelled", 7200)
+    recent_ok = insert(clean, "succeeded", 10)
+    old_failed = insert(clean, "failed", 7200)
+    ancient_failed = insert(clean, "failed", 90000)
+    old_queued = insert(clean, "queued", 90000)  # never pruned: not finished
+
+    removed = Pruner(60, retention_finished=3600, retention_failed=86400, batch=10).run(maintenance)
+
+    assert removed == len(old_ok) + 2
+    assert remaining(clean) == {recent_ok, old_failed, old_queued}
+    assert ancient_failed not in remaining(clean)
+    assert old_cancelled not in remaining(clean)
+
+
+def test_runner_runs_each_loop_on_its_interval_and_survives_a_failing_loop(maintenance, clean):
+    calls: list[str] = []
+
+    class Broken:
+        name, interval = "broken", 0.0
+
+        def run(self, env):
+            calls.append("broken")
+            raise RuntimeError("bug in a loop")
+
+    class Slow:
+        name, interval = "slow", 3600.0
+
+        def run(self, env):
+            calls.append("slow")
+            return 0
+
+    runner = Runner(maintenance, [Broken(), Slow(), Rescuer(0.0)])
+    runner.tick()
+    runner.tick()
+    assert calls == ["broken", "slow", "broken"]
