@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,6 +29,8 @@ from jobs.settings import Settings, get_settings
 __all__ = ["JobId", "Producer", "submit", "submit_many"]
 
 log = logging.getLogger("jobs.producer")
+
+BATCH = 1000
 
 
 class JobId(uuid.UUID):
@@ -116,12 +118,16 @@ class Producer:
         max_attempts: int | None = None,
         submitted_by: str | None = None,
         session: Session | None = None,
+        progress: Callable[[str, int], None] | None = None,
     ) -> list[JobId]:
         """Submit many jobs of one kind: all are valid and committed together, or none is.
 
         An invalid payload raises ``InvalidPayload`` whose message starts with
         its position (``item 12: ...``, counting from 1) and nothing is inserted.
+        ``progress(phase, count)`` is called as items are checked ("checked"),
+        committed ("committed") and published ("published").
         """
+        report = progress or (lambda phase, count: None)
         options = _Options(queue, priority, delay, at, max_attempts, submitted_by)
         declared = self.registry.get(kind)
         rows = []
@@ -130,15 +136,22 @@ class Producer:
                 rows.append(self._row(declared, payload, options, None))
             except BadInput as error:
                 raise type(error)(f"item {number}: {error.message}") from None
+            if number % BATCH == 0:
+                report("checked", number)
+        report("checked", len(rows))
         if not rows:
             return []
         if session is not None:
             return self._submit_in(session, rows, key=None)
         with db.transaction(self.settings) as conn:
-            for chunk in _chunks(rows, 5000):
+            for chunk in _chunks(rows, 5 * BATCH):
                 ledger.insert_rows(conn, chunk, idempotent=False)
-        published = self._publish(rows) == len(rows)
-        return [JobId(row["id"], published=published) for row in rows]
+        report("committed", len(rows))
+        published = 0
+        for chunk in _chunks(rows, BATCH):
+            published += self._publish(chunk)
+            report("published", published)
+        return [JobId(row["id"], published=published == len(rows)) for row in rows]
 
     def _row(
         self,

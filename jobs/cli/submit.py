@@ -16,7 +16,7 @@ from jobs.cli import context
 from jobs.cli.output import emit_json, err, fail
 from jobs.cli.waiting import wait_for
 from jobs.durations import parse_duration, parse_instant
-from jobs.errors import InvalidPayload
+from jobs.errors import BadInput
 
 __all__ = ["submit"]
 
@@ -208,17 +208,22 @@ def _submit_file(kind: str, path: Path, options: dict[str, Any], as_json: bool) 
         numbers.append(number)
     if not payloads:
         fail(f"{path}: no payloads in the file; nothing was submitted", 2)
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err, transient=True
-    ) as bar:
-        task = bar.add_task(f"submitting {kind}", total=len(payloads))
+    columns = (TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        tasks = {phase: bar.add_task(phase, total=len(payloads)) for phase in ("checked", "published")}
+
+        def show(phase: str, count: int) -> None:
+            if phase in tasks:
+                bar.update(tasks[phase], completed=count)
+
         try:
-            ids = producer.submit_many(kind, payloads, **options)
-        except InvalidPayload as error:
+            ids = producer.submit_many(kind, payloads, progress=show, **options)
+        except BadInput as error:
             item, _, rest = error.message.partition(": ")
-            index = int(item.removeprefix("item ")) - 1 if item.startswith("item ") else 0
-            fail(f"{path}: line {numbers[index]}: {rest}; nothing was submitted", 2)
-        bar.update(task, completed=len(payloads))
+            if not item.startswith("item "):
+                raise
+            where = numbers[int(item.removeprefix("item ")) - 1]
+            fail(f"{path}: line {where}: {rest}; nothing was submitted", 2)
     if as_json:
         emit_json({"count": len(ids), "ids": ids, "published": all(i.published for i in ids)})
     else:
