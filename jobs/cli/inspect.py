@@ -113,8 +113,9 @@ def list_(
         emit_json({"total": total, "page": page, "limit": limit, "jobs": rows})
         return
     table = Table(box=None, pad_edge=False)
-    for column in ("id", "kind", "state", "queue", "try", "created", "error"):
-        table.add_column(column, no_wrap=column in ("id", "created"))
+    for column in ("id", "kind", "state", "queue", "try", "created"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("error", overflow="ellipsis", no_wrap=True, max_width=60)
     for row in rows:
         table.add_row(
             row["id"],

@@ -13,7 +13,8 @@ from rich.console import Console
 
 __all__ = ["console", "emit_json", "err", "fail", "humanize"]
 
-console = Console(highlight=False, soft_wrap=True)
+# Piped output is not cut to 80 columns: tables stay one row per job (scripts should use --json).
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
