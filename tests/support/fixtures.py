@@ -191,20 +191,24 @@ class Processes:
 @pytest.fixture
 def processes(tmp_path: Path) -> Iterator[Processes]:
     started = Processes(tmp_path)
-    yield started
-    started.stop_all()
+    try:
+        yield started
+    finally:
+        started.stop_all()
 
 
 @pytest.fixture(scope="module")
 def platform(ledger_db: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
     """A worker (prefork, 2 processes) and a leader, as real processes, for a module of tests."""
     started = Processes(tmp_path_factory.mktemp("platform"))
-    started.start("worker", "worker", "-c", "2", "-l", "INFO")
-    started.start("beat", "beat", "-l", "INFO")
-    started.wait_log("worker", "ready.")
-    started.wait_log("beat", "is now the leader")
-    yield started
-    started.stop_all()
+    try:
+        started.start("worker", "worker", "-c", "2", "-l", "INFO")
+        started.start("beat", "beat", "-l", "INFO")
+        started.wait_log("worker", "ready.")
+        started.wait_log("beat", "is now the leader")
+        yield started
+    finally:
+        started.stop_all()
 
 
 StateWaiter = Callable[..., dict[str, Any]]
