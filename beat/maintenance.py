@@ -65,7 +65,7 @@ class Stager:
                 return moved
             moved += len(due)
             try:
-                publisher.publish_and_mark(env.settings, env.app, env.registry, due)
+                publisher.publish_and_mark(env.settings, env.registry, due)
             except BrokerUnavailable as error:
                 log.warning("stager: %s; %d staged job(s) left to the relay", error, len(due))
                 return moved
@@ -85,7 +85,7 @@ class Relay:
         if not stranded:
             return 0
         try:
-            sent = publisher.publish_and_mark(env.settings, env.app, env.registry, stranded)
+            sent = publisher.publish_and_mark(env.settings, env.registry, stranded)
         except BrokerUnavailable as error:
             log.warning("relay: %s; %d job(s) wait in the ledger", error, len(stranded))
             return 0

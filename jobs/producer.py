@@ -218,7 +218,7 @@ class Producer:
         if not items:
             return len(rows)
         try:
-            sent = publisher.publish_and_mark(self.settings, self.app, self.registry, items)
+            sent = publisher.publish_and_mark(self.settings, self.registry, items)
         except BrokerUnavailable as error:
             log.warning("%s; %d job(s) are saved and will be published when it returns", error, len(items))
             return 0

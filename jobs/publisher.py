@@ -1,5 +1,7 @@
 """Putting committed jobs on the broker: one Celery message per job, task id = job id.
 
+Messages are built by ``jobs.wire`` and pushed to Redis in pipelines.
+
 Publishing always follows the ledger commit. If Redis cannot take a message,
 the job stays ``queued`` with no ``published_at`` and the leader's relay
 publishes it later; a duplicate publish is absorbed by the worker's claim.
@@ -7,15 +9,15 @@ publishes it later; a duplicate publish is absorbed by the worker's claim.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Sequence
 
-from celery import Celery
-from kombu.exceptions import OperationalError as KombuOperationalError
+from kombu.utils.url import maybe_sanitize_url
 from redis.exceptions import RedisError
 
-from jobs import db, ledger
+from jobs import db, ledger, wire
 from jobs.errors import BrokerUnavailable, JobsError
 from jobs.kinds import Registry
 from jobs.settings import Settings
@@ -24,40 +26,41 @@ __all__ = ["publish", "publish_and_mark"]
 
 log = logging.getLogger("jobs.publisher")
 
-BROKER_ERRORS = (KombuOperationalError, RedisError, OSError)
+BROKER_ERRORS = (RedisError, OSError)
 
 
-def publish(app: Celery, registry: Registry, items: Sequence[ledger.Published]) -> list[uuid.UUID]:
+def publish(settings: Settings, registry: Registry, items: Sequence[ledger.Published]) -> list[uuid.UUID]:
     """Send each job's message; returns the ids sent before any failure, raises if none could be."""
-    sent: list[uuid.UUID] = []
     if not items:
-        return sent
+        return []
+    messages = [
+        (
+            wire.queue_key(item.queue, item.priority),
+            wire.encode(
+                item.id,
+                item.kind,
+                item.queue,
+                item.priority,
+                json.dumps(item.payload),
+                _shown(registry, item),
+            ),
+        )
+        for item in items
+    ]
     try:
-        with app.producer_or_acquire() as producer:
-            for item in items:
-                app.send_task(
-                    item.kind,
-                    kwargs=item.payload,
-                    task_id=str(item.id),
-                    queue=item.queue,
-                    priority=item.priority,
-                    kwargsrepr=_shown(registry, item),
-                    producer=producer,
-                    retry=False,
-                )
-                sent.append(item.id)
+        sent = wire.push(settings.broker_url, messages, timeout=settings.publish_timeout)
     except BROKER_ERRORS as error:
-        if not sent:
-            raise BrokerUnavailable(f"Redis is unreachable at {_safe(app)}: {error}") from error
-        log.warning("broker failed after %d of %d messages: %s", len(sent), len(items), error)
-    return sent
+        raise BrokerUnavailable(f"Redis is unreachable at {_safe(settings.broker_url)}: {error}") from error
+    if sent < len(items):
+        log.warning("broker failed after %d of %d messages; the relay publishes the rest", sent, len(items))
+    return [item.id for item in items[:sent]]
 
 
 def publish_and_mark(
-    settings: Settings, app: Celery, registry: Registry, items: Sequence[ledger.Published]
+    settings: Settings, registry: Registry, items: Sequence[ledger.Published]
 ) -> list[uuid.UUID]:
     """Publish, then stamp ``published_at`` on what went out (best effort: the relay covers misses)."""
-    sent = publish(app, registry, items)
+    sent = publish(settings, registry, items)
     try:
         with db.transaction(settings) as conn:
             ledger.mark_published(conn, sent)
@@ -74,5 +77,5 @@ def _shown(registry: Registry, item: ledger.Published) -> str:
     return repr(item.payload)
 
 
-def _safe(app: Celery) -> str:
-    return str(app.connection_for_write().as_uri())
+def _safe(url: str) -> str:
+    return str(maybe_sanitize_url(url))

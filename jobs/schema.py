@@ -3,7 +3,8 @@
 ``jobs`` holds one row per accepted job; ``job_attempts`` one row per attempt,
 so an operator can ask what happened on attempt 2. The columns and the states
 are explained in ``docs/architecture.md``; the state machine lives in
-``jobs.ledger``.
+``jobs.ledger``. ``schedules`` holds the leader's schedules and
+``maintenance_runs`` when each maintenance loop last ran (``docs/scheduling.md``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,15 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
-__all__ = ["STATES", "TERMINAL_STATES", "job_attempts", "jobs", "metadata"]
+__all__ = [
+    "STATES",
+    "TERMINAL_STATES",
+    "job_attempts",
+    "jobs",
+    "maintenance_runs",
+    "metadata",
+    "schedules",
+]
 
 metadata = sa.MetaData(
     naming_convention={
@@ -92,4 +101,52 @@ job_attempts = sa.Table(
         "outcome IN ('succeeded', 'error', 'lost', 'cancelled')",
         name="outcome",
     ),
+)
+
+# Schedules: one row per schedule, edited by operators while beat runs (docs/scheduling.md).
+schedules = sa.Table(
+    "schedules",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("payload", pg.JSONB, nullable=False),
+    sa.Column("queue", sa.Text),
+    sa.Column("priority", sa.SmallInteger),
+    sa.Column("cron", sa.Text),
+    sa.Column("every_seconds", sa.Integer),
+    sa.Column("timezone", sa.Text, nullable=False, server_default="UTC"),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("misfire", sa.Text, nullable=False, server_default="once"),
+    sa.Column("overlap", sa.Text, nullable=False, server_default="allow"),
+    sa.Column("declared", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Slots at or before this instant are dealt with (fired, or passed over by a policy).
+    sa.Column("handled_until", _TZ, nullable=False, server_default=sa.func.now()),
+    sa.Column("last_slot", _TZ),
+    sa.Column("last_fired_at", _TZ),
+    sa.Column("last_job_id", sa.Uuid),
+    sa.Column("last_skip_at", _TZ),
+    sa.Column("last_skip_reason", sa.Text),
+    sa.Column("skipped", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("last_error", sa.Text),
+    sa.Column("last_error_at", _TZ),
+    sa.Column("created_at", _TZ, nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", _TZ, nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_by", sa.Text),
+    sa.CheckConstraint("(cron IS NULL) <> (every_seconds IS NULL)", name="timing"),
+    sa.CheckConstraint("every_seconds >= 1", name="every"),
+    sa.CheckConstraint("priority BETWEEN 0 AND 9", name="priority"),
+    sa.CheckConstraint("misfire IN ('skip', 'once', 'all')", name="misfire"),
+    sa.CheckConstraint("overlap IN ('allow', 'skip')", name="overlap"),
+)
+
+# When each of the leader's maintenance loops last ran, for ``jobs schedule list``.
+maintenance_runs = sa.Table(
+    "maintenance_runs",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("interval_seconds", sa.Float, nullable=False),
+    sa.Column("last_run_at", _TZ, nullable=False),
+    sa.Column("last_result", sa.Integer),
+    sa.Column("last_error", sa.Text),
+    sa.Column("leader", sa.Text),
 )

@@ -24,6 +24,8 @@ from jobs.cli import context
 __all__ = ["health"]
 
 ROLES = ("worker", "beat", "flower")
+# Flower bound to every address is probed through loopback; nothing here binds.
+LOOPBACK_FOR = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104  # nosec B104
 
 
 def _report(healthy: bool, role: str, detail: str) -> NoReturn:
@@ -61,18 +63,16 @@ def _beat(timeout: float) -> tuple[bool, str]:
         leader = current_leader(conn)
     if leader is None:
         return False, "PostgreSQL is reachable but no beat holds the leader lock"
-    here = socket.gethostname()
-    role = "this host leads" if leader.split(":")[1:2] == [here] else "standby on this host"
-    return True, f"{role}; leader is {leader}"
+    here = leader.split(":")[1:2] == [socket.gethostname()]
+    where = "this host" if here else "another host; this one stands by"
+    return True, f"leader is {leader} ({where})"
 
 
 def _flower(timeout: float) -> tuple[bool, str]:
     import httpx
 
     settings = context.settings()
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(  # noqa: S104 - mapped, not bound
-        settings.flower_address, settings.flower_address
-    )
+    host = LOOPBACK_FOR.get(settings.flower_address, settings.flower_address)
     if ":" in host:
         host = f"[{host}]"
     url = f"http://{host}:{settings.flower_port}/healthcheck"

@@ -1,0 +1,115 @@
+"""Celery messages built once and pushed to Redis in pipelines (the fast publishing path).
+
+Celery's ``apply_async`` spends most of a publish in Python: building the
+message, routing, signals, one round trip per message. The ledger already
+knows everything a message needs, so the platform builds the task-protocol-2
+message itself, in the exact shape kombu's Redis transport stores (a JSON
+envelope with a base64 body, LPUSHed onto the queue's list, one list per
+priority step), and sends many per round trip. Workers consume them as any
+Celery message; ``tests/integration/test_wire.py`` checks the format against
+kombu's own publisher.
+
+What this path does not do: send Celery's ``task-sent`` event, so Flower shows
+a job from the moment a worker receives it.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+__all__ = ["PRIORITY_SEPARATOR", "encode", "push", "queue_key"]
+
+#: kombu's separator between a queue's name and its priority step.
+PRIORITY_SEPARATOR = "\x06\x16"
+_EMBED = '{"callbacks": null, "errbacks": null, "chain": null, "chord": null}'
+_ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
+
+
+def queue_key(queue: str, priority: int) -> str:
+    """The Redis list holding ``queue``'s messages of this priority (0 is the queue itself)."""
+    return f"{queue}{PRIORITY_SEPARATOR}{priority}" if priority else queue
+
+
+def encode(job_id: uuid.UUID, kind: str, queue: str, priority: int, payload_json: str, shown: str) -> str:
+    """One Celery protocol-2 message, as kombu's Redis transport stores it."""
+    task_id = str(job_id)
+    body = f"[[], {payload_json}, {_EMBED}]".encode()
+    envelope: dict[str, Any] = {
+        "body": base64.b64encode(body).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            "lang": "py",
+            "task": kind,
+            "id": task_id,
+            "shadow": None,
+            "eta": None,
+            "expires": None,
+            "group": None,
+            "group_index": None,
+            "retries": 0,
+            "timelimit": [None, None],
+            "root_id": task_id,
+            "parent_id": None,
+            "argsrepr": "()",
+            "kwargsrepr": shown,
+            "origin": _ORIGIN,
+            "ignore_result": None,
+            "replaced_task_nesting": 0,
+            "stamped_headers": None,
+            "stamps": {},
+        },
+        "properties": {
+            "correlation_id": task_id,
+            "reply_to": None,
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": priority,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    return json.dumps(envelope)
+
+
+@functools.cache
+def _client(url: str, timeout: float) -> redis.Redis:
+    return redis.Redis.from_url(
+        url.replace("redis+socket://", "unix://", 1),
+        socket_connect_timeout=timeout,
+        socket_timeout=max(timeout, 5.0),
+        socket_keepalive=True,
+        health_check_interval=10,
+    )
+
+
+def push(url: str, messages: Sequence[tuple[str, str]], *, timeout: float, batch: int = 1000) -> int:
+    """LPUSH ``(key, message)`` pairs, ``batch`` per round trip; returns how many were sent.
+
+    Raises ``redis.RedisError`` (or ``OSError``) if Redis fails before the
+    first batch went through; a later failure returns the count sent so far.
+    """
+    client = _client(url, timeout)
+    sent = 0
+    for start in range(0, len(messages), batch):
+        chunk = messages[start : start + batch]
+        try:
+            pipe = client.pipeline(transaction=False)
+            for key, message in chunk:
+                pipe.lpush(key, message)
+            pipe.execute()
+        except (redis.RedisError, OSError):
+            if sent == 0:
+                raise
+            return sent
+        sent += len(chunk)
+    return sent
