@@ -90,6 +90,7 @@ def current_leader(conn: sa.Connection) -> str | None:
             "SELECT a.application_name FROM pg_catalog.pg_locks l "
             "JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid "
             "WHERE l.locktype = 'advisory' AND l.granted "
+            "AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) "
             "AND l.classid = 0 AND l.objid = :key AND l.objsubid = 1"
         ),
         {"key": LOCK_KEY},

@@ -14,7 +14,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from jobs.errors import LedgerUnavailable
 from jobs.settings import Settings, get_settings
 
-__all__ = ["dispose", "dispose_after_fork", "engine", "ledger_errors", "safe_url", "session", "transaction"]
+__all__ = [
+    "autocommit",
+    "dispose",
+    "dispose_after_fork",
+    "engine",
+    "ledger_errors",
+    "safe_url",
+    "session",
+    "transaction",
+]
 
 CONNECT_TIMEOUT = 5
 
@@ -34,7 +43,8 @@ def _engine(url: str) -> sa.Engine:
     _OWNER[url] = os.getpid()
     created = _ENGINES[url] = sa.create_engine(
         url,
-        pool_pre_ping=True,
+        # No pre-ping: it would cost a round trip per checkout on the hot paths. A connection
+        # found dead raises once (LedgerUnavailable) and SQLAlchemy then replaces the whole pool.
         pool_size=5,
         max_overflow=10,
         pool_recycle=1800,
@@ -91,6 +101,18 @@ def transaction(settings: Settings | None = None) -> Iterator[sa.Connection]:
     settings = settings or get_settings()
     with ledger_errors(settings.database_url), engine(settings).begin() as conn:
         yield conn
+
+
+@contextlib.contextmanager
+def autocommit(settings: Settings | None = None) -> Iterator[sa.Connection]:
+    """A connection whose every statement commits on its own: one round trip per statement.
+
+    The ledger's transitions are single statements (data-modifying CTEs), so
+    they are atomic without BEGIN and COMMIT.
+    """
+    settings = settings or get_settings()
+    with ledger_errors(settings.database_url), engine(settings).connect() as conn:
+        yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
 @functools.cache

@@ -62,7 +62,7 @@ def publish_and_mark(
     """Publish, then stamp ``published_at`` on what went out (best effort: the relay covers misses)."""
     sent = publish(settings, registry, items)
     try:
-        with db.transaction(settings) as conn:
+        with db.autocommit(settings) as conn:
             ledger.mark_published(conn, sent)
     except JobsError as error:
         log.warning("published %d jobs but could not stamp them: %s", len(sent), error)

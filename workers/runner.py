@@ -16,6 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.orm import Session
 
 from jobs import db, ledger
 from jobs.context import JobContext
@@ -62,7 +63,7 @@ def error_record(error: BaseException, *, reason: str | None = None) -> dict[str
 def run(settings: Settings, registry: Registry, delivery: Delivery) -> Any:
     """Run one delivered message through the ledger; returns the job's result (or ``None``)."""
     declared = registry.get(delivery.kind) if delivery.kind in registry else None
-    with db.transaction(settings) as conn:
+    with db.autocommit(settings) as conn:
         claimed = ledger.claim(
             conn, delivery.job_id, worker=delivery.worker, lease=lease_for(settings, declared)
         )
@@ -185,11 +186,9 @@ def _attempt(settings: Settings, declared: Kind, claimed: ledger.Claimed, worker
     try:
         value = declared.body(ctx, payload)
         result = declared.dump_result(value)
-        if ledger.succeed(session.connection(), claimed.id, claimed.attempt, result):
-            session.commit()
+        if _succeed(settings, session, claimed, result):
             outcome = "succeeded"
             return result
-        session.rollback()
         outcome, message = (
             "cancelled",
             "the job was cancelled or taken over while running; its work is rolled back",
@@ -232,6 +231,18 @@ def _attempt(settings: Settings, declared: Kind, claimed: ledger.Claimed, worker
     return None
 
 
+def _succeed(settings: Settings, session: Session, claimed: ledger.Claimed, result: Any) -> bool:
+    """Record success: in the body's transaction if it used its session, else as one statement."""
+    if not session.in_transaction():
+        with db.autocommit(settings) as conn:
+            return ledger.succeed(conn, claimed.id, claimed.attempt, result)
+    if ledger.succeed(session.connection(), claimed.id, claimed.attempt, result):
+        session.commit()
+        return True
+    session.rollback()
+    return False
+
+
 def _finish_error(
     settings: Settings,
     claimed: ledger.Claimed,
@@ -268,7 +279,7 @@ def record_failure(
     delay: float | None = None,
 ) -> str:
     """Store a failed attempt's outcome; returns the state the job moved to ('' if it was not ours)."""
-    with db.transaction(settings) as conn:
+    with db.autocommit(settings) as conn:
         if retryable and attempt < max_attempts:
             wait = delay if delay is not None else (declared.backoff.delay(attempt) if declared else 0.0)
             return "retrying" if ledger.retry(conn, job_id, attempt, record, wait) else ""
@@ -276,10 +287,10 @@ def record_failure(
 
 
 def _progress(settings: Settings, claimed: ledger.Claimed, report: dict[str, Any]) -> None:
-    with db.transaction(settings) as conn:
+    with db.autocommit(settings) as conn:
         ledger.progress(conn, claimed.id, claimed.attempt, report)
 
 
 def _state(settings: Settings, job_id: uuid.UUID) -> str | None:
-    with db.transaction(settings) as conn:
+    with db.autocommit(settings) as conn:
         return conn.execute(sa.select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one_or_none()
