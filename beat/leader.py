@@ -39,6 +39,7 @@ class Leadership:
             connect_args={"connect_timeout": 5, "application_name": self.identity},
         )
         self._conn: sa.Connection | None = None
+        self._released = False
 
     @property
     def is_leader(self) -> bool:
@@ -46,6 +47,8 @@ class Leadership:
 
     def ensure(self) -> bool:
         """Check that we still lead, or try to become leader; never raises for a lost database."""
+        if self._released:
+            return False
         try:
             if self._conn is not None:
                 self._conn.execute(sa.text("SELECT 1"))
@@ -65,7 +68,8 @@ class Leadership:
             return False
 
     def release(self) -> None:
-        """Give the lock up (on shutdown), so a standby takes over at once."""
+        """Give the lock up (on shutdown), so a standby takes over at once; never lead again."""
+        self._released = True
         if self._conn is not None:
             with contextlib.suppress(sa_exc.DBAPIError):
                 self._conn.execute(sa.select(sa.func.pg_advisory_unlock(LOCK_KEY)))

@@ -8,8 +8,12 @@
 
 - **pruner**: deletes finished jobs past their retention, in bounded batches
   (failed jobs are kept longer than succeeded and cancelled ones).
+- **cron**: fires the due slots of the schedules (``beat.cron``).
 
-More loops (schedules, re-drive) slot in by adding to ``default_loops``.
+More loops (re-drive) slot in by adding to ``default_loops``. The runner
+records when each loop last ran, and its result or error, in
+``maintenance_runs`` (at most every ``RECORD_EVERY`` seconds), which
+``jobs schedule list`` shows.
 """
 
 from __future__ import annotations
@@ -18,20 +22,35 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
+import sqlalchemy as sa
 from celery import Celery
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from jobs import db, ledger, publisher
 from jobs.errors import BrokerUnavailable
 from jobs.kinds import Registry
+from jobs.schema import maintenance_runs
 from jobs.settings import Settings
 
-__all__ = ["Loop", "Maintenance", "Pruner", "Relay", "Rescuer", "Runner", "Stager", "default_loops"]
+__all__ = [
+    "Loop",
+    "Maintenance",
+    "Pruner",
+    "Relay",
+    "Rescuer",
+    "Runner",
+    "Stager",
+    "default_loops",
+    "record_runs",
+]
 
 log = logging.getLogger("jobs.beat")
 
 BATCH = 1000
+RECORD_EVERY = 5.0
 
 
 @dataclass
@@ -80,15 +99,16 @@ class Relay:
     name: str = "relay"
 
     def run(self, env: Maintenance) -> int:
-        with db.transaction(env.settings) as conn:
+        with db.transaction(env.settings) as conn:  # the rows stay locked until they are stamped
             stranded = ledger.unpublished(conn, older_than=self.grace, limit=BATCH)
-        if not stranded:
-            return 0
-        try:
-            sent = publisher.publish_and_mark(env.settings, env.registry, stranded)
-        except BrokerUnavailable as error:
-            log.warning("relay: %s; %d job(s) wait in the ledger", error, len(stranded))
-            return 0
+            if not stranded:
+                return 0
+            try:
+                sent = publisher.publish(env.settings, env.registry, stranded)
+            except BrokerUnavailable as error:
+                log.warning("relay: %s; %d job(s) wait in the ledger", error, len(stranded))
+                return 0
+            ledger.mark_published(conn, sent)
         log.info("relay: published %d job(s) that had not reached the broker", len(sent))
         return len(sent)
 
@@ -133,13 +153,28 @@ class Pruner:
 
 
 def default_loops(settings: Settings) -> list[Loop]:
+    from beat.cron import Cron
+
     tick = settings.leader_tick
     return [
+        Cron(tick, settings.schedule_grace, settings.schedule_catchup),
         Stager(tick),
         Relay(tick, settings.relay_grace),
         Rescuer(max(tick, 5.0)),
         Pruner(60.0, settings.retention_succeeded, settings.retention_failed),
     ]
+
+
+def record_runs(conn: sa.Connection, runs: Sequence[dict[str, Any]]) -> None:
+    """Upsert each loop's last run into ``maintenance_runs``."""
+    stmt = pg_insert(maintenance_runs).values(list(runs))
+    columns = ("interval_seconds", "last_run_at", "last_result", "last_error", "leader")
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[maintenance_runs.c.name],
+            set_={column: stmt.excluded[column] for column in columns},
+        )
+    )
 
 
 @dataclass
@@ -148,17 +183,46 @@ class Runner:
 
     env: Maintenance
     loops: Sequence[Loop]
+    record: bool = True
+    identity: str | None = None
     _next: dict[str, float] = field(default_factory=dict)
+    _runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _recorded_at: float = float("-inf")
 
     def tick(self) -> float:
         now = time.monotonic()
         for loop in self.loops:
             if self._next.get(loop.name, 0.0) > now:
                 continue
+            result: int | None = None
+            error: str | None = None
             try:
-                loop.run(self.env)
-            except Exception:
+                result = loop.run(self.env)
+            except Exception as failure:
                 log.exception("maintenance loop %s failed; it runs again next tick", loop.name)
+                error = f"{type(failure).__name__}: {str(failure).strip()[:500]}"
+            self._runs[loop.name] = {
+                "name": loop.name,
+                "interval_seconds": loop.interval,
+                "last_run_at": datetime.now(UTC),
+                "last_result": result,
+                "last_error": error,
+                "leader": self.identity,
+            }
             self._next[loop.name] = time.monotonic() + loop.interval
+        self._record()
         upcoming = min(self._next.values(), default=now + 1.0)
         return max(0.05, upcoming - time.monotonic())
+
+    def _record(self) -> None:
+        """Write the loops' last runs, at most every ``RECORD_EVERY`` seconds; never fails the tick."""
+        if not self.record or not self._runs or time.monotonic() - self._recorded_at < RECORD_EVERY:
+            return
+        self._recorded_at = time.monotonic()
+        try:
+            with db.transaction(self.env.settings) as conn:
+                record_runs(conn, list(self._runs.values()))
+        except Exception as error:
+            log.warning("could not record the maintenance loops' last runs: %s", error)
+            return
+        self._runs.clear()

@@ -45,10 +45,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from jobs.schema import TERMINAL_STATES, job_attempts, jobs
@@ -62,7 +63,9 @@ __all__ = [
     "claim",
     "fail",
     "id_for_key",
+    "id_for_slot",
     "insert_rows",
+    "lock_for_publish",
     "mark_published",
     "progress",
     "prune",
@@ -331,7 +334,11 @@ def stage_due(conn: sa.Connection, *, limit: int = 1000) -> list[Published]:
 
 
 def unpublished(conn: sa.Connection, *, older_than: float, limit: int = 1000) -> list[Published]:
-    """Queued jobs committed more than ``older_than`` seconds ago and never published."""
+    """Queued jobs committed more than ``older_than`` seconds ago and never published.
+
+    The rows stay locked for the caller's transaction; rows a producer is
+    still publishing (share-locked by ``lock_for_publish``) are skipped.
+    """
     rows = conn.execute(
         sa.select(*_PUBLISH_COLUMNS)
         .where(
@@ -341,8 +348,14 @@ def unpublished(conn: sa.Connection, *, older_than: float, limit: int = 1000) ->
         )
         .order_by(jobs.c.created_at)
         .limit(limit)
+        .with_for_update(skip_locked=True)
     ).all()
     return [Published(*row) for row in rows]
+
+
+def _any_id(ids: Iterable[uuid.UUID]) -> sa.ColumnElement[bool]:
+    """``id = ANY(:ids)``: one array parameter, however many ids."""
+    return jobs.c.id == sa.any_(sa.bindparam(None, list(ids), type_=pg.ARRAY(sa.Uuid)))
 
 
 def mark_published(conn: sa.Connection, ids: Iterable[uuid.UUID]) -> None:
@@ -350,10 +363,13 @@ def mark_published(conn: sa.Connection, ids: Iterable[uuid.UUID]) -> None:
     id_list = list(ids)
     if id_list:
         conn.execute(
-            sa.update(jobs)
-            .where(jobs.c.id.in_(id_list), jobs.c.published_at.is_(None))
-            .values(published_at=_now())
+            sa.update(jobs).where(_any_id(id_list), jobs.c.published_at.is_(None)).values(published_at=_now())
         )
+
+
+def lock_for_publish(conn: sa.Connection, ids: Iterable[uuid.UUID]) -> None:
+    """Share-lock rows about to be published, for the transaction: the relay skips them."""
+    conn.execute(sa.select(jobs.c.id).where(_any_id(ids)).with_for_update(key_share=True, read=True))
 
 
 def progress(conn: sa.Connection, job_id: uuid.UUID, attempt: int, report: dict[str, Any]) -> bool:
@@ -379,14 +395,31 @@ def prune(conn: sa.Connection, *, states: Sequence[str], older_than: float, limi
     return conn.execute(sa.delete(jobs).where(jobs.c.id.in_(old.scalar_subquery()))).rowcount
 
 
-def insert_rows(conn: sa.Connection, rows: Sequence[dict[str, Any]], *, idempotent: bool) -> list[uuid.UUID]:
-    """Insert new jobs; with ``idempotent`` an existing key wins and its row is skipped."""
+def insert_rows(
+    conn: sa.Connection, rows: Sequence[dict[str, Any]], *, idempotent: bool, scheduled: bool = False
+) -> list[uuid.UUID]:
+    """Insert new jobs; with ``idempotent`` an existing key wins and its row is skipped.
+
+    With ``scheduled`` the rows are schedule firings: an existing job for the
+    same (schedule, slot) wins, so no slot is ever fired twice.
+    """
     stmt = pg_insert(jobs).values(list(rows))
-    if idempotent:
+    if idempotent and scheduled:
+        stmt = stmt.on_conflict_do_nothing()
+    elif idempotent:
         stmt = stmt.on_conflict_do_nothing(index_elements=[jobs.c.idempotency_key])
+    elif scheduled:
+        stmt = stmt.on_conflict_do_nothing(index_elements=[jobs.c.schedule_name, jobs.c.schedule_slot])
     return list(conn.execute(stmt.returning(jobs.c.id)).scalars())
 
 
 def id_for_key(conn: sa.Connection, key: str) -> uuid.UUID | None:
     """The job that holds an idempotency key, if any."""
     return conn.execute(sa.select(jobs.c.id).where(jobs.c.idempotency_key == key)).scalar_one_or_none()
+
+
+def id_for_slot(conn: sa.Connection, schedule: str, slot: datetime) -> uuid.UUID | None:
+    """The job that fired a schedule's slot, if any."""
+    return conn.execute(
+        sa.select(jobs.c.id).where(jobs.c.schedule_name == schedule, jobs.c.schedule_slot == slot)
+    ).scalar_one_or_none()

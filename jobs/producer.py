@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import event
+from sqlalchemy import Connection, event
 from sqlalchemy.orm import Session
 
 from jobs import db, ledger, publisher
@@ -60,6 +60,8 @@ class _Options:
     max_attempts: int | None = None
     submitted_by: str | None = None
     retry_of: uuid.UUID | None = None
+    schedule_name: str | None = None
+    schedule_slot: datetime | None = None
 
 
 class Producer:
@@ -90,20 +92,28 @@ class Producer:
         submitted_by: str | None = None,
         session: Session | None = None,
         retry_of: uuid.UUID | None = None,
+        schedule_name: str | None = None,
+        schedule_slot: datetime | None = None,
     ) -> JobId:
-        """Submit one job; see the module docstring."""
-        options = _Options(queue, priority, delay, at, max_attempts, submitted_by, retry_of)
+        """Submit one job; see the module docstring.
+
+        ``schedule_name`` and ``schedule_slot`` (given together) mark a firing
+        of a schedule: the pair is unique, so a second submit for the same slot
+        returns the existing job with ``duplicate`` set, like an idempotency key.
+        """
+        options = _Options(
+            queue, priority, delay, at, max_attempts, submitted_by, retry_of, schedule_name, schedule_slot
+        )
         declared = self.registry.get(kind)
         row = self._row(declared, payload or {}, options, idempotency_key)
         if session is not None:
             return self._submit_in(session, [row], key=idempotency_key)[0]
-        with db.transaction(self.settings) as conn:
-            inserted = ledger.insert_rows(conn, [row], idempotent=idempotency_key is not None)
+        with db.autocommit(self.settings) as conn:
+            inserted = ledger.insert_rows(
+                conn, [row], idempotent=idempotency_key is not None, scheduled=schedule_name is not None
+            )
             if not inserted:
-                assert idempotency_key is not None
-                existing = ledger.id_for_key(conn, idempotency_key)
-                assert existing is not None
-                return JobId(existing, duplicate=True)
+                return JobId(_existing(conn, row, idempotency_key), duplicate=True)
         return JobId(row["id"], published=self._publish([row]) == 1)
 
     def submit_many(
@@ -147,11 +157,14 @@ class Producer:
             for chunk in _chunks(rows, 5 * BATCH):
                 ledger.insert_rows(conn, chunk, idempotent=False)
         report("committed", len(rows))
-        published = 0
-        for chunk in _chunks(rows, BATCH):
-            published += self._publish(chunk)
-            report("published", published)
-        return [JobId(row["id"], published=published == len(rows)) for row in rows]
+        items = [_publishable(row) for row in rows if row["state"] == "queued"]
+        sent = publisher.publish_batches(
+            self.settings, self.registry, items, batch=BATCH, progress=lambda n: report("published", n)
+        )
+        published = sent == len(items)
+        if not published:
+            log.warning("%d job(s) are saved and will be published when Redis returns", len(items) - sent)
+        return [JobId(row["id"], published=published) for row in rows]
 
     def _row(
         self,
@@ -176,7 +189,7 @@ class Producer:
         if key is not None and not 0 < len(key) <= 255:
             raise InvalidJobOptions("an idempotency key must be 1 to 255 characters")
         not_before = _due(options.delay, options.at)
-        return {
+        row: dict[str, Any] = {
             "id": uuid.uuid4(),
             "kind": declared.name,
             "queue": options.queue or declared.queue or self.settings.default_queue,
@@ -189,14 +202,20 @@ class Producer:
             "submitted_by": options.submitted_by,
             "retry_of": options.retry_of,
         }
+        if options.schedule_name is not None or options.schedule_slot is not None:
+            if options.schedule_name is None or options.schedule_slot is None:
+                raise InvalidJobOptions("a schedule firing needs both its schedule name and its slot")
+            if options.schedule_slot.tzinfo is None:
+                raise InvalidJobOptions("a schedule slot must include its UTC offset")
+            row["schedule_name"] = options.schedule_name
+            row["schedule_slot"] = options.schedule_slot
+        return row
 
     def _submit_in(self, session: Session, rows: list[dict[str, Any]], *, key: str | None) -> list[JobId]:
         conn = session.connection()
-        if not ledger.insert_rows(conn, rows, idempotent=key is not None):
-            assert key is not None
-            existing = ledger.id_for_key(conn, key)
-            assert existing is not None
-            return [JobId(existing, duplicate=True)]
+        scheduled = rows[0].get("schedule_name") is not None
+        if not ledger.insert_rows(conn, rows, idempotent=key is not None, scheduled=scheduled):
+            return [JobId(_existing(conn, rows[0], key), duplicate=True)]
         if not session.info.get("jobs.listening"):
             session.info["jobs.listening"] = True
             event.listen(session, "after_commit", self._after_commit)
@@ -210,11 +229,7 @@ class Producer:
             self._publish(rows)
 
     def _publish(self, rows: Sequence[dict[str, Any]]) -> int:
-        items = [
-            ledger.Published(r["id"], r["kind"], r["queue"], r["priority"], r["payload"])
-            for r in rows
-            if r["state"] == "queued"
-        ]
+        items = [_publishable(r) for r in rows if r["state"] == "queued"]
         if not items:
             return len(rows)
         try:
@@ -223,6 +238,19 @@ class Producer:
             log.warning("%s; %d job(s) are saved and will be published when it returns", error, len(items))
             return 0
         return len(sent) + (len(rows) - len(items))
+
+
+def _existing(conn: Connection, row: dict[str, Any], key: str | None) -> uuid.UUID:
+    """The job that won the conflict: the one holding the idempotency key, or the schedule slot."""
+    existing = ledger.id_for_key(conn, key) if key is not None else None
+    if existing is None and row.get("schedule_name") is not None:
+        existing = ledger.id_for_slot(conn, row["schedule_name"], row["schedule_slot"])
+    assert existing is not None
+    return existing
+
+
+def _publishable(row: dict[str, Any]) -> ledger.Published:
+    return ledger.Published(row["id"], row["kind"], row["queue"], row["priority"], row["payload"])
 
 
 def _forget(session: Session) -> None:

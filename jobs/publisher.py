@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from kombu.utils.url import maybe_sanitize_url
 from redis.exceptions import RedisError
@@ -22,7 +22,7 @@ from jobs.errors import BrokerUnavailable, JobsError
 from jobs.kinds import Registry
 from jobs.settings import Settings
 
-__all__ = ["publish", "publish_and_mark"]
+__all__ = ["publish", "publish_and_mark", "publish_batches"]
 
 log = logging.getLogger("jobs.publisher")
 
@@ -66,6 +66,41 @@ def publish_and_mark(
             ledger.mark_published(conn, sent)
     except JobsError as error:
         log.warning("published %d jobs but could not stamp them: %s", len(sent), error)
+    return sent
+
+
+def publish_batches(
+    settings: Settings,
+    registry: Registry,
+    items: Sequence[ledger.Published],
+    *,
+    batch: int = 1000,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Publish many jobs while holding a share lock on their rows; returns how many went out.
+
+    Publishing a large batch takes longer than the relay's grace period; the
+    lock (``FOR KEY SHARE``, which workers' claims do not conflict with) makes
+    the relay skip these rows instead of publishing them a second time.
+    """
+    sent = 0
+    try:
+        with db.transaction(settings) as conn:
+            ledger.lock_for_publish(conn, [item.id for item in items])
+            for start in range(0, len(items), batch):
+                try:
+                    ids = publish(settings, registry, items[start : start + batch])
+                except BrokerUnavailable as error:
+                    log.warning("%s; %d job(s) wait in the ledger for the relay", error, len(items) - sent)
+                    break
+                ledger.mark_published(conn, ids)
+                sent += len(ids)
+                if progress is not None:
+                    progress(sent)
+                if len(ids) < len(items[start : start + batch]):
+                    break
+    except JobsError as error:
+        log.warning("published %d jobs but could not stamp them: %s", sent, error)
     return sent
 
 

@@ -62,6 +62,15 @@ class Settings(BaseSettings):
     retention_failed: float = Field(30 * 86400.0, gt=0, description="Keep failed jobs this long, seconds.")
 
     leader_tick: float = Field(1.0, gt=0, description="Seconds between two leader maintenance ticks.")
+    leader_takeover: float = Field(
+        5.0, gt=0, description="A standby takes over at most this many seconds after the leader dies."
+    )
+    schedule_grace: float = Field(
+        60.0, ge=0, description="A schedule slot seen later than this after its time counts as missed."
+    )
+    schedule_catchup: float = Field(
+        3600.0, ge=0, description="misfire=all fires missed slots up to this many seconds back."
+    )
     relay_grace: float = Field(
         5.0, ge=0, description="A committed job not published after this many seconds is relayed."
     )

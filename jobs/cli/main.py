@@ -8,6 +8,8 @@ Expected errors print one line and never a traceback.
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -19,7 +21,28 @@ __all__ = ["cli", "main"]
 
 
 class JobsGroup(click.Group):
-    """A click group that turns platform errors into one line and an exit code."""
+    """A click group that turns platform errors and usage errors into one line and an exit code."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as error:
+            click.echo(error.format_message())
+            sys.exit(0)
+        except click.ClickException as error:
+            fail(error.format_message(), error.exit_code)
+        except click.Abort:
+            fail("aborted", 130)
+        if not standalone_mode:
+            return result
+        sys.exit(result if isinstance(result, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -42,7 +65,7 @@ def cli(verbose: bool) -> None:
 
 
 def _register() -> None:
-    from jobs.cli import db, health, inspect, kinds, processes, submit
+    from jobs.cli import db, health, inspect, kinds, processes, schedule, submit
 
     cli.add_command(submit.submit)
     for command in (inspect.status, inspect.list_, inspect.wait, inspect.cancel, inspect.retry):
@@ -52,6 +75,7 @@ def _register() -> None:
     for command in (processes.worker, processes.beat, processes.flower, processes.dev):
         cli.add_command(command)
     cli.add_command(health.health)
+    cli.add_command(schedule.schedule)
 
 
 _register()

@@ -79,3 +79,16 @@ def test_runner_runs_each_loop_on_its_interval_and_survives_a_failing_loop(maint
     runner.tick()
     runner.tick()
     assert calls == ["broken", "slow", "broken"]
+
+
+def test_relay_skips_jobs_a_producer_is_still_publishing(maintenance, clean, broker):
+    from beat.maintenance import Relay
+
+    stranded = [insert(clean, "queued", 60) for _ in range(3)]
+    with db.transaction(clean) as conn:
+        conn.execute(sa.update(jobs).values(finished_at=None))
+    with db.transaction(clean) as producer_conn:
+        ledger.lock_for_publish(producer_conn, stranded[:2])
+        assert Relay(interval=1, grace=5).run(maintenance) == 1  # only the unlocked one
+    assert Relay(interval=1, grace=5).run(maintenance) == 2  # the lock is gone: the others are relayed
+    assert Relay(interval=1, grace=5).run(maintenance) == 0  # and stamped, so never twice
