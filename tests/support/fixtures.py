@@ -56,8 +56,15 @@ def broker(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(settings.broker_url)
 
 
-def clear_broker(client: redis.Redis) -> None:
-    """Empty the queues in the tests' own Redis db (never another db); kombu's bindings stay."""
+def clear_broker(client: redis.Redis, settle: float = 10.0) -> None:
+    """Empty the queues in the tests' own Redis db (never another db); kombu's bindings stay.
+
+    First waits (up to ``settle`` seconds) for messages a running worker holds to be
+    acknowledged, so a previous test's job is not adopted into the next test's ledger.
+    """
+    deadline = time.monotonic() + settle
+    while client.hlen("unacked") and time.monotonic() < deadline:
+        time.sleep(0.05)
     keys = [key for key in client.scan_iter(count=1000) if not key.startswith(b"_kombu.binding")]
     if keys:
         client.delete(*keys)
@@ -66,9 +73,9 @@ def clear_broker(client: redis.Redis) -> None:
 @pytest.fixture
 def clean(ledger_db: Settings, broker: redis.Redis) -> Settings:
     """An empty ledger and an empty test broker db for this test."""
+    clear_broker(broker)  # first: lets a worker finish what it holds from the previous test
     with db.transaction(ledger_db) as conn:
         conn.execute(sa.text("TRUNCATE jobs, job_attempts, test_effects"))
-    clear_broker(broker)
     return ledger_db
 
 
