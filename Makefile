@@ -75,3 +75,31 @@ flower: install ## Run Flower (needs JOBS_FLOWER_USER and JOBS_FLOWER_PASSWORD)
 .PHONY: clean
 clean: ## Remove caches and build output
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* htmlcov dist build
+
+# The benchmark uses its own database and Redis db, never the development or test ones.
+BENCH_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/jobs_bench
+BENCH_BROKER_URL ?= redis://127.0.0.1:6379/12
+
+.PHONY: bench
+bench: install ## Compare bare Celery and the platform (BENCH_ARGS="--rounds 1"); see docs/performance.md
+	JOBS_DATABASE_URL=$(BENCH_DATABASE_URL) JOBS_BROKER_URL=$(BENCH_BROKER_URL) \
+		$(RUN) python -m tests.bench $(BENCH_ARGS)
+
+# Docker: the stack in docker-compose.yml (needs a .env made from .env.example; see docs/deploy.md).
+COMPOSE ?= docker compose
+
+.PHONY: up
+up: ## Build the image and start the Docker stack in the background (docker compose)
+	$(COMPOSE) up --build --detach
+
+.PHONY: down
+down: ## Stop the Docker stack (its volumes, and so the data, are kept)
+	$(COMPOSE) down
+
+.PHONY: logs
+logs: ## Follow the Docker stack's logs (SERVICE=worker for one service)
+	$(COMPOSE) logs --follow --tail=200 $(SERVICE)
+
+.PHONY: deploy-check
+deploy-check: install ## Validate docker-compose.yml and lint the Dockerfile, without a Docker engine
+	bash .ci/deploy-checks

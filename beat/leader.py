@@ -17,15 +17,12 @@ import socket
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
+from jobs.leader import APPLICATION_PREFIX, LOCK_KEY, current_leader
 from jobs.settings import Settings
 
 __all__ = ["LOCK_KEY", "Leadership", "current_leader"]
 
 log = logging.getLogger("jobs.beat")
-
-#: The advisory lock's key: the bytes of "jobs" as an integer.
-LOCK_KEY = 0x6A6F6273
-APPLICATION_PREFIX = "jobs-leader"
 
 
 class Leadership:
@@ -85,17 +82,3 @@ class Leadership:
             except sa_exc.DBAPIError:
                 pass
         self._conn = None
-
-
-def current_leader(conn: sa.Connection) -> str | None:
-    """The identity of the process holding the leader lock, if any."""
-    return conn.execute(
-        sa.text(
-            "SELECT a.application_name FROM pg_catalog.pg_locks l "
-            "JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'advisory' AND l.granted "
-            "AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) "
-            "AND l.classid = 0 AND l.objid = :key AND l.objsubid = 1"
-        ),
-        {"key": LOCK_KEY},
-    ).scalar_one_or_none()

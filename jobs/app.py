@@ -39,7 +39,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_max_memory_per_child": settings.worker_max_memory_per_child,
         # SIGTERM: running jobs get a window to finish, then are handed back.
         "worker_soft_shutdown_timeout": settings.worker_soft_shutdown_timeout,
-        "worker_enable_soft_shutdown_on_idle": True,
+        # No broker ETAs here (delays wait in the ledger), so an idle worker stops at once.
+        "worker_enable_soft_shutdown_on_idle": False,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "task_default_queue": settings.default_queue,
         "task_create_missing_queues": True,

@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     def _redis_only(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "redis+socket://")):
             raise ValueError("must be a redis:// or rediss:// URL")
+        if value.startswith("rediss://") and "ssl_cert_reqs=" not in value:
+            # kombu would connect without checking the server's certificate, with only a warning.
+            raise ValueError("a rediss:// URL must say how to check certificates: add ?ssl_cert_reqs=required")
         return value
 
     @model_validator(mode="after")

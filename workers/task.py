@@ -44,6 +44,12 @@ class LedgerRequest(Request):
                 task.release_lease(self.id, self.hostname)
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
+    def cancel(self, pool: Any, signal: Any = None, emit_retry: bool = True) -> None:
+        """Celery stops this job (soft shutdown expired): let its redelivery be claimed at once."""
+        if self.time_start and isinstance(self.task, LedgerTask):
+            self.task.release_lease(self.id, self.hostname)
+        super().cancel(pool, signal=signal, emit_retry=emit_retry)
+
 
 class LedgerTask(Task[Any, Any]):
     """Runs one kind's jobs; ``settings`` and ``registry`` are set at registration."""

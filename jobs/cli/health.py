@@ -13,6 +13,7 @@ One line of output; exit 0 when healthy, 1 when not (never 2: Docker reserves it
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import sys
 from typing import NoReturn
@@ -24,8 +25,6 @@ from jobs.cli import context
 __all__ = ["health"]
 
 ROLES = ("worker", "beat", "flower")
-# Flower bound to every address is probed through loopback; nothing here binds.
-LOOPBACK_FOR = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104  # nosec B104
 
 
 def _report(healthy: bool, role: str, detail: str) -> NoReturn:
@@ -54,9 +53,8 @@ def _beat(timeout: float) -> tuple[bool, str]:
 
     import sqlalchemy as sa
 
-    # The lock query lives next to the lock (beat.leader); the probe only reads it.
-    from beat.leader import current_leader
     from jobs import db
+    from jobs.leader import current_leader
 
     with db.transaction(context.settings()) as conn:
         conn.execute(sa.select(sa.func.set_config("statement_timeout", f"{int(timeout * 1000)}", True)))
@@ -68,14 +66,22 @@ def _beat(timeout: float) -> tuple[bool, str]:
     return True, f"leader is {leader} ({where})"
 
 
+def _probe_host(address: str) -> str:
+    """Where to reach a server bound to ``address``: through loopback when it binds every address."""
+    try:
+        ip = ipaddress.ip_address(address or "127.0.0.1")
+    except ValueError:
+        return address  # a host name
+    if ip.is_unspecified:
+        ip = ipaddress.ip_address("::1" if ip.version == 6 else "127.0.0.1")
+    return f"[{ip}]" if ip.version == 6 else str(ip)
+
+
 def _flower(timeout: float) -> tuple[bool, str]:
     import httpx
 
     settings = context.settings()
-    host = LOOPBACK_FOR.get(settings.flower_address, settings.flower_address)
-    if ":" in host:
-        host = f"[{host}]"
-    url = f"http://{host}:{settings.flower_port}/healthcheck"
+    url = f"http://{_probe_host(settings.flower_address)}:{settings.flower_port}/healthcheck"
     response = httpx.get(url, timeout=timeout)
     if response.status_code == 200 and response.text.strip() == "OK":
         return True, f"{url} answered OK"

@@ -85,7 +85,12 @@ def worker(
         argv += ["-c", str(concurrency)]
     if hostname:
         argv += ["-n", hostname]
-    _exec([*argv, *celery_args])
+    env = dict(os.environ)
+    if pool != "threads":
+        # SIGTERM (docker stop, Kubernetes, systemd) starts Celery's soft shutdown: running jobs
+        # get JOBS_WORKER_SOFT_SHUTDOWN_TIMEOUT seconds, then are handed back to the broker.
+        env.setdefault("REMAP_SIGTERM", "SIGQUIT")
+    _exec([*argv, *celery_args], env)
 
 
 @click.command(context_settings={"ignore_unknown_options": True})

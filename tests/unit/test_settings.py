@@ -48,6 +48,7 @@ def test_reads_environment_and_dotenv(monkeypatch, tmp_path):
         ("JOBS_VISIBILITY_TIMEOUT", "10", "JOBS_VISIBILITY_TIMEOUT must exceed JOBS_HARD_TIME_LIMIT"),
         ("JOBS_DATABASE_URL", "mysql://x/y", "JOBS_DATABASE_URL=mysql://x/y: must be a postgresql:// URL"),
         ("JOBS_BROKER_URL", "amqp://x", "JOBS_BROKER_URL=amqp://x: must be a redis:// or rediss:// URL"),
+        ("JOBS_BROKER_URL", "rediss://h:6380/1", "add ?ssl_cert_reqs=required"),
         ("JOBS_MAX_ATTEMPTS", "0", "JOBS_MAX_ATTEMPTS=0: Input should be greater than or equal to 1"),
         ("JOBS_SOFT_TIME_LIMIT", "400", "JOBS_SOFT_TIME_LIMIT must be below JOBS_HARD_TIME_LIMIT"),
     ],
