@@ -3,6 +3,8 @@
 - **stager**: publishes delayed and retrying jobs whose time has come;
 - **relay**: publishes committed jobs that were never published (Redis was
   down at submit, or the producer died between commit and publish);
+- **republisher**: publishes again queued jobs that no worker took for
+  ``JOBS_REPUBLISH_AFTER`` seconds (their message may be lost);
 - **rescuer**: moves running jobs whose lease expired (their worker died) to
   ``retrying``, or to ``failed`` on their last attempt.
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -30,7 +32,6 @@ from celery import Celery
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from jobs import db, ledger, publisher
-from jobs.errors import BrokerUnavailable
 from jobs.kinds import Registry
 from jobs.schema import maintenance_runs
 from jobs.settings import Settings
@@ -40,6 +41,7 @@ __all__ = [
     "Maintenance",
     "Pruner",
     "Relay",
+    "Republisher",
     "Rescuer",
     "Runner",
     "Stager",
@@ -70,6 +72,15 @@ class Loop(Protocol):
         """Do one round; returns how many jobs it moved."""
 
 
+def _publish_taken(env: Maintenance, take: Callable[[sa.Connection], list[ledger.Published]]) -> int:
+    """Take jobs for publishing in one statement, then send them (what fails goes back to the relay)."""
+    with db.autocommit(env.settings) as conn:
+        taken = take(conn)
+    if not taken:
+        return 0
+    return publisher.publish_committed(env.settings, env.registry, taken)
+
+
 @dataclass
 class Stager:
     interval: float
@@ -78,17 +89,9 @@ class Stager:
     def run(self, env: Maintenance) -> int:
         moved = 0
         while True:
-            with db.transaction(env.settings) as conn:
-                due = ledger.stage_due(conn, limit=BATCH)
-            if not due:
-                return moved
-            moved += len(due)
-            try:
-                publisher.publish_and_mark(env.settings, env.registry, due)
-            except BrokerUnavailable as error:
-                log.warning("stager: %s; %d staged job(s) left to the relay", error, len(due))
-                return moved
-            if len(due) < BATCH:
+            sent = _publish_taken(env, lambda conn: ledger.stage_due(conn, limit=BATCH))
+            moved += sent
+            if sent < BATCH:
                 return moved
 
 
@@ -99,18 +102,31 @@ class Relay:
     name: str = "relay"
 
     def run(self, env: Maintenance) -> int:
-        with db.transaction(env.settings) as conn:  # the rows stay locked until they are stamped
-            stranded = ledger.unpublished(conn, older_than=self.grace, limit=BATCH)
-            if not stranded:
-                return 0
-            try:
-                sent = publisher.publish(env.settings, env.registry, stranded)
-            except BrokerUnavailable as error:
-                log.warning("relay: %s; %d job(s) wait in the ledger", error, len(stranded))
-                return 0
-            ledger.mark_published(conn, sent)
-        log.info("relay: published %d job(s) that had not reached the broker", len(sent))
-        return len(sent)
+        sent = _publish_taken(
+            env, lambda conn: ledger.take_unpublished(conn, older_than=self.grace, limit=BATCH)
+        )
+        if sent:
+            log.info("relay: published %d job(s) that had not reached the broker", sent)
+        return sent
+
+
+@dataclass
+class Republisher:
+    """Publishes again queued jobs that no worker took for ``after`` seconds: their message may be lost."""
+
+    interval: float
+    after: float
+    name: str = "republisher"
+
+    def run(self, env: Maintenance) -> int:
+        sent = _publish_taken(
+            env, lambda conn: ledger.republish_stale(conn, older_than=self.after, limit=BATCH)
+        )
+        if sent:
+            log.warning(
+                "republisher: %d queued job(s) untouched for %gs were published again", sent, self.after
+            )
+        return sent
 
 
 @dataclass
@@ -160,6 +176,7 @@ def default_loops(settings: Settings) -> list[Loop]:
         Cron(tick, settings.schedule_grace, settings.schedule_catchup),
         Stager(tick),
         Relay(tick, settings.relay_grace),
+        Republisher(max(tick, 5.0), settings.republish_after),
         Rescuer(max(tick, 5.0)),
         Pruner(60.0, settings.retention_succeeded, settings.retention_failed),
     ]

@@ -42,13 +42,16 @@ statement through a data-modifying CTE, so every transition is one round trip.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
+from psycopg.types.json import Jsonb
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -61,20 +64,21 @@ __all__ = [
     "Published",
     "cancel",
     "claim",
+    "copy_rows",
     "fail",
     "id_for_key",
     "id_for_slot",
     "insert_rows",
-    "lock_for_publish",
-    "mark_published",
+    "mark_unpublished",
     "progress",
     "prune",
+    "republish_stale",
     "rescue_expired",
     "retry",
     "sources",
     "stage_due",
     "succeed",
-    "unpublished",
+    "take_unpublished",
 ]
 
 TRANSITIONS: frozenset[tuple[str, str, str]] = frozenset(
@@ -139,6 +143,10 @@ class Published:
     queue: str
     priority: int
     payload: dict[str, Any]
+    payload_json: str | None = None  # the payload serialized once, when the producer has it
+
+    def json(self) -> str:
+        return self.payload_json if self.payload_json is not None else json.dumps(self.payload)
 
 
 _PUBLISH_COLUMNS = (jobs.c.id, jobs.c.kind, jobs.c.queue, jobs.c.priority, jobs.c.payload)
@@ -315,6 +323,23 @@ def cancel(conn: sa.Connection, job_id: uuid.UUID) -> str | None:
     return None if row is None else str(row.state)
 
 
+def _take_for_publish(conn: sa.Connection, due: sa.Select[Any], values: dict[str, Any]) -> list[Published]:
+    """Mark the selected jobs published (and apply ``values``) in one statement; returns them.
+
+    ``published_at`` is set before the message is sent: if sending fails the
+    caller clears it again (``mark_unpublished``), and if the caller dies in
+    between, ``republish_stale`` sends the job again later. Either way the job
+    is never left without a message, and duplicates are absorbed by the claim.
+    """
+    rows = conn.execute(
+        sa.update(jobs)
+        .where(jobs.c.id.in_(due.with_for_update(skip_locked=True).scalar_subquery()))
+        .values(published_at=_now(), **values)
+        .returning(*_PUBLISH_COLUMNS)
+    ).all()
+    return [Published(*row) for row in rows]
+
+
 def stage_due(conn: sa.Connection, *, limit: int = 1000) -> list[Published]:
     """Move due ``scheduled`` and ``retrying`` jobs to ``queued``, to be published."""
     due = (
@@ -322,25 +347,14 @@ def stage_due(conn: sa.Connection, *, limit: int = 1000) -> list[Published]:
         .where(jobs.c.state.in_(sources("stage")), jobs.c.not_before <= _now())
         .order_by(jobs.c.not_before)
         .limit(limit)
-        .with_for_update(skip_locked=True)
     )
-    rows = conn.execute(
-        sa.update(jobs)
-        .where(jobs.c.id.in_(due.scalar_subquery()), jobs.c.state.in_(sources("stage")))
-        .values(state="queued", published_at=None)
-        .returning(*_PUBLISH_COLUMNS)
-    ).all()
-    return [Published(*row) for row in rows]
+    return _take_for_publish(conn, due, {"state": "queued"})
 
 
-def unpublished(conn: sa.Connection, *, older_than: float, limit: int = 1000) -> list[Published]:
-    """Queued jobs committed more than ``older_than`` seconds ago and never published.
-
-    The rows stay locked for the caller's transaction; rows a producer is
-    still publishing (share-locked by ``lock_for_publish``) are skipped.
-    """
-    rows = conn.execute(
-        sa.select(*_PUBLISH_COLUMNS)
+def take_unpublished(conn: sa.Connection, *, older_than: float, limit: int = 1000) -> list[Published]:
+    """Queued jobs committed more than ``older_than`` seconds ago whose message never went out."""
+    due = (
+        sa.select(jobs.c.id)
         .where(
             jobs.c.state == "queued",
             jobs.c.published_at.is_(None),
@@ -348,28 +362,39 @@ def unpublished(conn: sa.Connection, *, older_than: float, limit: int = 1000) ->
         )
         .order_by(jobs.c.created_at)
         .limit(limit)
-        .with_for_update(skip_locked=True)
-    ).all()
-    return [Published(*row) for row in rows]
+    )
+    return _take_for_publish(conn, due, {})
+
+
+def republish_stale(conn: sa.Connection, *, older_than: float, limit: int = 1000) -> list[Published]:
+    """Queued jobs published more than ``older_than`` seconds ago and still not taken by a worker.
+
+    Their message may be lost (a producer died between its commit and its
+    publish, or Redis lost data): they are published again, at most once per
+    ``older_than``. A duplicate of a message still in the queue is absorbed by
+    the claim.
+    """
+    due = (
+        sa.select(jobs.c.id)
+        .where(jobs.c.state == "queued", jobs.c.published_at < _now() - _seconds(older_than))
+        .order_by(jobs.c.published_at)
+        .limit(limit)
+    )
+    return _take_for_publish(conn, due, {})
+
+
+def mark_unpublished(conn: sa.Connection, ids: Iterable[uuid.UUID]) -> None:
+    """The broker did not take these jobs' messages: the relay publishes them when it returns."""
+    id_list = list(ids)
+    if id_list:
+        conn.execute(
+            sa.update(jobs).where(_any_id(id_list), jobs.c.state == "queued").values(published_at=None)
+        )
 
 
 def _any_id(ids: Iterable[uuid.UUID]) -> sa.ColumnElement[bool]:
     """``id = ANY(:ids)``: one array parameter, however many ids."""
     return jobs.c.id == sa.any_(sa.bindparam(None, list(ids), type_=pg.ARRAY(sa.Uuid)))
-
-
-def mark_published(conn: sa.Connection, ids: Iterable[uuid.UUID]) -> None:
-    """Stamp ``published_at`` on jobs that were just handed to the broker."""
-    id_list = list(ids)
-    if id_list:
-        conn.execute(
-            sa.update(jobs).where(_any_id(id_list), jobs.c.published_at.is_(None)).values(published_at=_now())
-        )
-
-
-def lock_for_publish(conn: sa.Connection, ids: Iterable[uuid.UUID]) -> None:
-    """Share-lock rows about to be published, for the transaction: the relay skips them."""
-    conn.execute(sa.select(jobs.c.id).where(_any_id(ids)).with_for_update(key_share=True, read=True))
 
 
 def progress(conn: sa.Connection, job_id: uuid.UUID, attempt: int, report: dict[str, Any]) -> bool:
@@ -403,14 +428,45 @@ def insert_rows(
     With ``scheduled`` the rows are schedule firings: an existing job for the
     same (schedule, slot) wins, so no slot is ever fired twice.
     """
-    stmt = pg_insert(jobs).values(list(rows))
+    # One constant statement executed with many parameter sets: compiled once and cached,
+    # sent as multi-row INSERTs ("insertmanyvalues"), ids returned in the rows' order.
+    stmt = pg_insert(jobs)
     if idempotent and scheduled:
         stmt = stmt.on_conflict_do_nothing()
     elif idempotent:
         stmt = stmt.on_conflict_do_nothing(index_elements=[jobs.c.idempotency_key])
     elif scheduled:
         stmt = stmt.on_conflict_do_nothing(index_elements=[jobs.c.schedule_name, jobs.c.schedule_slot])
-    return list(conn.execute(stmt.returning(jobs.c.id)).scalars())
+    params = [{key: value for key, value in row.items() if key in jobs.c} for row in rows]
+    return list(conn.execute(stmt.returning(jobs.c.id, sort_by_parameter_order=True), params).scalars())
+
+
+#: Columns a new job is created with (the rest take their defaults).
+NEW_JOB_COLUMNS = (
+    "id", "kind", "queue", "priority", "payload", "state", "max_attempts", "not_before",
+    "idempotency_key", "submitted_by", "retry_of", "published_at",
+)  # fmt: skip
+
+
+def copy_rows(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert many new jobs with COPY: the bulk path (no conflicts possible: fresh ids, no keys).
+
+    The statement names only constant column names, so it is spelled out here; SQLAlchemy
+    has no COPY construct.
+    """
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, psycopg.Connection)
+    columns = ", ".join(NEW_JOB_COLUMNS)
+    with raw.cursor() as cursor, cursor.copy(f"COPY jobs ({columns}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row([_copy_value(row, c) for c in NEW_JOB_COLUMNS])
+
+
+def _copy_value(row: dict[str, Any], column: str) -> Any:
+    if column != "payload":
+        return row.get(column)
+    # COPY's text format takes the JSON text as it is: the payload is serialized only once.
+    return row["payload_json"] if "payload_json" in row else Jsonb(row["payload"])
 
 
 def id_for_key(conn: sa.Connection, key: str) -> uuid.UUID | None:

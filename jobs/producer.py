@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from jobs import db, ledger, publisher
 from jobs.app import get_app
-from jobs.errors import BadInput, BrokerUnavailable, InvalidJobOptions, PayloadTooLarge
+from jobs.errors import BadInput, InvalidJobOptions, PayloadTooLarge
 from jobs.kinds import Kind, Registry, load_kinds
 from jobs.settings import Settings, get_settings
 
@@ -154,11 +154,10 @@ class Producer:
         if session is not None:
             return self._submit_in(session, rows, key=None)
         with db.transaction(self.settings) as conn:
-            for chunk in _chunks(rows, 5 * BATCH):
-                ledger.insert_rows(conn, chunk, idempotent=False)
+            ledger.copy_rows(conn, rows)
         report("committed", len(rows))
         items = [_publishable(row) for row in rows if row["state"] == "queued"]
-        sent = publisher.publish_batches(
+        sent = publisher.publish_committed(
             self.settings, self.registry, items, batch=BATCH, progress=lambda n: report("published", n)
         )
         published = sent == len(items)
@@ -174,7 +173,8 @@ class Producer:
         key: str | None,
     ) -> dict[str, Any]:
         data = declared.dump(declared.validate(payload))
-        size = len(json.dumps(data, separators=(",", ":")).encode())
+        data_json = json.dumps(data, separators=(",", ":"))
+        size = len(data_json.encode())
         if size > self.settings.max_payload_bytes:
             raise PayloadTooLarge(
                 f"payload of {size} bytes is over the limit of {self.settings.max_payload_bytes} "
@@ -195,7 +195,10 @@ class Producer:
             "queue": options.queue or declared.queue or self.settings.default_queue,
             "priority": priority,
             "payload": data,
+            "payload_json": data_json,  # not a column: serialized once for COPY and the broker
             "state": "scheduled" if not_before is not None else "queued",
+            # Marked published as it is created; a failed publish clears it (see jobs.publisher).
+            "published_at": None if not_before is not None else datetime.now(UTC),
             "max_attempts": attempts,
             "not_before": not_before,
             "idempotency_key": key,
@@ -232,12 +235,8 @@ class Producer:
         items = [_publishable(r) for r in rows if r["state"] == "queued"]
         if not items:
             return len(rows)
-        try:
-            sent = publisher.publish_and_mark(self.settings, self.registry, items)
-        except BrokerUnavailable as error:
-            log.warning("%s; %d job(s) are saved and will be published when it returns", error, len(items))
-            return 0
-        return len(sent) + (len(rows) - len(items))
+        sent = publisher.publish_committed(self.settings, self.registry, items)
+        return sent + (len(rows) - len(items))
 
 
 def _existing(conn: Connection, row: dict[str, Any], key: str | None) -> uuid.UUID:
@@ -250,7 +249,9 @@ def _existing(conn: Connection, row: dict[str, Any], key: str | None) -> uuid.UU
 
 
 def _publishable(row: dict[str, Any]) -> ledger.Published:
-    return ledger.Published(row["id"], row["kind"], row["queue"], row["priority"], row["payload"])
+    return ledger.Published(
+        row["id"], row["kind"], row["queue"], row["priority"], row["payload"], row.get("payload_json")
+    )
 
 
 def _forget(session: Session) -> None:
@@ -271,11 +272,6 @@ def _due(delay: float | timedelta | None, at: datetime | None) -> datetime | Non
             raise InvalidJobOptions("a time must include its UTC offset, like 2026-01-31T09:00:00+01:00")
         return at if at > now else None
     return None
-
-
-def _chunks[T](items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 _default: Producer | None = None

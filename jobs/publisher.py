@@ -1,6 +1,10 @@
 """Putting committed jobs on the broker: one Celery message per job, task id = job id.
 
-Messages are built by ``jobs.wire`` and pushed to Redis in pipelines.
+Messages are built by ``jobs.wire`` and pushed to Redis in pipelines. A row
+is marked published (``published_at``) in the same statement that creates or
+stages it, before its message is sent: a failed send clears the mark for the
+relay, and a job whose sender died in between is found by the leader's
+republish sweep. No extra round trip per job, and no job without a message.
 
 Publishing always follows the ledger commit. If Redis cannot take a message,
 the job stays ``queued`` with no ``published_at`` and the leader's relay
@@ -9,7 +13,6 @@ publishes it later; a duplicate publish is absorbed by the worker's claim.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -22,7 +25,7 @@ from jobs.errors import BrokerUnavailable, JobsError
 from jobs.kinds import Registry
 from jobs.settings import Settings
 
-__all__ = ["publish", "publish_and_mark", "publish_batches"]
+__all__ = ["publish", "publish_committed"]
 
 log = logging.getLogger("jobs.publisher")
 
@@ -41,7 +44,7 @@ def publish(settings: Settings, registry: Registry, items: Sequence[ledger.Publi
                 item.kind,
                 item.queue,
                 item.priority,
-                json.dumps(item.payload),
+                item.json(),
                 _shown(registry, item),
             ),
         )
@@ -56,20 +59,7 @@ def publish(settings: Settings, registry: Registry, items: Sequence[ledger.Publi
     return [item.id for item in items[:sent]]
 
 
-def publish_and_mark(
-    settings: Settings, registry: Registry, items: Sequence[ledger.Published]
-) -> list[uuid.UUID]:
-    """Publish, then stamp ``published_at`` on what went out (best effort: the relay covers misses)."""
-    sent = publish(settings, registry, items)
-    try:
-        with db.autocommit(settings) as conn:
-            ledger.mark_published(conn, sent)
-    except JobsError as error:
-        log.warning("published %d jobs but could not stamp them: %s", len(sent), error)
-    return sent
-
-
-def publish_batches(
+def publish_committed(
     settings: Settings,
     registry: Registry,
     items: Sequence[ledger.Published],
@@ -77,30 +67,30 @@ def publish_batches(
     batch: int = 1000,
     progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Publish many jobs while holding a share lock on their rows; returns how many went out.
+    """Publish jobs whose rows are committed and marked published; returns how many went out.
 
-    Publishing a large batch takes longer than the relay's grace period; the
-    lock (``FOR KEY SHARE``, which workers' claims do not conflict with) makes
-    the relay skip these rows instead of publishing them a second time.
+    What the broker did not take is marked unpublished again, so the relay
+    publishes it when Redis returns.
     """
     sent = 0
-    try:
-        with db.transaction(settings) as conn:
-            ledger.lock_for_publish(conn, [item.id for item in items])
-            for start in range(0, len(items), batch):
-                try:
-                    ids = publish(settings, registry, items[start : start + batch])
-                except BrokerUnavailable as error:
-                    log.warning("%s; %d job(s) wait in the ledger for the relay", error, len(items) - sent)
-                    break
-                ledger.mark_published(conn, ids)
-                sent += len(ids)
-                if progress is not None:
-                    progress(sent)
-                if len(ids) < len(items[start : start + batch]):
-                    break
-    except JobsError as error:
-        log.warning("published %d jobs but could not stamp them: %s", sent, error)
+    for start in range(0, len(items), batch):
+        chunk = items[start : start + batch]
+        try:
+            ids = publish(settings, registry, chunk)
+        except BrokerUnavailable as error:
+            log.warning("%s; %d job(s) wait in the ledger for the relay", error, len(items) - sent)
+            break
+        sent += len(ids)
+        if progress is not None:
+            progress(sent)
+        if len(ids) < len(chunk):
+            break
+    if sent < len(items):
+        try:
+            with db.autocommit(settings) as conn:
+                ledger.mark_unpublished(conn, [item.id for item in items[sent:]])
+        except JobsError as error:  # the leader's republish sweep still finds them
+            log.warning("could not mark %d unsent job(s) for the relay: %s", len(items) - sent, error)
     return sent
 
 

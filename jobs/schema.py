@@ -82,6 +82,8 @@ jobs = sa.Table(
         "created_at",
         postgresql_where=sa.text("state = 'queued' AND published_at IS NULL"),
     ),
+    # The republisher: queued jobs published long ago and still not taken.
+    sa.Index("ix_jobs_queued_published", "published_at", postgresql_where=sa.text("state = 'queued'")),
     # The rescuer: running jobs whose lease expired.
     sa.Index("ix_jobs_lease", "lease_until", postgresql_where=sa.text("state = 'running'")),
     sa.Index("ix_jobs_retry_of", "retry_of", postgresql_where=sa.text("retry_of IS NOT NULL")),

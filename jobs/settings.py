@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     relay_grace: float = Field(
         5.0, ge=0, description="A committed job not published after this many seconds is relayed."
     )
+    republish_after: float = Field(
+        900.0, gt=0, description="A queued job no worker took for this many seconds is published again."
+    )
     publish_timeout: float = Field(2.0, gt=0, description="Seconds to wait for Redis when publishing.")
 
     worker_max_memory_per_child: int = Field(
@@ -112,7 +115,9 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis:// or rediss:// URL")
         if value.startswith("rediss://") and "ssl_cert_reqs=" not in value:
             # kombu would connect without checking the server's certificate, with only a warning.
-            raise ValueError("a rediss:// URL must say how to check certificates: add ?ssl_cert_reqs=required")
+            raise ValueError(
+                "a rediss:// URL must say how to check certificates: add ?ssl_cert_reqs=required"
+            )
         return value
 
     @model_validator(mode="after")

@@ -22,7 +22,6 @@ import os
 import socket
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 import redis
 
@@ -39,46 +38,33 @@ def queue_key(queue: str, priority: int) -> str:
     return f"{queue}{PRIORITY_SEPARATOR}{priority}" if priority else queue
 
 
+_TEMPLATE = (
+    '{{"body": "{body}", "content-encoding": "utf-8", "content-type": "application/json", '
+    '"headers": {{"lang": "py", "task": {kind}, "id": "{id}", "shadow": null, "eta": null, '
+    '"expires": null, "group": null, "group_index": null, "retries": 0, "timelimit": [null, null], '
+    '"root_id": "{id}", "parent_id": null, "argsrepr": "()", "kwargsrepr": {shown}, '
+    '"origin": {origin}, "ignore_result": null, "replaced_task_nesting": 0, '
+    '"stamped_headers": null, "stamps": {{}}}}, '
+    '"properties": {{"correlation_id": "{id}", "reply_to": null, "delivery_mode": 2, '
+    '"delivery_info": {{"exchange": "", "routing_key": {queue}}}, "priority": {priority}, '
+    '"body_encoding": "base64", "delivery_tag": "{tag}"}}}}'
+)
+_ORIGIN_JSON = json.dumps(_ORIGIN)
+
+
 def encode(job_id: uuid.UUID, kind: str, queue: str, priority: int, payload_json: str, shown: str) -> str:
-    """One Celery protocol-2 message, as kombu's Redis transport stores it."""
-    task_id = str(job_id)
+    """One Celery protocol-2 message, as kombu's Redis transport stores it (a JSON envelope)."""
     body = f"[[], {payload_json}, {_EMBED}]".encode()
-    envelope: dict[str, Any] = {
-        "body": base64.b64encode(body).decode(),
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": {
-            "lang": "py",
-            "task": kind,
-            "id": task_id,
-            "shadow": None,
-            "eta": None,
-            "expires": None,
-            "group": None,
-            "group_index": None,
-            "retries": 0,
-            "timelimit": [None, None],
-            "root_id": task_id,
-            "parent_id": None,
-            "argsrepr": "()",
-            "kwargsrepr": shown,
-            "origin": _ORIGIN,
-            "ignore_result": None,
-            "replaced_task_nesting": 0,
-            "stamped_headers": None,
-            "stamps": {},
-        },
-        "properties": {
-            "correlation_id": task_id,
-            "reply_to": None,
-            "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": queue},
-            "priority": priority,
-            "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
-        },
-    }
-    return json.dumps(envelope)
+    return _TEMPLATE.format(
+        body=base64.b64encode(body).decode(),
+        kind=json.dumps(kind),
+        id=job_id,
+        shown=json.dumps(shown),
+        origin=_ORIGIN_JSON,
+        queue=json.dumps(queue),
+        priority=int(priority),
+        tag=uuid.uuid4(),
+    )
 
 
 @functools.cache
@@ -102,10 +88,14 @@ def push(url: str, messages: Sequence[tuple[str, str]], *, timeout: float, batch
     sent = 0
     for start in range(0, len(messages), batch):
         chunk = messages[start : start + batch]
+        by_key: dict[str, list[str]] = {}
+        for key, message in chunk:
+            by_key.setdefault(key, []).append(message)
         try:
             pipe = client.pipeline(transaction=False)
-            for key, message in chunk:
-                pipe.lpush(key, message)
+            for key, values in by_key.items():
+                # One LPUSH of many values keeps their order: the first is consumed first.
+                pipe.lpush(key, *values)
             pipe.execute()
         except (redis.RedisError, OSError):
             if sent == 0:

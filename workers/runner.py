@@ -12,6 +12,7 @@ import time
 import traceback
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -128,7 +129,7 @@ def _adopt(
         error = {"type": type(bad).__name__, "message": bad.message}
         row["payload"] = {}
     if error is not None:
-        row.update(state="failed", error=error, finished_at=sa.func.now())
+        row.update(state="failed", error=error, finished_at=datetime.now(UTC))
         ledger.insert_rows(conn, [row], idempotent=False)
         log.error("job %s (%s) refused: %s", delivery.job_id, delivery.kind, error["message"])
         return None

@@ -72,6 +72,13 @@ def upgrade() -> None:
         "ix_jobs_lease", "jobs", ["lease_until"], unique=False, postgresql_where=sa.text("state = 'running'")
     )
     op.create_index(
+        "ix_jobs_queued_published",
+        "jobs",
+        ["published_at"],
+        unique=False,
+        postgresql_where=sa.text("state = 'queued'"),
+    )
+    op.create_index(
         "ix_jobs_retry_of",
         "jobs",
         ["retry_of"],
@@ -115,6 +122,7 @@ def downgrade() -> None:
     )
     op.drop_index("ix_jobs_state_created_at", table_name="jobs")
     op.drop_index("ix_jobs_retry_of", table_name="jobs", postgresql_where=sa.text("retry_of IS NOT NULL"))
+    op.drop_index("ix_jobs_queued_published", table_name="jobs", postgresql_where=sa.text("state = 'queued'"))
     op.drop_index("ix_jobs_lease", table_name="jobs", postgresql_where=sa.text("state = 'running'"))
     op.drop_index(
         "ix_jobs_due", table_name="jobs", postgresql_where=sa.text("state IN ('scheduled', 'retrying')")

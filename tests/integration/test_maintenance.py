@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from beat.maintenance import Pruner, Rescuer, Runner
 from jobs import db, ledger
 from jobs.schema import jobs
+from tests.support.fixtures import queued_messages
 
 pytestmark = pytest.mark.integration
 
@@ -81,14 +82,33 @@ def test_runner_runs_each_loop_on_its_interval_and_survives_a_failing_loop(maint
     assert calls == ["broken", "slow", "broken"]
 
 
-def test_relay_skips_jobs_a_producer_is_still_publishing(maintenance, clean, broker):
+def test_relay_publishes_what_never_reached_the_broker_once(maintenance, clean, broker):
     from beat.maintenance import Relay
 
-    stranded = [insert(clean, "queued", 60) for _ in range(3)]
+    for _ in range(3):
+        insert(clean, "queued", 60)
+    fresh = insert(clean, "queued", 0)
     with db.transaction(clean) as conn:
-        conn.execute(sa.update(jobs).values(finished_at=None))
-    with db.transaction(clean) as producer_conn:
-        ledger.lock_for_publish(producer_conn, stranded[:2])
-        assert Relay(interval=1, grace=5).run(maintenance) == 1  # only the unlocked one
-    assert Relay(interval=1, grace=5).run(maintenance) == 2  # the lock is gone: the others are relayed
-    assert Relay(interval=1, grace=5).run(maintenance) == 0  # and stamped, so never twice
+        conn.execute(sa.update(jobs).values(finished_at=None, published_at=None))
+    assert (
+        Relay(interval=1, grace=5).run(maintenance) == 3
+    )  # not the fresh one: its producer may still send it
+    assert Relay(interval=1, grace=5).run(maintenance) == 0  # marked published: never twice
+    assert queued_messages(broker) == 3
+    with db.transaction(clean) as conn:
+        assert conn.execute(sa.select(jobs.c.published_at).where(jobs.c.id == fresh)).scalar() is None
+
+
+def test_republisher_sends_again_jobs_untouched_for_too_long(maintenance, clean, broker):
+    from beat.maintenance import Republisher
+
+    lost = insert(clean, "queued", 3600)  # published an hour ago (by its insert), never taken
+    recent = insert(clean, "queued", 10)
+    with db.transaction(clean) as conn:
+        conn.execute(sa.update(jobs).values(finished_at=None, published_at=jobs.c.created_at))
+    assert Republisher(interval=1, after=600).run(maintenance) == 1
+    assert Republisher(interval=1, after=600).run(maintenance) == 0  # not again before another 600 s
+    with db.transaction(clean) as conn:
+        published = dict(conn.execute(sa.select(jobs.c.id, jobs.c.published_at)).all())
+    assert published[lost] > published[recent]
+    assert queued_messages(broker) == 1

@@ -14,8 +14,13 @@ pytestmark = pytest.mark.integration
 def scratch(settings):
     url = sa.make_url(settings.database_url).set(database="jobs_migrations_test")
     scratch_settings = settings.model_copy(update={"database_url": url.render_as_string(hide_password=False)})
+    admin = sa.create_engine(
+        url.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool
+    )
+    with admin.connect() as conn:  # a new, empty database every time
+        conn.exec_driver_sql("DROP DATABASE IF EXISTS jobs_migrations_test WITH (FORCE)")
+    admin.dispose()
     migrate.create_database(scratch_settings)
-    migrate.downgrade(scratch_settings, "base")
     yield scratch_settings
     db.dispose()
 

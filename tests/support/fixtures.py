@@ -70,6 +70,11 @@ def clear_broker(client: redis.Redis, settle: float = 10.0) -> None:
         client.delete(*keys)
 
 
+def queued_messages(client: redis.Redis, queue: str = "default") -> int:
+    """Messages waiting in a queue, over all its priority lists."""
+    return sum(client.llen(key) for key in client.scan_iter(f"{queue}*") if client.type(key) == b"list")
+
+
 @pytest.fixture
 def clean(ledger_db: Settings, broker: redis.Redis) -> Settings:
     """An empty ledger and an empty test broker db for this test."""
