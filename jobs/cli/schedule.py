@@ -1,0 +1,409 @@
+"""``jobs schedule``: add, list, show, edit, pause, resume, trigger and remove schedules.
+
+The leader (``jobs beat``) reads the schedules every tick, so a change here
+applies within one tick, without a restart. See ``docs/scheduling.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import click
+from rich.table import Table
+
+from jobs import schedules
+from jobs.cli import context
+from jobs.cli.output import console, emit_json, err, humanize, state
+from jobs.cli.submit import _param, _who
+from jobs.schedules import MISFIRE_POLICIES, OVERLAP_POLICIES, InvalidSchedule, ScheduleSpec
+
+__all__ = ["schedule"]
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+name_argument = click.argument("name")
+
+
+def _timing_options(command: Any) -> Any:
+    for option in reversed(
+        (
+            click.option("--cron", metavar="EXPR", help="Cron expression (5 fields, or @hourly, @daily…)."),
+            click.option("--every", metavar="DURATION", help="Fixed interval instead: 30s, 5m, 1h…"),
+            click.option("--tz", "timezone", metavar="ZONE", help="IANA time zone of --cron (default UTC)."),
+            click.option(
+                "-p",
+                "--param",
+                "params",
+                multiple=True,
+                metavar="KEY=VALUE",
+                help="A payload field (repeatable); the kind's model coerces the value.",
+            ),
+            click.option("--payload", "payload_json", metavar="JSON", help="The payload as a JSON object."),
+            click.option(
+                "--misfire",
+                type=click.Choice(MISFIRE_POLICIES),
+                help="Slots missed while no beat ran: skip them, fire the latest once, or fire them all.",
+            ),
+            click.option(
+                "--overlap",
+                type=click.Choice(OVERLAP_POLICIES),
+                help="skip: do not fire while the previous firing is still queued or running.",
+            ),
+            click.option("--queue", help="Queue to run on (default: the kind's)."),
+            click.option(
+                "--priority", type=click.IntRange(0, 9), help="0 first … 9 last (default: the kind's)."
+            ),
+            json_option,
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def _payload(payload_json: str | None, params: tuple[str, ...]) -> dict[str, Any] | None:
+    data: dict[str, Any] | None = None
+    if payload_json is not None:
+        try:
+            loaded = json.loads(payload_json)
+        except json.JSONDecodeError as error:
+            raise InvalidSchedule(f"--payload is not valid JSON: {error.msg}") from None
+        if not isinstance(loaded, dict):
+            raise InvalidSchedule("--payload must be a JSON object")
+        data = loaded
+    if params:
+        data = {**(data or {}), **dict(_param(p) for p in params)}
+    return data
+
+
+def _masked(view: dict[str, Any]) -> dict[str, Any]:
+    registry = context.registry()
+    if view["kind"] in registry and registry.get(view["kind"]).has_secrets:
+        return {**view, "payload": registry.get(view["kind"]).display(view["payload"])}
+    return view
+
+
+def _at(moment: datetime | None, zone: str) -> str:
+    if moment is None:
+        return "-"
+    return moment.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def _last(view: dict[str, Any]) -> str:
+    if view["last_job"] is None:
+        return "never fired"
+    return f"{_at(view['last_fired_at'], view['timezone'])} {state(view['last_job']['state'])}"
+
+
+def _status(view: dict[str, Any]) -> str:
+    text = "[green]active[/]" if view["enabled"] else "[yellow]paused[/]"
+    return f"{text} (code)" if view["declared"] else text
+
+
+def _show(view: dict[str, Any], *, firings: list[dict[str, Any]] | None = None) -> None:
+    view = _masked(view)
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    zone = view["timezone"]
+    rows: list[tuple[str, str]] = [
+        ("name", view["name"]),
+        ("kind", view["kind"]),
+        ("payload", json.dumps(view["payload"])),
+        ("when", view["timing"]),
+        ("status", _status(view) + (" — declared in beat/declared.py" if view["declared"] else "")),
+        ("misfire", view["misfire"]),
+        ("overlap", view["overlap"]),
+    ]
+    if view["queue"] is not None:
+        rows.append(("queue", view["queue"]))
+    if view["priority"] is not None:
+        rows.append(("priority", str(view["priority"])))
+    rows.append(("next", ", ".join(_at(slot, zone) for slot in view["next"]) or "- (paused)"))
+    rows.append(("last firing", _last(view)))
+    if view["last_job"] is not None:
+        rows.append(("last job", view["last_job"]["id"]))
+    if view["last_skip_at"] is not None:
+        reason = f"{_at(view['last_skip_at'], zone)}: {view['last_skip_reason']}"
+        rows.append(("last skip", f"{reason} ({view['skipped']} slot(s) skipped in all)"))
+    if view["last_error"]:
+        rows.append(("last error", f"{_at(view['last_error_at'], zone)}: {view['last_error']}"))
+    rows.append(("changed", f"{humanize(view['updated_at'])} by {view['updated_by'] or '-'}"))
+    for key, value in rows:
+        grid.add_row(key, value)
+    console.print(grid)
+    if firings:
+        table = Table(title="recent firings", title_justify="left", box=None, pad_edge=False)
+        for column in ("slot", "job", "state", "fired"):
+            table.add_column(column, no_wrap=True)
+        for firing in firings:
+            slot = _at(firing["slot"], zone)
+            table.add_row(
+                slot + (" (manual)" if firing["manual"] else ""),
+                firing["id"],
+                state(firing["state"]),
+                _at(firing["created_at"], zone),
+            )
+        console.print(table)
+
+
+@click.group()
+def schedule() -> None:
+    """Schedules: jobs the leader (jobs beat) fires on a cron expression or a fixed interval.
+
+    \b
+    Examples:
+      jobs schedule add nightly-vacuum pg.vacuum_analyze -p name=orders --cron '30 2 * * *' --tz Europe/Berlin
+      jobs schedule add heartbeat ping --every 30s --misfire skip
+      jobs schedule list
+      jobs schedule pause heartbeat
+    """
+
+
+@schedule.command()
+@name_argument
+@click.argument("kind")
+@_timing_options
+@click.option("--paused", is_flag=True, help="Save it paused (resume it later).")
+def add(
+    name: str,
+    kind: str,
+    cron: str | None,
+    every: str | None,
+    timezone: str | None,
+    params: tuple[str, ...],
+    payload_json: str | None,
+    misfire: str | None,
+    overlap: str | None,
+    queue: str | None,
+    priority: int | None,
+    as_json: bool,
+    paused: bool,
+) -> None:
+    """Add schedule NAME firing jobs of KIND (give --cron or --every)."""
+    if (cron is None) == (every is None):
+        raise InvalidSchedule("give --cron EXPR or --every DURATION (one of them)")
+    spec = ScheduleSpec(
+        name=name,
+        kind=kind,
+        payload=_payload(payload_json, params) or {},
+        cron=cron,
+        every=every,
+        timezone=timezone or "UTC",
+        misfire=misfire or "once",  # type: ignore[arg-type]  # click.Choice checked it
+        overlap=overlap or "allow",  # type: ignore[arg-type]
+        queue=queue,
+        priority=priority,
+        enabled=not paused,
+    )
+    view = schedules.add(context.settings(), context.registry(), spec, by=_who())
+    if as_json:
+        emit_json(_masked(view))
+        return
+    _show(view)
+    err.print(f"schedule {name} added" + (" (paused)" if paused else ""))
+
+
+@schedule.command("list")
+@json_option
+def list_(as_json: bool) -> None:
+    """List the schedules (next three firings in each one's zone, last firing) and the maintenance loops."""
+    settings = context.settings()
+    views = [_masked(view) for view in schedules.list_schedules(settings)]
+    loops = schedules.maintenance_loops(settings)
+    leader = _leader()
+    if as_json:
+        emit_json({"leader": leader, "schedules": views, "maintenance": loops})
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("name", "kind", "when", "status", "next (schedule's zone)", "last firing"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("note", overflow="ellipsis", no_wrap=True, max_width=60)
+    for view in views:
+        note = ""
+        if view["last_error"]:
+            note = f"[red]error:[/] {view['last_error']}"
+        elif view["last_skip_at"] is not None:
+            note = f"skipped {view['skipped']}: {view['last_skip_reason']}"
+        table.add_row(
+            view["name"],
+            view["kind"],
+            view["timing"],
+            _status(view),
+            ", ".join(_at(slot, view["timezone"]) for slot in view["next"]) or "-",
+            _last(view),
+            note,
+        )
+    if views:
+        console.print(table)
+    else:
+        err.print("no schedules yet (jobs schedule add NAME KIND --cron EXPR)")
+    loop_table = Table(title="maintenance (on the leader)", title_justify="left", box=None, pad_edge=False)
+    for column in ("loop", "every", "last run", "result", "error"):
+        loop_table.add_column(column, no_wrap=True)
+    for loop in loops:
+        loop_table.add_row(
+            loop["name"],
+            f"{loop['interval_seconds']:g}s",
+            f"{humanize(loop['last_run_at'])} ({_ago(loop['seconds_ago'])})",
+            "-" if loop["last_result"] is None else str(loop["last_result"]),
+            loop["last_error"] or "",
+        )
+    if loops:
+        console.print(loop_table)
+    if leader is None:
+        err.print(
+            "[yellow]warning:[/] no beat is leading: schedules do not fire and maintenance does not run "
+            "until one starts (jobs beat); missed slots then follow each schedule's misfire policy"
+        )
+    else:
+        err.print(f"leader: {leader}")
+
+
+def _leader() -> str | None:
+    from jobs import db
+    from jobs.leader import current_leader
+
+    with db.transaction(context.settings()) as conn:
+        return current_leader(conn)
+
+
+@schedule.command()
+@name_argument
+@json_option
+def show(name: str, as_json: bool) -> None:
+    """Show a schedule: its definition, next five firings, last skip or error, recent firings."""
+    settings = context.settings()
+    view = schedules.get(settings, name)
+    view = {**view, "next": view["next"] + _more(view)}
+    firings = schedules.recent_firings(settings, name)
+    if as_json:
+        emit_json({**_masked(view), "firings": firings})
+        return
+    _show(view, firings=firings)
+
+
+def _more(view: dict[str, Any]) -> list[datetime]:
+    if not view["next"]:
+        return []
+    timing = schedules.timing_of(_Row(view))
+    return schedules.upcoming(timing, view["next"][-1], 2)
+
+
+class _Row:
+    """A view read back as a row (for ``timing_of``)."""
+
+    def __init__(self, view: dict[str, Any]) -> None:
+        self.cron = view["cron"]
+        self.every_seconds = view["every_seconds"]
+        self.timezone = view["timezone"]
+
+
+@schedule.command()
+@name_argument
+@click.option("--kind", help="Fire jobs of this kind instead (the payload must fit it).")
+@_timing_options
+def edit(
+    name: str,
+    kind: str | None,
+    cron: str | None,
+    every: str | None,
+    timezone: str | None,
+    params: tuple[str, ...],
+    payload_json: str | None,
+    misfire: str | None,
+    overlap: str | None,
+    queue: str | None,
+    priority: int | None,
+    as_json: bool,
+) -> None:
+    """Change schedule NAME: -p merges into the payload, --payload replaces it.
+
+    Changing when it fires (--cron, --every, --tz) starts it afresh: it fires
+    from the first slot after now.
+    """
+    changes: dict[str, Any] = {
+        "kind": kind,
+        "cron": cron,
+        "every": every,
+        "timezone": timezone,
+        "misfire": misfire,
+        "overlap": overlap,
+        "queue": queue,
+        "priority": priority,
+    }
+    if payload_json is not None:
+        changes["payload"] = _payload(payload_json, ())
+    if params:
+        changes["params"] = dict(_param(p) for p in params)
+    if not any(value is not None for value in changes.values()):
+        raise InvalidSchedule("nothing to change: give at least one option (see jobs schedule edit --help)")
+    view = schedules.edit(context.settings(), context.registry(), name, by=_who(), **changes)
+    if as_json:
+        emit_json(_masked(view))
+        return
+    _show(view)
+    err.print(f"schedule {name} changed")
+
+
+@schedule.command()
+@name_argument
+@json_option
+def pause(name: str, as_json: bool) -> None:
+    """Pause a schedule: it fires nothing until resumed."""
+    _set_enabled(name, False, as_json)
+
+
+@schedule.command()
+@name_argument
+@json_option
+def resume(name: str, as_json: bool) -> None:
+    """Resume a paused schedule from its next slot (the slots it missed while paused never fire)."""
+    _set_enabled(name, True, as_json)
+
+
+def _set_enabled(name: str, enabled: bool, as_json: bool) -> None:
+    view, changed = schedules.set_enabled(context.settings(), name, enabled, by=_who())
+    if as_json:
+        emit_json({**_masked(view), "changed": changed})
+        return
+    word = "resumed" if enabled else "paused"
+    if not changed:
+        err.print(f"schedule {name} was already {'active' if enabled else 'paused'}")
+    else:
+        following = ", ".join(_at(slot, view["timezone"]) for slot in view["next"])
+        err.print(f"schedule {name} {word}" + (f"; next: {following}" if following else ""))
+
+
+@schedule.command()
+@name_argument
+@json_option
+def trigger(name: str, as_json: bool) -> None:
+    """Fire a schedule now, once, marked as manual (also when paused); prints the job id."""
+    job, slot = schedules.trigger(context.producer(), name, by=_who())
+    if as_json:
+        emit_json({"id": job, "schedule": name, "slot": slot, "manual": True})
+        return
+    click.echo(str(job))
+    err.print(f"schedule {name} fired by hand as job {job}")
+
+
+@schedule.command()
+@name_argument
+@json_option
+def remove(name: str, as_json: bool) -> None:
+    """Delete a schedule; the jobs it already fired stay in the ledger."""
+    view = schedules.remove(context.settings(), name)
+    if as_json:
+        emit_json({"removed": name, "schedule": _masked(view)})
+        return
+    err.print(f"schedule {name} removed; the jobs it fired stay in the ledger")
