@@ -1,0 +1,92 @@
+"""At-least-once delivery, exactly-once effect: the same Celery message delivered twice runs the body once.
+
+The job is submitted with the real CLI; the duplicate is the very same message
+(same task id, same kwargs, same queue) published again, as Redis does when it
+redelivers or as the leader's relay does when a publish is repeated.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from jobs.app import get_app
+from jobs.schema import TERMINAL_STATES
+from tests.support.fixtures import effects, run_jobs, wait_for_state
+
+pytestmark = pytest.mark.acceptance
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _bytecode_cache() -> Iterator[None]:
+    """Let the subprocesses of this module cache bytecode, as any normal install does (see test_cli_flow)."""
+    with pytest.MonkeyPatch.context() as patch:
+        if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+            patch.delenv("PYTHONDONTWRITEBYTECODE")
+            patch.setenv("PYTHONPYCACHEPREFIX", os.path.join(tempfile.gettempdir(), "jobs-tests-pycache"))
+        yield
+
+
+def submit_effect(key: str, sleep: float) -> uuid.UUID:
+    result = run_jobs("submit", "test.effect", "-p", f"key={key}", "-p", f"sleep={sleep}")
+    assert result.returncode == 0, result.stderr
+    return uuid.UUID(result.stdout.strip())
+
+
+def publish_again(row: dict[str, Any]) -> None:
+    """The same message the publisher sent: task id = job id, kwargs = payload, the job's queue."""
+    get_app().send_task(
+        row["kind"],
+        kwargs=row["payload"],
+        task_id=str(row["id"]),
+        queue=row["queue"],
+        priority=row["priority"],
+    )
+
+
+def wait_deliveries(platform: Any, row: dict[str, Any], count: int, timeout: float = 20.0) -> None:
+    """Until the worker has run ``count`` messages of this job through the task (Celery logs each)."""
+    marker = f"Task {row['kind']}[{row['id']}] succeeded in"
+    deadline = time.monotonic() + timeout
+    while platform.log("worker").count(marker) < count:
+        if time.monotonic() > deadline:
+            log = platform.log("worker")
+            raise AssertionError(
+                f"{log.count(marker)} of {count} deliveries handled; worker log:\n{log[-3000:]}"
+            )
+        time.sleep(0.1)
+
+
+def test_a_duplicate_after_success_does_not_run_the_body_again(platform, clean):
+    job_id = submit_effect("after-success", sleep=0)
+    row = wait_for_state(clean, job_id)
+    assert row["state"] == "succeeded"
+
+    publish_again(row)
+    wait_deliveries(platform, row, 2)
+
+    assert effects(clean, "after-success") == [{"key": "after-success", "job_id": job_id, "attempt": 1}]
+    again = wait_for_state(clean, job_id)
+    assert (again["state"], again["attempt"], again["result"]) == ("succeeded", 1, row["result"])
+    assert again["finished_at"] == row["finished_at"]
+    assert f"job {job_id} (test.effect) delivered again while succeeded" in platform.log("worker")
+
+
+def test_a_duplicate_while_running_does_not_run_the_body_twice(platform, clean):
+    job_id = submit_effect("while-running", sleep=2.0)
+    row = wait_for_state(clean, job_id, states=("running", *TERMINAL_STATES))
+    assert row["state"] == "running", "the job finished before its duplicate could be sent"
+
+    publish_again(row)
+    final = wait_for_state(clean, job_id)
+    wait_deliveries(platform, row, 2)
+
+    assert (final["state"], final["attempt"]) == ("succeeded", 1)
+    assert effects(clean, "while-running") == [{"key": "while-running", "job_id": job_id, "attempt": 1}]
+    assert f"job {job_id} (test.effect) delivered again while running" in platform.log("worker")

@@ -1,0 +1,164 @@
+"""The built-in ``http.post`` kind against a real HTTP server on 127.0.0.1.
+
+2xx succeeds; 5xx is retried with the kind's backoff (base 5 s); 4xx fails at
+once, with the status and an excerpt of the body in the error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from tests.support.fixtures import run_jobs, wait_for_state
+
+pytestmark = pytest.mark.acceptance
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _bytecode_cache() -> Iterator[None]:
+    """Let the subprocesses of this module cache bytecode, as any normal install does (see test_cli_flow)."""
+    with pytest.MonkeyPatch.context() as patch:
+        if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+            patch.delenv("PYTHONDONTWRITEBYTECODE")
+            patch.setenv("PYTHONPYCACHEPREFIX", os.path.join(tempfile.gettempdir(), "jobs-tests-pycache"))
+        yield
+
+
+@dataclass
+class Hook:
+    """A scripted HTTP endpoint: each path answers its responses in turn, the last one forever."""
+
+    url: str
+    script: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    received: list[tuple[str, dict[str, str], Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def answer(self, path: str) -> tuple[int, str]:
+        with self.lock:
+            replies = self.script.get(path, [(599, "no script for this path")])
+            return replies.pop(0) if len(replies) > 1 else replies[0]
+
+    def requests_to(self, path: str) -> list[tuple[str, dict[str, str], Any]]:
+        with self.lock:
+            return [request for request in self.received if request[0] == path]
+
+
+@pytest.fixture
+def hook() -> Iterator[Hook]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    host, port = server.server_address[:2]
+    endpoint = Hook(url=f"http://{host!s}:{port}")
+    server.hook = endpoint  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield endpoint
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        endpoint: Hook = self.server.hook  # type: ignore[attr-defined]
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        with endpoint.lock:
+            endpoint.received.append((self.path, dict(self.headers.items()), json.loads(raw or b"null")))
+        status, body = endpoint.answer(self.path)
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the test inspects ``Hook.received`` instead."""
+
+
+def submitted_id(result: Any) -> uuid.UUID:
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+    return uuid.UUID(lines[0])
+
+
+def status_json(job_id: uuid.UUID) -> dict[str, Any]:
+    result = run_jobs("status", str(job_id), "--json")
+    assert result.returncode == 0, result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def test_200_succeeds_and_posts_the_json_body(platform, clean, hook):
+    hook.script["/ok"] = [(200, "thanks")]
+    body = '{"body": {"order": 7, "items": ["a"]}}'
+    result = run_jobs(
+        "submit", "http.post", "-p", f"url={hook.url}/ok", "--payload", body, "--wait", "--timeout", "20s"
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    job_id = submitted_id(result)
+
+    row = wait_for_state(clean, job_id, timeout=1)
+    assert row["state"] == "succeeded"
+    assert row["attempt"] == 1
+    assert row["result"] == {"status": 200, "body": "thanks"}
+    [(_, headers, body)] = hook.requests_to("/ok")
+    assert body == {"order": 7, "items": ["a"]}
+    assert headers["Content-Type"] == "application/json"
+
+
+def test_500_is_retried_after_the_backoff_then_succeeds(platform, clean, hook):
+    hook.script["/flaky"] = [(500, "database is warming up"), (200, "ok now")]
+    result = run_jobs(
+        "submit", "http.post", "-p", f"url={hook.url}/flaky", "--max-attempts", "2",
+        "--wait", "--timeout", "20s",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    job_id = submitted_id(result)
+
+    job = status_json(job_id)
+    assert job["state"] == "succeeded"
+    assert (job["attempt"], job["max_attempts"]) == (2, 2)
+    assert job["result"] == {"status": 200, "body": "ok now"}
+    first, second = job["attempts"]
+    assert first["outcome"] == "error"
+    assert first["error"]["type"] == "ServerError"
+    assert "HTTP 500" in first["error"]["message"]
+    assert "database is warming up" in first["error"]["message"]
+    assert second["outcome"] == "succeeded"
+    assert second["error"] is None
+    # http.post waits 5 s (±25 % jitter) before its second attempt.
+    gap = datetime.fromisoformat(second["started_at"]) - datetime.fromisoformat(first["finished_at"])
+    assert gap >= timedelta(seconds=3.75), gap
+    assert len(hook.requests_to("/flaky")) == 2
+
+
+def test_404_fails_at_once_with_status_and_body_excerpt(platform, clean, hook):
+    hook.script["/missing"] = [(404, "no such hook: " + "x" * 2000)]
+    result = run_jobs("submit", "http.post", "-p", f"url={hook.url}/missing", "--wait", "--timeout", "20s")
+    assert result.returncode == 1, result.stderr
+    job_id = submitted_id(result)
+    assert "HTTP 404" in result.stderr
+
+    job = status_json(job_id)
+    assert job["state"] == "failed"
+    assert (job["attempt"], job["max_attempts"]) == (1, 5)
+    [attempt] = job["attempts"]
+    assert attempt["outcome"] == "error"
+    for error in (job["error"], attempt["error"]):
+        assert error["message"].startswith(f"HTTP 404 from {hook.url}/missing")
+        assert "no such hook: xxx" in error["message"]
+        assert "x" * 2000 not in error["message"]  # an excerpt, not the whole body
+    assert len(hook.requests_to("/missing")) == 1
