@@ -41,7 +41,15 @@ def find_example(text: str) -> Example | None:
     if heading is None:
         return None
     level = len(heading.group(1))
-    following = re.compile(rf"^#{{1,{level}}}\s", re.MULTILINE).search(text, heading.end())
+    fences = [m.span() for m in FENCE.finditer(text)]
+    following = next(
+        (
+            m
+            for m in re.compile(rf"^#{{1,{level}}}\s", re.MULTILINE).finditer(text, heading.end())
+            if not any(start <= m.start() < end for start, end in fences)  # a comment in a code block
+        ),
+        None,
+    )
     section = text[heading.end() : following.start() if following else len(text)]
     code, submit = None, None
     for fence in FENCE.finditer(section):
