@@ -105,7 +105,7 @@ class Cron:
 
     def producer(self, env: Maintenance) -> Producer:
         if self._producer is None:
-            self._producer = Producer(env.settings, app=env.app, registry=env.registry)
+            self._producer = Producer(env.settings, registry=env.registry)
         return self._producer
 
     def fire(self, env: Maintenance, name: str, now: datetime) -> int:

@@ -6,9 +6,10 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.orm import Session
+if TYPE_CHECKING:  # the ORM is imported only where sessions are made (the worker), to start fast
+    from sqlalchemy.orm import Session
 
 __all__ = ["JobContext"]
 

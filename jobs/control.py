@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from celery import Celery
 
 from jobs import db, ledger
 from jobs.errors import InvalidTransition, JobNotFound
 from jobs.producer import JobId, Producer
 from jobs.schema import jobs
 from jobs.settings import Settings
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 __all__ = ["cancel", "replay"]
 

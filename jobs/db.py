@@ -6,13 +6,16 @@ import contextlib
 import functools
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.errors import LedgerUnavailable
 from jobs.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = [
     "autocommit",
@@ -117,6 +120,8 @@ def autocommit(settings: Settings | None = None) -> Iterator[sa.Connection]:
 
 @functools.cache
 def _sessionmaker(url: str) -> sessionmaker[Session]:
+    from sqlalchemy.orm import sessionmaker  # only processes that run job bodies need the ORM
+
     return sessionmaker(bind=_engine(url), expire_on_commit=False)
 
 

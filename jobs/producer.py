@@ -14,17 +14,17 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from celery import Celery
 from sqlalchemy import Connection, event
-from sqlalchemy.orm import Session
 
 from jobs import db, ledger, publisher
-from jobs.app import get_app
 from jobs.errors import BadInput, InvalidJobOptions, PayloadTooLarge
 from jobs.kinds import Kind, Registry, load_kinds
 from jobs.settings import Settings, get_settings
+
+if TYPE_CHECKING:  # sessions come from the caller; the ORM is not needed to submit
+    from sqlalchemy.orm import Session
 
 __all__ = ["JobId", "Producer", "submit", "submit_many"]
 
@@ -71,11 +71,9 @@ class Producer:
         self,
         settings: Settings | None = None,
         *,
-        app: Celery | None = None,
         registry: Registry | None = None,
     ) -> None:
         self.settings = settings or get_settings()
-        self.app = app or get_app()
         self.registry = registry or load_kinds(self.settings.kind_modules)
 
     def submit(

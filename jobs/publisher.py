@@ -18,7 +18,6 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from kombu.utils.url import maybe_sanitize_url
-from redis.exceptions import RedisError
 
 from jobs import db, ledger, wire
 from jobs.errors import BrokerUnavailable, JobsError
@@ -28,8 +27,6 @@ from jobs.settings import Settings
 __all__ = ["publish", "publish_committed"]
 
 log = logging.getLogger("jobs.publisher")
-
-BROKER_ERRORS = (RedisError, OSError)
 
 
 def publish(settings: Settings, registry: Registry, items: Sequence[ledger.Published]) -> list[uuid.UUID]:
@@ -52,7 +49,7 @@ def publish(settings: Settings, registry: Registry, items: Sequence[ledger.Publi
     ]
     try:
         sent = wire.push(settings.broker_url, messages, timeout=settings.publish_timeout)
-    except BROKER_ERRORS as error:
+    except wire.broker_errors() as error:
         raise BrokerUnavailable(f"Redis is unreachable at {_safe(settings.broker_url)}: {error}") from error
     if sent < len(items):
         log.warning("broker failed after %d of %d messages; the relay publishes the rest", sent, len(items))

@@ -22,10 +22,12 @@ import os
 import socket
 import uuid
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import redis
+if TYPE_CHECKING:
+    import redis
 
-__all__ = ["PRIORITY_SEPARATOR", "encode", "push", "queue_key"]
+__all__ = ["PRIORITY_SEPARATOR", "broker_errors", "encode", "push", "queue_key"]
 
 #: kombu's separator between a queue's name and its priority step.
 PRIORITY_SEPARATOR = "\x06\x16"
@@ -67,8 +69,17 @@ def encode(job_id: uuid.UUID, kind: str, queue: str, priority: int, payload_json
     )
 
 
+def broker_errors() -> tuple[type[BaseException], ...]:
+    """What a failed push raises: Redis's errors and socket errors."""
+    from redis.exceptions import RedisError
+
+    return (RedisError, OSError)
+
+
 @functools.cache
 def _client(url: str, timeout: float) -> redis.Redis:
+    import redis  # imported on first publish: commands that never publish start faster
+
     return redis.Redis.from_url(
         url.replace("redis+socket://", "unix://", 1),
         socket_connect_timeout=timeout,
@@ -97,7 +108,7 @@ def push(url: str, messages: Sequence[tuple[str, str]], *, timeout: float, batch
                 # One LPUSH of many values keeps their order: the first is consumed first.
                 pipe.lpush(key, *values)
             pipe.execute()
-        except (redis.RedisError, OSError):
+        except broker_errors():
             if sent == 0:
                 raise
             return sent

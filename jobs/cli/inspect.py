@@ -11,7 +11,6 @@ import click
 from rich.table import Table
 
 from jobs import control, inspect
-from jobs.app import get_app
 from jobs.cli import context
 from jobs.cli.output import console, emit_json, err, humanize, state
 from jobs.cli.submit import DURATION, SINCE
@@ -145,6 +144,8 @@ def wait(job_id: str, timeout: float | None, as_json: bool) -> None:
 @json_option
 def cancel(job_ids: tuple[str, ...], as_json: bool) -> None:
     """Cancel jobs: queued, delayed and retrying at once; running ones are stopped by their worker."""
+    from jobs.app import get_app  # Celery is needed only to tell a worker to stop a running job
+
     ids = [inspect.parse_id(text) for text in job_ids]
     results = []
     for job_id in ids:

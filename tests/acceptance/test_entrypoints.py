@@ -149,12 +149,11 @@ def wait_healthy(args: list[str], env: dict[str, str] | None = None, timeout: fl
 @pytest.fixture(scope="module")
 def producer(ledger_db: Settings, registry: Registry, broker: redis.Redis) -> Producer:
     """Submits to the stack, from an empty ledger and broker db (emptied once, before it starts)."""
-    from jobs.app import get_app
 
     with db.transaction(ledger_db) as conn:
         conn.execute(sa.text("TRUNCATE jobs, job_attempts, test_effects"))
     clear_broker(broker)
-    return Producer(ledger_db, app=get_app(), registry=registry)
+    return Producer(ledger_db, registry=registry)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from jobs import db
-from jobs.app import create_app
 from jobs.errors import InvalidPayload, PayloadTooLarge, UnknownKind
 from jobs.producer import Producer
 from jobs.schema import jobs
@@ -43,9 +42,7 @@ def test_bad_input_leaves_no_row(producer, clean, broker):
         producer.submit("nope", {})
     with pytest.raises(InvalidPayload, match="message: Input should be a valid string"):
         producer.submit("ping", {"message": 5})
-    small = Producer(
-        clean.model_copy(update={"max_payload_bytes": 50}), app=producer.app, registry=producer.registry
-    )
+    small = Producer(clean.model_copy(update={"max_payload_bytes": 50}), registry=producer.registry)
     with pytest.raises(PayloadTooLarge, match="over the limit of 50 bytes"):
         small.submit("ping", {"message": "x" * 100})
     with pytest.raises(InvalidPayload, match="item 2: invalid payload"):
@@ -98,7 +95,7 @@ def test_submit_many_inserts_all_and_publishes_all(producer, clean, broker):
 
 def test_broker_down_keeps_the_job_and_the_relay_publishes_it(clean, registry, broker, maintenance):
     down = clean.model_copy(update={"broker_url": "redis://127.0.0.1:1/11", "publish_timeout": 0.5})
-    job = Producer(down, app=create_app(down), registry=registry).submit("ping", {})
+    job = Producer(down, registry=registry).submit("ping", {})
     assert not job.published
     (row,) = rows(clean)
     assert row["state"] == "queued"

@@ -86,9 +86,8 @@ def clean(ledger_db: Settings, broker: redis.Redis) -> Settings:
 
 @pytest.fixture
 def producer(clean: Settings, registry: Registry) -> Producer:
-    from jobs.app import get_app
 
-    return Producer(clean, app=get_app(), registry=registry)
+    return Producer(clean, registry=registry)
 
 
 def wait_for_state(
