@@ -171,7 +171,7 @@ def _check_servers(settings: Settings) -> None:
     except Exception as error:  # the message names the URL; a traceback would not help
         fail(
             f"PostgreSQL is unreachable at {safe_url(settings.database_url)} ({_first_line(error)}); "
-            "start one, for example: docker compose up -d postgres",
+            "start one, for example: docker run -d -p 127.0.0.1:5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust postgres:16",
             3,
         )
     try:
@@ -179,7 +179,7 @@ def _check_servers(settings: Settings) -> None:
     except Exception as error:
         fail(
             f"Redis is unreachable at {_safe_redis(settings.broker_url)} ({_first_line(error)}); "
-            "start one, for example: docker compose up -d redis",
+            "start one, for example: docker run -d -p 127.0.0.1:6379:6379 redis:7",
             3,
         )
 
