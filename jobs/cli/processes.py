@@ -23,6 +23,7 @@ import click
 
 from jobs.cli import context
 from jobs.cli.output import err, fail
+from jobs.errors import LedgerUnavailable
 from jobs.settings import Settings
 
 __all__ = ["beat", "dev", "flower", "worker"]
@@ -160,26 +161,25 @@ def flower(no_auth: bool, state_file: str, max_tasks: int) -> None:
     _exec(argv, env)
 
 
+POSTGRES_HINT = "docker run -d -p 127.0.0.1:5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust postgres:16"
+REDIS_HINT = "docker run -d -p 127.0.0.1:6379:6379 redis:7"
+
+
 def _check_servers(settings: Settings) -> None:
     import redis
 
     from jobs import migrate
-    from jobs.db import safe_url
 
     try:
         migrate.create_database(settings)
-    except Exception as error:  # the message names the URL; a traceback would not help
-        fail(
-            f"PostgreSQL is unreachable at {safe_url(settings.database_url)} ({_first_line(error)}); "
-            "start one, for example: docker run -d -p 127.0.0.1:5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust postgres:16",
-            3,
-        )
+    except LedgerUnavailable as error:
+        fail(f"{error.message}; start one, for example: {POSTGRES_HINT}", 3)
     try:
         redis.Redis.from_url(settings.broker_url, socket_connect_timeout=3).ping()
-    except Exception as error:
+    except (redis.RedisError, OSError) as error:
         fail(
             f"Redis is unreachable at {_safe_redis(settings.broker_url)} ({_first_line(error)}); "
-            "start one, for example: docker run -d -p 127.0.0.1:6379:6379 redis:7",
+            f"start one, for example: {REDIS_HINT}",
             3,
         )
 
