@@ -224,6 +224,21 @@ def list_(as_json: bool) -> None:
     if as_json:
         emit_json({"leader": leader, "schedules": views, "maintenance": loops})
         return
+    _print_schedules(views)
+    _print_loops(loops)
+    if leader is None:
+        err.print(
+            "[yellow]warning:[/] no beat is leading: schedules do not fire and maintenance does not run "
+            "until one starts (jobs beat); missed slots then follow each schedule's misfire policy"
+        )
+    else:
+        err.print(f"leader: {leader}")
+
+
+def _print_schedules(views: list[dict[str, Any]]) -> None:
+    if not views:
+        err.print("no schedules yet (jobs schedule add NAME KIND --cron EXPR)")
+        return
     table = Table(box=None, pad_edge=False)
     for column in ("name", "kind", "when", "status", "next (schedule's zone)", "last firing"):
         table.add_column(column, no_wrap=True)
@@ -243,30 +258,25 @@ def list_(as_json: bool) -> None:
             _last(view),
             note,
         )
-    if views:
-        console.print(table)
-    else:
-        err.print("no schedules yet (jobs schedule add NAME KIND --cron EXPR)")
-    loop_table = Table(title="maintenance (on the leader)", title_justify="left", box=None, pad_edge=False)
+    console.print(table)
+
+
+def _print_loops(loops: list[dict[str, Any]]) -> None:
+    if not loops:
+        err.print("no maintenance loop has run yet (they run on the leader: jobs beat)")
+        return
+    table = Table(title="maintenance (on the leader)", title_justify="left", box=None, pad_edge=False)
     for column in ("loop", "every", "last run", "result", "error"):
-        loop_table.add_column(column, no_wrap=True)
+        table.add_column(column, no_wrap=True)
     for loop in loops:
-        loop_table.add_row(
+        table.add_row(
             loop["name"],
             f"{loop['interval_seconds']:g}s",
             f"{humanize(loop['last_run_at'])} ({_ago(loop['seconds_ago'])})",
             "-" if loop["last_result"] is None else str(loop["last_result"]),
             loop["last_error"] or "",
         )
-    if loops:
-        console.print(loop_table)
-    if leader is None:
-        err.print(
-            "[yellow]warning:[/] no beat is leading: schedules do not fire and maintenance does not run "
-            "until one starts (jobs beat); missed slots then follow each schedule's misfire policy"
-        )
-    else:
-        err.print(f"leader: {leader}")
+    console.print(table)
 
 
 def _leader() -> str | None:

@@ -25,8 +25,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from beat.leader import Leadership, current_leader
+from beat.leader import Leadership
 from jobs import db, ledger
+from jobs.leader import current_leader
 from jobs.schedules import Every
 from jobs.schema import jobs, maintenance_runs
 from jobs.settings import Settings
@@ -74,7 +75,7 @@ def sched(clean: Settings, stack: Processes) -> Iterator[Settings]:
     try:
         yield clean
     finally:
-        for name in [name for name in stack.running if name.startswith("beat")]:
+        for name in [name for name in stack.running if name != "worker"]:
             stack.stop(name)
         wipe()
 
@@ -86,6 +87,7 @@ def cli(*args: str) -> Any:
 
 
 def start_beat(stack: Processes, name: str, **env: str) -> None:
+    """A beat with its own log (names are unique in the module: the logs are appended to)."""
     stack.start(name, "beat", "-l", "INFO", env={**BEAT_ENV, **env})
 
 
@@ -126,8 +128,8 @@ def identity(stack: Processes, name: str) -> str:
 
 
 def test_one_leader_fires_every_slot_exactly_once_for_20_seconds(stack, sched):
-    start_beat(stack, "beat-a")
-    stack.wait_log("beat-a", "is now the leader")
+    start_beat(stack, "one-a")
+    stack.wait_log("one-a", "is now the leader")
     added = cli("schedule", "add", "tick", "ping", "--every", f"{EVERY}s", "--misfire", "all", "--json")
     since = datetime.fromisoformat(added["handled_until"])
 
@@ -145,36 +147,36 @@ def test_one_leader_fires_every_slot_exactly_once_for_20_seconds(stack, sched):
         time.sleep(0.2)
 
     listed = cli("schedule", "list", "--json")
-    assert listed["leader"] == identity(stack, "beat-a")
+    assert listed["leader"] == identity(stack, "one-a")
     (view,) = listed["schedules"]
     assert view["last_job"]["state"] in ("queued", "running", "succeeded")
     assert len(view["next"]) == 3
     loops = {loop["name"]: loop for loop in listed["maintenance"]}
     assert set(loops) >= {"cron", "stager", "relay", "rescuer", "pruner"}
     assert all(loop["seconds_ago"] < loop["interval_seconds"] + 10 for loop in loops.values())
-    assert loops["cron"]["leader"] == identity(stack, "beat-a")
+    assert loops["cron"]["leader"] == identity(stack, "one-a")
     human = run_jobs("schedule", "list")
     assert "tick" in human.stdout
     assert "maintenance (on the leader)" in human.stdout
-    assert f"leader: {identity(stack, 'beat-a')}" in human.stderr
+    assert f"leader: {identity(stack, 'one-a')}" in human.stderr
 
 
 def test_two_beats_one_leads_and_the_standby_takes_over_from_a_sigkilled_leader(stack, sched):
-    start_beat(stack, "beat-a")
-    stack.wait_log("beat-a", "is now the leader")
-    start_beat(stack, "beat-b")
-    stack.wait_log("beat-b", "beat: Starting...")
+    start_beat(stack, "two-a")
+    stack.wait_log("two-a", "is now the leader")
+    start_beat(stack, "two-b")
+    stack.wait_log("two-b", "beat: Starting...")
     added = cli("schedule", "add", "duo", "ping", "--every", f"{EVERY}s", "--misfire", "all", "--json")
     cli("schedule", "add", "duo-skip", "ping", "--every", f"{EVERY}s", "--misfire", "skip")
     since = datetime.fromisoformat(added["handled_until"])
-    assert leader_now(sched) == identity(stack, "beat-a")
+    assert leader_now(sched) == identity(stack, "two-a")
 
     sleep_until(checkpoint(since + timedelta(seconds=9), phase=0.5))
-    assert "is now the leader" not in stack.log("beat-b")  # it waited as a standby all along
-    standby = identity(stack, "beat-b")
+    assert "is now the leader" not in stack.log("two-b")  # it waited as a standby all along
+    standby = identity(stack, "two-b")
     killed_at = datetime.now(UTC)
     started = time.monotonic()
-    stack.stop("beat-a", signal.SIGKILL)
+    stack.stop("two-a", signal.SIGKILL)
     while leader_now(sched) != standby:
         assert time.monotonic() - started < 10, "the standby never took over"
         time.sleep(0.02)
@@ -197,29 +199,29 @@ def test_two_beats_one_leads_and_the_standby_takes_over_from_a_sigkilled_leader(
         took_over_at,
     )  # misfire=skip may lose only the takeover's slots
     assert all(window[0] <= slot <= window[1] for slot in lost), (lost, window)
-    assert "is now the leader" in stack.log("beat-b")
+    assert "is now the leader" in stack.log("two-b")
 
 
 def test_no_leader_for_10_seconds_with_each_misfire_policy(stack, sched):
-    start_beat(stack, "beat-a")
-    stack.wait_log("beat-a", "is now the leader")
+    start_beat(stack, "misfire-a")
+    stack.wait_log("misfire-a", "is now the leader")
     for policy in ("skip", "once", "all"):
         cli("schedule", "add", f"mf-{policy}", "ping", "--every", f"{EVERY}s", "--misfire", policy)
     time.sleep(4)
 
     blocker = Leadership(sched)  # keeps the next beat waiting, so the test decides when it leads
     try:
-        stack.stop("beat-a")  # SIGTERM: it steps down
+        stack.stop("misfire-a")  # SIGTERM: it steps down
         stopped_at = datetime.now(UTC)
         assert blocker.ensure()
-        start_beat(stack, "beat-b")  # starts as a standby during the outage
-        stack.wait_log("beat-b", "beat: Starting...")
+        start_beat(stack, "misfire-b")  # starts as a standby during the outage
+        stack.wait_log("misfire-b", "beat: Starting...")
         # Back 10 s later, 1.3 s after a slot: that slot is late beyond the 1 s grace when beat-b fires.
         released_at = checkpoint(stopped_at + timedelta(seconds=10), phase=1.3)
         sleep_until(released_at)
     finally:
         blocker.release()
-    stack.wait_log("beat-b", "is now the leader")
+    stack.wait_log("misfire-b", "is now the leader")
     sleep_until(checkpoint(released_at + timedelta(seconds=4)))
 
     latest = Every(EVERY).next_after(released_at) - timedelta(seconds=EVERY)  # newest slot at the return
@@ -265,8 +267,8 @@ def test_the_pruner_on_the_leader_removes_old_finished_jobs_and_keeps_recent_one
     ]
     kept = [insert("succeeded", 60), insert("failed", 7200), insert("queued", 90000)]
 
-    start_beat(stack, "beat-a", JOBS_RETENTION_SUCCEEDED="3600", JOBS_RETENTION_FAILED="86400")
-    stack.wait_log("beat-a", "is now the leader")
+    start_beat(stack, "prune-a", JOBS_RETENTION_SUCCEEDED="3600", JOBS_RETENTION_FAILED="86400")
+    stack.wait_log("prune-a", "is now the leader")
     deadline = time.monotonic() + 20
     while True:
         with db.transaction(sched) as conn:
@@ -278,7 +280,7 @@ def test_the_pruner_on_the_leader_removes_old_finished_jobs_and_keeps_recent_one
         time.sleep(0.2)
     assert run.last_result == len(old)
     assert left == set(kept)
-    assert "pruner: removed 32 finished job(s)" in stack.log("beat-a")
+    assert "pruner: removed 32 finished job(s)" in stack.log("prune-a")
     loops = {loop["name"]: loop for loop in cli("schedule", "list", "--json")["maintenance"]}
     assert loops["pruner"]["last_result"] == len(old)
     assert loops["pruner"]["interval_seconds"] == 60
