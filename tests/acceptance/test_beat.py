@@ -36,7 +36,8 @@ from tests.support.fixtures import Processes, run_jobs
 pytestmark = pytest.mark.acceptance
 
 TAKEOVER = 2.0  # JOBS_LEADER_TAKEOVER for the beats here: the bound the SIGKILL test checks
-GRACE = 1.8  # JOBS_SCHEDULE_GRACE: a slot seen later than this is missed (below EVERY; generous for a loaded CI box)
+# JOBS_SCHEDULE_GRACE: a slot seen later than this is missed; below EVERY, generous for a loaded box.
+GRACE = 1.8
 BEAT_ENV = {"JOBS_LEADER_TAKEOVER": str(TAKEOVER), "JOBS_SCHEDULE_GRACE": str(GRACE)}
 EVERY = 2
 
