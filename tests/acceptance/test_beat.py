@@ -15,7 +15,6 @@ import itertools
 import json
 import os
 import signal
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -44,20 +43,8 @@ BEAT_ENV = {"JOBS_LEADER_TAKEOVER": str(TAKEOVER), "JOBS_SCHEDULE_GRACE": str(GR
 EVERY = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _bytecode_cache() -> Iterator[None]:
-    """Let the subprocesses of this module cache bytecode, as any normal install does (see test_cli_flow)."""
-    with pytest.MonkeyPatch.context() as patch:
-        if os.environ.get("PYTHONDONTWRITEBYTECODE"):
-            patch.delenv("PYTHONDONTWRITEBYTECODE")
-            patch.setenv("PYTHONPYCACHEPREFIX", os.path.join(tempfile.gettempdir(), "jobs-tests-pycache"))
-        yield
-
-
 @pytest.fixture(scope="module")
-def stack(
-    ledger_db: Settings, tmp_path_factory: pytest.TempPathFactory, _bytecode_cache: None
-) -> Iterator[Processes]:
+def stack(ledger_db: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
     """A worker for the module; each test starts and stops its own beats."""
     started = Processes(tmp_path_factory.mktemp("beat"))
     try:

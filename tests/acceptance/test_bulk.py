@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,16 +18,6 @@ from tests.support.fixtures import run_jobs
 pytestmark = pytest.mark.acceptance
 
 COUNT = 1000
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _bytecode_cache() -> Iterator[None]:
-    """Let the subprocesses of this module cache bytecode, as any normal install does (see test_cli_flow)."""
-    with pytest.MonkeyPatch.context() as patch:
-        if os.environ.get("PYTHONDONTWRITEBYTECODE"):
-            patch.delenv("PYTHONDONTWRITEBYTECODE")
-            patch.setenv("PYTHONPYCACHEPREFIX", os.path.join(tempfile.gettempdir(), "jobs-tests-pycache"))
-        yield
 
 
 def count(settings: Settings, where: str = "true") -> int:

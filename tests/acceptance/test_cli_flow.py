@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import tempfile
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,21 +20,6 @@ from jobs.settings import Settings
 from tests.support.fixtures import effects, run_jobs, wait_for_state
 
 pytestmark = pytest.mark.acceptance
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _bytecode_cache() -> Iterator[None]:
-    """Let the subprocesses of this module cache bytecode, as any normal install does.
-
-    With ``PYTHONDONTWRITEBYTECODE`` set (as in some sandboxes) every ``jobs``
-    call compiles all of Celery and SQLAlchemy again: about 3 s instead of 1.
-    The cache lives outside the repository.
-    """
-    with pytest.MonkeyPatch.context() as patch:
-        if os.environ.get("PYTHONDONTWRITEBYTECODE"):
-            patch.delenv("PYTHONDONTWRITEBYTECODE")
-            patch.setenv("PYTHONPYCACHEPREFIX", os.path.join(tempfile.gettempdir(), "jobs-tests-pycache"))
-        yield
 
 
 def job_id_from(result: Any) -> uuid.UUID:

@@ -7,11 +7,8 @@ redelivers or as the leader's relay does when a publish is repeated.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,16 +18,6 @@ from jobs.schema import TERMINAL_STATES
 from tests.support.fixtures import effects, run_jobs, wait_for_state
 
 pytestmark = pytest.mark.acceptance
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _bytecode_cache() -> Iterator[None]:
-    """Let the subprocesses of this module cache bytecode, as any normal install does (see test_cli_flow)."""
-    with pytest.MonkeyPatch.context() as patch:
-        if os.environ.get("PYTHONDONTWRITEBYTECODE"):
-            patch.delenv("PYTHONDONTWRITEBYTECODE")
-            patch.setenv("PYTHONPYCACHEPREFIX", os.path.join(tempfile.gettempdir(), "jobs-tests-pycache"))
-        yield
 
 
 def submit_effect(key: str, sleep: float) -> uuid.UUID:

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,16 +24,6 @@ pytestmark = pytest.mark.acceptance
 
 #: ``jobs dev`` gives its children this long to stop before it kills them.
 GRACE = 40.0
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _bytecode_cache() -> Iterator[None]:
-    """Let the subprocesses of this module cache bytecode, as any normal install does (see test_cli_flow)."""
-    with pytest.MonkeyPatch.context() as patch:
-        if os.environ.get("PYTHONDONTWRITEBYTECODE"):
-            patch.delenv("PYTHONDONTWRITEBYTECODE")
-            patch.setenv("PYTHONPYCACHEPREFIX", os.path.join(tempfile.gettempdir(), "jobs-tests-pycache"))
-        yield
 
 
 def free_port() -> int:

@@ -7,8 +7,6 @@ once, with the status and an excerpt of the body in the error.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -22,16 +20,6 @@ import pytest
 from tests.support.fixtures import run_jobs, wait_for_state
 
 pytestmark = pytest.mark.acceptance
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _bytecode_cache() -> Iterator[None]:
-    """Let the subprocesses of this module cache bytecode, as any normal install does (see test_cli_flow)."""
-    with pytest.MonkeyPatch.context() as patch:
-        if os.environ.get("PYTHONDONTWRITEBYTECODE"):
-            patch.delenv("PYTHONDONTWRITEBYTECODE")
-            patch.setenv("PYTHONPYCACHEPREFIX", os.path.join(tempfile.gettempdir(), "jobs-tests-pycache"))
-        yield
 
 
 @dataclass

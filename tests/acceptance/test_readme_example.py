@@ -12,9 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import tempfile
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -76,16 +74,6 @@ def example() -> Example:
     if found is None:
         pytest.skip("README.md has no worked example yet (a python block under an 'Adding a kind' heading)")
     return found
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _bytecode_cache() -> Iterator[None]:
-    """Let the subprocesses of this module cache bytecode, as any normal install does (see test_cli_flow)."""
-    with pytest.MonkeyPatch.context() as patch:
-        if os.environ.get("PYTHONDONTWRITEBYTECODE"):
-            patch.delenv("PYTHONDONTWRITEBYTECODE")
-            patch.setenv("PYTHONPYCACHEPREFIX", os.path.join(tempfile.gettempdir(), "jobs-tests-pycache"))
-        yield
 
 
 def test_find_example_reads_the_section_it_is_meant_to():

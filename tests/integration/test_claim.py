@@ -10,29 +10,13 @@ import sqlalchemy as sa
 
 from jobs import db, ledger
 from jobs.schema import job_attempts, jobs
+from tests.support.fixtures import insert_job
 
 pytestmark = pytest.mark.integration
 
 
 def new_job(settings, state: str = "queued", max_attempts: int = 3) -> uuid.UUID:
-    job_id = uuid.uuid4()
-    with db.transaction(settings) as conn:
-        ledger.insert_rows(
-            conn,
-            [
-                {
-                    "id": job_id,
-                    "kind": "ping",
-                    "queue": "default",
-                    "priority": 5,
-                    "payload": {},
-                    "state": state,
-                    "max_attempts": max_attempts,
-                }
-            ],
-            idempotent=False,
-        )
-    return job_id
+    return insert_job(settings, state, max_attempts=max_attempts)
 
 
 def row(settings, job_id):

@@ -8,33 +8,18 @@ import pytest
 import sqlalchemy as sa
 
 from beat.maintenance import Pruner, Rescuer, Runner
-from jobs import db, ledger
+from jobs import db
 from jobs.schema import jobs
-from tests.support.fixtures import queued_messages
+from tests.support.fixtures import insert_job, queued_messages
 
 pytestmark = pytest.mark.integration
 
 
 def insert(settings, state: str, age_seconds: float) -> uuid.UUID:
-    job_id = uuid.uuid4()
+    """A job created and (for a finished state) finished ``age_seconds`` ago."""
+    job_id = insert_job(settings, state, max_attempts=1, age_seconds=age_seconds)
     with db.transaction(settings) as conn:
-        ledger.insert_rows(
-            conn,
-            [
-                {
-                    "id": job_id,
-                    "kind": "ping",
-                    "queue": "default",
-                    "priority": 5,
-                    "payload": {},
-                    "state": state,
-                    "max_attempts": 1,
-                }
-            ],
-            idempotent=False,
-        )
-        age = sa.text(f"now() - interval '{int(age_seconds)} seconds'")
-        conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(created_at=age, finished_at=age))
+        conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(finished_at=jobs.c.created_at))
     return job_id
 
 

@@ -16,7 +16,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from jobs import db, migrate
+from jobs import db, ledger, migrate
 from jobs.kinds import Registry, load_kinds
 from jobs.producer import Producer
 from jobs.schema import TERMINAL_STATES, jobs
@@ -68,6 +68,33 @@ def clear_broker(client: redis.Redis, settle: float = 10.0) -> None:
     keys = [key for key in client.scan_iter(count=1000) if not key.startswith(b"_kombu.binding")]
     if keys:
         client.delete(*keys)
+
+
+def insert_job(
+    settings: Settings, state: str = "queued", *, max_attempts: int = 3, age_seconds: float = 0.0
+) -> uuid.UUID:
+    """A ping job written straight into the ledger (no broker), created ``age_seconds`` ago."""
+    job_id = uuid.uuid4()
+    with db.transaction(settings) as conn:
+        ledger.insert_rows(
+            conn,
+            [
+                {
+                    "id": job_id,
+                    "kind": "ping",
+                    "queue": "default",
+                    "priority": 5,
+                    "payload": {},
+                    "state": state,
+                    "max_attempts": max_attempts,
+                }
+            ],
+            idempotent=False,
+        )
+        if age_seconds:
+            age = sa.func.now() - sa.text(f"interval '{int(age_seconds)} seconds'")
+            conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(created_at=age))
+    return job_id
 
 
 def queued_messages(client: redis.Redis, queue: str = "default") -> int:

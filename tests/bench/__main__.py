@@ -1,0 +1,250 @@
+"""``python -m tests.bench`` (``make bench``): bare Celery vs the platform on the same servers and settings.
+
+Each round runs every phase for every system, alternating which system goes
+first, so slow drift on a shared machine hits both. It prints a table of
+medians (min-max) with each platform figure as a ratio to bare Celery of the
+same round, and writes the same as JSON to ``bench-results/``. Method and
+latest numbers: ``docs/performance.md``.
+
+It uses only the ``jobs_bench`` database and Redis db 12 (or what
+``JOBS_DATABASE_URL`` / ``JOBS_BROKER_URL`` name, within the guards in
+``tests.bench.servers``), and empties both when it ends.
+"""
+
+from __future__ import annotations
+
+import os
+
+from tests.bench.servers import BENCH_BROKER_URL, BENCH_DATABASE_URL
+
+# Before anything loads the platform's settings, which read the environment once.
+os.environ.setdefault("JOBS_DATABASE_URL", BENCH_DATABASE_URL)
+os.environ.setdefault("JOBS_BROKER_URL", BENCH_BROKER_URL)
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+from rich.console import Console
+
+from jobs import db
+from jobs.producer import Producer
+from jobs.settings import get_settings
+from tests.bench import phases, report, servers
+from tests.bench.workers import SYSTEMS
+
+ROOT = Path(__file__).resolve().parents[2]
+PHASES = ("single", "bulk", "bulk_cli", "drain", "latency")
+EXTRA_PHASES = ("backlog",)
+console = Console(stderr=True)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=10_000, help="jobs per drain (default: %(default)s)")
+    parser.add_argument(
+        "--single-n", type=int, default=2_000, help="single submissions (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--bulk-n", type=int, default=100_000, help="jobs per bulk submit (default: %(default)s)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (default: %(default)s)")
+    parser.add_argument("--concurrency", type=int, default=2, help="prefork pool size (default: %(default)s)")
+    parser.add_argument(
+        "--latency-jobs", type=int, default=300, help="jobs per latency run (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--latency-rate", type=float, default=50.0, help="jobs/s in latency runs (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(PHASES),
+        help=f"comma-separated phases among {','.join(PHASES + EXTRA_PHASES)} (default: all but backlog)",
+    )
+    parser.add_argument(
+        "--backlog", type=int, default=0, help="drain: more jobs queued behind the timed --n (default: 0)"
+    )
+    parser.add_argument(
+        "--backlog-sizes",
+        default="10000,100000",
+        help="backlog phase: queued jobs in the ledger (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--backlog-probe",
+        type=int,
+        default=1000,
+        help="backlog phase: jobs run per size (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--systems",
+        default="celery,platform",
+        help=f"comma-separated systems among {','.join(SYSTEMS)} (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--with-db-backend",
+        action="store_true",
+        help="also drain with bare Celery + its database result backend (celery-db), for reference",
+    )
+    parser.add_argument(
+        "--loglevel", default="INFO", help="worker log level, both systems (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--quiet-below",
+        type=float,
+        default=25.0,
+        help="before each step, wait until the CPUs are less busy than this percent (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--quiet-wait", type=float, default=60.0, help="wait at most this many seconds (default: %(default)s)"
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results", help="where the JSON goes")
+    args = parser.parse_args(argv)
+    args.only = [p.strip() for p in args.only.split(",") if p.strip()]
+    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if args.with_db_backend and "celery-db" not in args.systems:
+        args.systems.append("celery-db")
+    args.backlog_sizes = [int(size) for size in args.backlog_sizes.split(",") if size.strip()]
+    for name, chosen, known in (
+        ("phase", args.only, PHASES + EXTRA_PHASES),
+        ("system", args.systems, SYSTEMS),
+    ):
+        unknown = set(chosen) - set(known)
+        if unknown:
+            parser.error(f"unknown {name}(s): {', '.join(sorted(unknown))}")
+    return args
+
+
+def await_quiet(below: float, wait: float) -> float:
+    """Wait (at most ``wait`` seconds) until the machine's CPUs are less than ``below`` percent busy.
+
+    Other people's processes share this machine; starting a step while they
+    run makes both systems' figures noisy. Returns the last busy percentage seen.
+    """
+    deadline = time.monotonic() + wait
+    busy = psutil.cpu_percent(interval=1.0)
+    while busy >= below and time.monotonic() < deadline:
+        console.print(f"[yellow]machine {busy:.0f}% busy (others); waiting for < {below:g}%[/]")
+        busy = psutil.cpu_percent(interval=2.0)
+    return busy
+
+
+def run_round(bench: phases.Bench, args: argparse.Namespace, number: int) -> dict[str, Any]:
+    systems = args.systems if number % 2 else list(reversed(args.systems))
+    result: dict[str, Any] = {"round": number, "order": systems}
+    tag = f"round{number}"
+    steps: list[tuple[str, str]] = []
+    for phase in args.only:
+        if phase in ("bulk", "bulk_cli", "backlog"):
+            steps += [(phase, "platform")] if "platform" in systems else []
+        elif phase == "drain":
+            steps += [(phase, system) for system in systems]
+        else:
+            steps += [(phase, system) for system in systems if system != "celery-db"]
+    for phase, system in steps:
+        busy = await_quiet(args.quiet_below, args.quiet_wait)
+        started = time.monotonic()
+        try:
+            if phase == "single":
+                figures = phases.single(bench, system, args.single_n)
+            elif phase == "bulk":
+                figures = phases.bulk(bench, args.bulk_n)
+            elif phase == "bulk_cli":
+                figures = phases.bulk_cli(bench, args.bulk_n)
+            elif phase == "backlog":
+                figures = phases.backlog_ledger(bench, args.backlog_sizes, args.backlog_probe)
+            elif phase == "drain":
+                figures = phases.drain(bench, system, args.n, f"{tag}-drain", backlog=args.backlog)
+            else:
+                figures = phases.latency(
+                    bench, system, args.latency_jobs, args.latency_rate, f"{tag}-latency"
+                )
+        except phases.BenchError as error:
+            console.print(f"[red]round {number} {phase} {system}: {error}[/]")
+            figures = {"error": str(error)}
+        figures["busy_before_pct"] = busy
+        figures["load_average"] = round(os.getloadavg()[0], 2)
+        result.setdefault(phase, {})[system] = figures
+        shown = ", ".join(
+            f"{key}={value:,.1f}" if isinstance(value, float) else f"{key}={value}"
+            for key, value in figures.items()
+            if not isinstance(value, dict)
+        )
+        console.print(f"round {number} {phase:<8} {system:<9} {time.monotonic() - started:6.1f}s  {shown}")
+    return result
+
+
+def code_version() -> str:
+    """The commit measured (``-dirty`` with uncommitted changes to tracked files)."""
+    marker = ROOT / ".bench-commit"
+    if marker.exists():
+        return marker.read_text(encoding="utf-8").split()[0]
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return done.stdout.strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    settings = get_settings()
+    servers.guard(settings)
+    servers.prepare(settings)
+    client = redis.Redis.from_url(settings.broker_url)
+    machine = servers.describe(settings, client)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / f"bench-{stamp}.json"
+    bench = phases.Bench(
+        settings=settings,
+        client=client,
+        producer=Producer(settings),
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        log_dir=args.out / f"logs-{stamp}",
+        concurrency=args.concurrency,
+        loglevel=args.loglevel,
+    )
+    document: dict[str, Any] = {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": machine,
+        "code": code_version(),
+        "rounds": [],
+    }
+    console.print(
+        f"benchmark: {machine['cpus']} CPUs, load {machine['load_average_at_start']}, writing {out}"
+    )
+    began = time.monotonic()
+    try:
+        bench.clear()
+        for number in range(1, args.rounds + 1):
+            document["rounds"].append(run_round(bench, args, number))
+            document["summary"] = report.summarize(document["rounds"])
+            document["seconds"] = round(time.monotonic() - began, 1)
+            out.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
+    finally:
+        bench.clear()
+        db.dispose()
+    table_console = Console()
+    if not table_console.is_terminal:
+        table_console = Console(width=160)
+    report.render(table_console, document["summary"], machine, args.rounds)
+    report.render_backlog(table_console, document["rounds"])
+    console.print(f"{time.monotonic() - began:.0f}s; JSON: {out}; worker logs: {bench.log_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

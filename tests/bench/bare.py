@@ -1,0 +1,54 @@
+"""Bare Celery for the benchmark: the platform's Celery settings and the ``ping`` body, no ledger.
+
+The worker runs as ``celery -A tests.bench.bare worker ...``. Its app takes
+``jobs.app.celery_config(settings)`` unchanged (pool options come from the
+same command-line flags as ``jobs worker``), so the only difference from the
+platform is the ledger: no claim, no finish, no ORM session.
+
+``BENCH_RESULT_BACKEND`` (set by the benchmark for its reference run) turns on
+Celery's own database result backend instead.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from celery import Celery
+
+from jobs.app import celery_config
+from jobs.settings import get_settings
+
+__all__ = ["STARTED_KEY", "TASK_NAME", "app", "noop"]
+
+TASK_NAME = "bench.noop"
+STARTED_KEY = "bench:started"
+
+_settings = get_settings()
+app = Celery("bench_bare", set_as_current=False)
+app.conf.update(celery_config(_settings))
+if os.environ.get("BENCH_RESULT_BACKEND"):
+    app.conf.update(result_backend=os.environ["BENCH_RESULT_BACKEND"], task_ignore_result=False)
+
+_recorder: redis.Redis | None = None
+
+
+@app.task(name=TASK_NAME, bind=True)
+def noop(self: Any, message: str = "pong", record: bool = False) -> dict[str, Any]:
+    """What the ``ping`` kind's body does; with ``record``, note when the body started (latency runs)."""
+    started = time.time()
+    if record:
+        global _recorder  # noqa: PLW0603 - one client per pool process, made on first use
+        if _recorder is None:
+            _recorder = redis.Redis.from_url(_settings.broker_url)
+        _recorder.rpush(STARTED_KEY, f"{self.request.id} {started!r}")
+    return {
+        "message": message,
+        "attempt": 1,
+        "host": platform.node(),
+        "at": datetime.now(UTC).isoformat(),
+    }

@@ -1,0 +1,382 @@
+"""The measurements: single submit, bulk submit, end-to-end drain, submit-to-start latency.
+
+Every phase starts from an empty ledger and an empty Redis db, runs one
+system, and returns plain numbers. Bare Celery and the platform are observed
+the same way wherever possible: the drain is timed by watching the queue in
+Redis (first message taken to last message acknowledged; with late acks a
+message is acknowledged only after its body returned and, for the platform,
+after the finish committed).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+import sqlalchemy as sa
+
+from jobs import db
+from jobs.producer import Producer
+from jobs.settings import Settings
+from tests.bench import backlog, bare, servers
+from tests.bench.workers import Worker
+
+__all__ = ["Bench", "BenchError", "backlog_ledger", "bulk", "bulk_cli", "drain", "latency", "single"]
+
+ROOT = Path(__file__).resolve().parents[2]
+PAYLOAD = {"message": "pong"}
+WARMUP = 50
+POLL = 0.01
+CONFIRM = 0.1
+STALL = 120.0
+
+
+class BenchError(RuntimeError):
+    """A run did not complete (lost jobs, a dead worker, a stall); the round is not valid."""
+
+
+@dataclass
+class Bench:
+    """What every phase needs: the servers, the two producers, where worker logs go."""
+
+    settings: Settings
+    client: redis.Redis
+    producer: Producer
+    env: dict[str, str]
+    log_dir: Path
+    concurrency: int
+    loglevel: str = "INFO"
+    queue: str = "default"
+    notes: list[str] = field(default_factory=list)
+
+    def clear(self) -> None:
+        servers.clear(self.settings, self.client)
+
+    def depth(self) -> tuple[int, int]:
+        return servers.depth(self.client, self.queue)()
+
+    def submitter(self, system: str) -> Callable[[], uuid.UUID]:
+        """One submission: ``producer.submit`` for the platform, ``apply_async`` for bare Celery."""
+        if system == "platform":
+            submit = self.producer.submit
+            return lambda: submit("ping", PAYLOAD)
+        send = bare.noop.apply_async
+        return lambda: uuid.UUID(send(kwargs=PAYLOAD).id)
+
+    def worker(self, system: str, tag: str) -> Worker:
+        env = dict(self.env)
+        if system == "celery-db":
+            env["BENCH_RESULT_BACKEND"] = "db+" + self.settings.database_url
+        return Worker(
+            system,
+            concurrency=self.concurrency,
+            log_path=self.log_dir / f"{tag}-{system}.log",
+            env=env,
+            loglevel=self.loglevel,
+        )
+
+
+def single(bench: Bench, system: str, n: int) -> dict[str, Any]:
+    """``n`` submissions one after the other, no worker running."""
+    bench.clear()
+    submit = bench.submitter(system)
+    for _ in range(WARMUP):
+        submit()
+    started, cpu = time.perf_counter(), time.process_time()
+    for _ in range(n):
+        submit()
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    queued, _ = bench.depth()
+    if queued != n + WARMUP:
+        raise BenchError(f"{system}: {queued} messages in Redis after {n + WARMUP} submissions")
+    bench.clear()
+    return {"n": n, "seconds": seconds, "rate": n / seconds, "client_cpu_ms_per_job": cpu * 1000 / n}
+
+
+def bulk(bench: Bench, n: int) -> dict[str, Any]:
+    """One ``submit_many`` call of ``n`` ping jobs (all committed, all published)."""
+    bench.clear()
+    bench.producer.submit_many("ping", [PAYLOAD] * WARMUP)
+    bench.clear()
+    payloads = [dict(PAYLOAD) for _ in range(n)]
+    started, cpu = time.perf_counter(), time.process_time()
+    ids = bench.producer.submit_many("ping", payloads)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    _check_bulk(bench, n, published=all(i.published for i in ids))
+    bench.clear()
+    return {"n": n, "seconds": seconds, "rate": n / seconds, "client_cpu_ms_per_job": cpu * 1000 / n}
+
+
+def bulk_cli(bench: Bench, n: int) -> dict[str, Any]:
+    """``jobs submit ping --from-file`` with ``n`` lines, wall clock including the command's start-up."""
+    bench.clear()
+    with tempfile.TemporaryDirectory(prefix="jobs-bench-") as tmp:
+        path = Path(tmp) / "jobs.jsonl"
+        line = json.dumps(PAYLOAD)
+        path.write_text("\n".join([line] * n) + "\n", encoding="utf-8")
+        argv = [sys.executable, "-m", "jobs", "submit", "ping", "--from-file", str(path), "--json"]
+        started = time.perf_counter()
+        done = subprocess.run(argv, env=bench.env, cwd=ROOT, capture_output=True, check=False)
+        seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise BenchError(f"jobs submit --from-file exited {done.returncode}: {done.stderr.decode()[-500:]}")
+    _check_bulk(bench, n, published=bool(json.loads(done.stdout)["published"]))
+    bench.clear()
+    return {"n": n, "seconds": seconds, "rate": n / seconds}
+
+
+def _check_bulk(bench: Bench, n: int, *, published: bool) -> None:
+    with db.transaction(bench.settings) as conn:
+        rows = conn.execute(sa.text("SELECT count(*) FROM jobs WHERE published_at IS NOT NULL")).scalar()
+    queued, _ = bench.depth()
+    if not published or rows != n or queued != n:
+        raise BenchError(f"bulk submit: {rows} of {n} rows stamped published, {queued} messages in Redis")
+
+
+def fill(bench: Bench, system: str, n: int) -> dict[str, Any]:
+    """Put ``n`` jobs in the queue with no worker running: ``apply_async`` loop, or ``submit_many``."""
+    started = time.perf_counter()
+    if system == "platform":
+        bench.producer.submit_many("ping", [dict(PAYLOAD) for _ in range(n)])
+    else:
+        # The worker keeps a result only if the message asks for one (the producer's ignore_result).
+        options = {"ignore_result": False} if system == "celery-db" else {}
+        send = bare.noop.apply_async
+        for _ in range(n):
+            send(kwargs=PAYLOAD, **options)
+    seconds = time.perf_counter() - started
+    queued, unacked = bench.depth()
+    if (queued, unacked) != (n, 0):
+        raise BenchError(f"{system}: queue holds {queued} (+{unacked} unacked) after filling {n}")
+    return {"fill_seconds": seconds, "fill_rate": n / seconds}
+
+
+def drain(bench: Bench, system: str, n: int, tag: str, backlog: int = 0) -> dict[str, Any]:
+    """Fill the queue, start a worker, time the first message taken to the last one acknowledged.
+
+    With ``backlog``, that many more jobs wait behind the ``n`` timed ones (in
+    Redis and, for the platform, in the ledger): the timing stops once ``n``
+    are done, so it shows what a long queue costs each job.
+    """
+    bench.clear()
+    result: dict[str, Any] = {"n": n, "backlog": backlog, **fill(bench, system, n + backlog)}
+    worker = bench.worker(system, tag).start()
+    try:
+        first, last, cpu = _watch(bench, worker, n + backlog, leave=backlog)
+        db_cpu = _database_cpu(bench, worker)
+    finally:
+        worker.stop()
+    result.update(
+        seconds=last - first,
+        rate=n / (last - first),
+        worker_cpu_ms_per_job=cpu * 1000 / n,
+        database_cpu_ms_per_job=db_cpu * 1000 / n,
+        peak_rss_mib=worker.peak_rss / 2**20,
+        peak_pss_mib=worker.peak_pss / 2**20,
+        processes=worker.processes,
+    )
+    if system == "platform":
+        result.update(_ledger_check(bench, n, backlog))
+    elif system == "celery-db":
+        result.update(_results_check(bench, n))
+    bench.clear()
+    return result
+
+
+def _watch(bench: Bench, worker: Worker, n: int, leave: int = 0) -> tuple[float, float, float]:
+    """When the first message was taken and the last acknowledged, and the worker's CPU seconds between.
+
+    With ``leave``, the last one is the one that leaves ``leave`` messages waiting.
+    """
+    first: float | None = None
+    cpu_at_first = 0.0
+    last_change = time.monotonic()
+    seen = (n, 0)
+    while True:
+        now = time.perf_counter()
+        queued, unacked = bench.depth()
+        if first is None and (queued < n or unacked > 0):
+            first = now
+            cpu_at_first = worker.cpu_seconds()
+        if (queued, unacked) != seen:
+            seen = (queued, unacked)
+            last_change = time.monotonic()
+        if first is not None and leave and queued + unacked <= leave:
+            return first, now, worker.cpu_seconds() - cpu_at_first
+        if first is not None and queued == 0 and unacked == 0 and _still_empty(bench):
+            return first, now, worker.cpu_seconds() - cpu_at_first
+        if not worker.alive():
+            raise BenchError(f"the worker exited early; see {worker.log_path}")
+        if time.monotonic() - last_change > STALL:
+            raise BenchError(f"no progress for {STALL:g}s at {queued} queued, {unacked} unacked")
+        time.sleep(POLL)
+
+
+def _still_empty(bench: Bench) -> bool:
+    """Whether the queue stays empty: kombu takes a message (BRPOP) before it records it as unacked.
+
+    For an instant the last message is in neither place; looking again a little
+    later tells a finished drain from one whose last message is in flight.
+    """
+    time.sleep(CONFIRM)
+    return bench.depth() == (0, 0)
+
+
+def _database_cpu(bench: Bench, worker: Worker) -> float:
+    """CPU seconds used so far by the PostgreSQL backends serving this worker (none for bare Celery)."""
+    port = sa.make_url(bench.settings.database_url).port or 5432
+    ports = worker.client_ports(port)
+    if not ports:
+        return 0.0
+    with db.transaction(bench.settings) as conn:
+        pids = conn.execute(
+            sa.text(
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE datname = current_database() AND client_port = ANY(:p)"
+            ),
+            {"p": ports},
+        ).scalars()
+        total = 0.0
+        for pid in pids:
+            try:
+                times = psutil.Process(pid).cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system
+    return total
+
+
+def _ledger_check(bench: Bench, n: int, backlog: int = 0) -> dict[str, Any]:
+    """Every job succeeded, once, with its attempt recorded; the ledger's own first-start-to-last-finish.
+
+    With a backlog, the worker was stopped after ``n`` jobs: at least ``n`` succeeded, none twice.
+    """
+    with db.transaction(bench.settings) as conn:
+        row = conn.execute(
+            sa.text(
+                "SELECT count(*) FILTER (WHERE state = 'succeeded' AND attempt = 1 AND result IS NOT NULL)"
+                " AS ok, count(*) AS total,"
+                " extract(epoch FROM max(finished_at) - min(started_at)) AS span FROM jobs"
+            )
+        ).one()
+        attempts = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM job_attempts WHERE outcome = 'succeeded' AND finished_at IS NOT NULL"
+            )
+        ).scalar()
+        durable = conn.execute(sa.text("SHOW synchronous_commit")).scalar()
+    complete = row.ok == n if not backlog else row.ok >= n
+    if not complete or row.total != n + backlog or attempts != row.ok:
+        raise BenchError(f"ledger: {row.ok} of {n} jobs succeeded once, {attempts} attempts recorded")
+    span = float(row.span)
+    return {
+        "ledger_seconds": span,
+        "ledger_rate": row.ok / span,
+        "recorded": row.ok,
+        "synchronous_commit": durable,
+    }
+
+
+def _results_check(bench: Bench, n: int) -> dict[str, Any]:
+    with db.transaction(bench.settings) as conn:
+        stored = conn.execute(
+            sa.text("SELECT count(*) FROM celery_taskmeta WHERE status = 'SUCCESS'")
+        ).scalar()
+    if stored != n:
+        raise BenchError(f"celery-db: {stored} of {n} results stored")
+    return {"recorded": stored}
+
+
+def latency(bench: Bench, system: str, jobs: int, rate: float, tag: str) -> dict[str, Any]:
+    """Submit ``jobs`` jobs at a steady ``rate`` to a warm, idle worker; submit call to body start."""
+    bench.clear()
+    submit = bench.submitter(system)
+    send = bare.noop.apply_async
+    worker = bench.worker(system, tag).start()
+    try:
+        for _ in range(bench.concurrency * 2):
+            submit() if system == "platform" else send(kwargs={**PAYLOAD, "record": True})
+        _settle(bench, worker, timeout=60.0)
+        bench.client.delete(bare.STARTED_KEY)
+        submitted: dict[uuid.UUID, float] = {}
+        begin = time.perf_counter()
+        for i in range(jobs):
+            pause = begin + i / rate - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            at = time.time()
+            if system == "platform":
+                submitted[submit()] = at
+            else:
+                submitted[uuid.UUID(send(kwargs={**PAYLOAD, "record": True}).id)] = at
+        _settle(
+            bench, worker, timeout=60.0, done=lambda: len(_starts(bench, system, list(submitted))) == jobs
+        )
+    finally:
+        worker.stop()
+    starts = _starts(bench, system, list(submitted))
+    if len(starts) != jobs:
+        raise BenchError(f"{system}: {len(starts)} of {jobs} latency jobs recorded a start")
+    waits = sorted((starts[job] - at) * 1000 for job, at in submitted.items())
+    bench.clear()
+    return {
+        "jobs": jobs,
+        "rate": rate,
+        "p50_ms": _percentile(waits, 50),
+        "p90_ms": _percentile(waits, 90),
+        "p99_ms": _percentile(waits, 99),
+        "max_ms": waits[-1],
+        "mean_ms": statistics.fmean(waits),
+    }
+
+
+def _settle(bench: Bench, worker: Worker, timeout: float, done: Callable[[], bool] = lambda: True) -> None:
+    """Wait until the queue is empty, nothing is unacknowledged, and ``done()`` holds."""
+    deadline = time.monotonic() + timeout
+    while bench.depth() != (0, 0) or not _still_empty(bench) or not done():
+        if not worker.alive():
+            raise BenchError(f"the worker exited early; see {worker.log_path}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"the worker did not empty the queue in {timeout:g}s; see {worker.log_path}")
+        time.sleep(POLL)
+
+
+def _starts(bench: Bench, system: str, ids: list[uuid.UUID]) -> dict[uuid.UUID, float]:
+    """When each job's body began: the claim's ``started_at`` (platform), or the body's own stamp."""
+    if system == "platform":
+        with db.transaction(bench.settings) as conn:
+            rows = conn.execute(
+                sa.text("SELECT id, extract(epoch FROM started_at) FROM jobs WHERE id = ANY(:ids)"),
+                {"ids": ids},
+            ).all()
+        return {row[0]: float(row[1]) for row in rows if row[1] is not None}
+    stamps = {}
+    for raw in bench.client.lrange(bare.STARTED_KEY, 0, -1):
+        job, at = raw.decode().split()
+        stamps[uuid.UUID(job)] = float(at)
+    return {job: stamps[job] for job in ids if job in stamps}
+
+
+def _percentile(ordered: list[float], pct: float) -> float:
+    if len(ordered) == 1:
+        return ordered[0]
+    return statistics.quantiles(ordered, n=100, method="inclusive")[int(pct) - 1]
+
+
+def backlog_ledger(bench: Bench, sizes: list[int], probe: int) -> dict[str, Any]:
+    """Claim + body + finish in this process with each backlog size queued in the ledger (no Celery)."""
+    bench.clear()
+    found = {str(size): backlog.claim_finish(bench.settings, size, probe) for size in sizes}
+    bench.clear()
+    return found
