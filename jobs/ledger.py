@@ -42,6 +42,7 @@ statement through a data-modifying CTE, so every transition is one round trip.
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Iterable, Sequence
@@ -152,17 +153,21 @@ class Published:
 _PUBLISH_COLUMNS = (jobs.c.id, jobs.c.kind, jobs.c.queue, jobs.c.priority, jobs.c.payload)
 
 
-def claim(conn: sa.Connection, job_id: uuid.UUID, *, worker: str, lease: float) -> Claimed | None:
-    """Take a queued job (or a running one whose lease expired) for one attempt.
+def _param(name: str, type_: Any) -> sa.BindParameter[Any]:
+    return sa.bindparam(name, type_=type_)
 
-    ``None`` means another delivery holds it, it is finished or cancelled, or it
-    is not due: the caller acknowledges the message and does nothing.
-    """
-    assert set(sources("claim")) == {"queued", "running"}
+
+def _json_param(name: str) -> sa.BindParameter[Any]:
+    return sa.bindparam(name, type_=pg.JSONB(none_as_null=True))
+
+
+@functools.cache
+def _claim_statement() -> sa.Select[Any]:
+    """Built once: the hot paths reuse one statement object (compiled once, cached key)."""
     claimed = (
         sa.update(jobs)
         .where(
-            jobs.c.id == job_id,
+            jobs.c.id == _param("w_job_id", sa.Uuid),
             sa.or_(
                 jobs.c.state == "queued",
                 sa.and_(
@@ -175,9 +180,9 @@ def claim(conn: sa.Connection, job_id: uuid.UUID, *, worker: str, lease: float) 
         .values(
             state="running",
             attempt=jobs.c.attempt + 1,
-            lease_until=_now() + _seconds(lease),
+            lease_until=_now() + _param("w_lease", sa.Interval),
             started_at=_now(),
-            worker=worker,
+            worker=_param("w_worker", sa.Text),
         )
         .returning(jobs.c.id, jobs.c.kind, jobs.c.payload, jobs.c.attempt, jobs.c.max_attempts)
         .cte("claimed")
@@ -196,11 +201,21 @@ def claim(conn: sa.Connection, job_id: uuid.UUID, *, worker: str, lease: float) 
         sa.insert(job_attempts)
         .from_select(
             ["job_id", "attempt", "worker"],
-            sa.select(claimed.c.id, claimed.c.attempt, sa.literal(worker)),
+            sa.select(claimed.c.id, claimed.c.attempt, _param("w_worker", sa.Text)),
         )
         .cte("attempt")
     )
-    row = conn.execute(sa.select(claimed).add_cte(lost, attempt)).one_or_none()
+    return sa.select(claimed).add_cte(lost, attempt)
+
+
+def claim(conn: sa.Connection, job_id: uuid.UUID, *, worker: str, lease: float) -> Claimed | None:
+    """Take a queued job (or a running one whose lease expired) for one attempt.
+
+    ``None`` means another delivery holds it, it is finished or cancelled, or it
+    is not due: the caller acknowledges the message and does nothing.
+    """
+    params = {"w_job_id": job_id, "w_worker": worker, "w_lease": timedelta(seconds=lease)}
+    row = conn.execute(_claim_statement(), params).one_or_none()
     if row is None:
         return None
     return Claimed(row.id, row.kind, row.payload, row.attempt, row.max_attempts)
@@ -209,49 +224,59 @@ def claim(conn: sa.Connection, job_id: uuid.UUID, *, worker: str, lease: float) 
 _LOST_ERROR = {"type": "WorkerLost", "message": "worker lost: its lease expired before it finished"}
 
 
-def _finish(
-    conn: sa.Connection,
-    job_id: uuid.UUID,
-    attempt: int,
-    *,
-    event: str,
-    job_values: dict[str, Any],
-    outcome: str,
-    error: dict[str, Any] | None,
-) -> bool:
+@functools.cache
+def _finish_statement(event: str) -> sa.Select[Any]:
+    """One statement per finishing event, built once; its parameters are named ``w_*``."""
     (state,) = _targets(event)
+    values: dict[str, Any] = {"state": state, "lease_until": None}
+    if event == "succeed":
+        values.update(result=_json_param("w_result"), finished_at=_now(), error=None)
+    elif event == "retry":
+        values.update(error=_json_param("w_error"), not_before=_now() + _param("w_delay", sa.Interval))
+    else:
+        values.update(error=_json_param("w_error"), finished_at=_now())
     finished = (
         sa.update(jobs)
-        .where(jobs.c.id == job_id, jobs.c.attempt == attempt, jobs.c.state.in_(sources(event)))
-        .values(state=state, lease_until=None, **job_values)
+        .where(
+            jobs.c.id == _param("w_job_id", sa.Uuid),
+            jobs.c.attempt == _param("w_attempt", sa.Integer),
+            jobs.c.state.in_(sources(event)),
+        )
+        .values(**values)
         .returning(jobs.c.id, jobs.c.attempt)
         .cte("finished")
     )
     history = (
         sa.update(job_attempts)
         .where(job_attempts.c.job_id == finished.c.id, job_attempts.c.attempt == finished.c.attempt)
-        .values(outcome=outcome, finished_at=_now(), error=error)
+        .values(
+            outcome="succeeded" if event == "succeed" else "error",
+            finished_at=_now(),
+            error=None if event == "succeed" else _json_param("w_error"),
+        )
         .cte("history")
     )
-    return conn.execute(sa.select(finished.c.id).add_cte(history)).first() is not None
+    return sa.select(finished.c.id).add_cte(history)
+
+
+def _finish(conn: sa.Connection, event: str, params: dict[str, Any]) -> bool:
+    return conn.execute(_finish_statement(event), params).first() is not None
 
 
 def succeed(conn: sa.Connection, job_id: uuid.UUID, attempt: int, result: Any) -> bool:
     """Record success of this attempt; ``False`` if the job is no longer ours."""
-    values = {"result": sa.null() if result is None else result, "finished_at": _now(), "error": None}
-    return _finish(conn, job_id, attempt, event="succeed", job_values=values, outcome="succeeded", error=None)
+    return _finish(conn, "succeed", {"w_job_id": job_id, "w_attempt": attempt, "w_result": result})
 
 
 def retry(conn: sa.Connection, job_id: uuid.UUID, attempt: int, error: dict[str, Any], delay: float) -> bool:
     """Record a failed attempt that will be retried after ``delay`` seconds."""
-    values = {"error": error, "not_before": _now() + _seconds(delay)}
-    return _finish(conn, job_id, attempt, event="retry", job_values=values, outcome="error", error=error)
+    params = {"w_job_id": job_id, "w_attempt": attempt, "w_error": error, "w_delay": timedelta(seconds=delay)}
+    return _finish(conn, "retry", params)
 
 
 def fail(conn: sa.Connection, job_id: uuid.UUID, attempt: int, error: dict[str, Any]) -> bool:
     """Record the final failure of a job."""
-    values = {"error": error, "finished_at": _now()}
-    return _finish(conn, job_id, attempt, event="fail", job_values=values, outcome="error", error=error)
+    return _finish(conn, "fail", {"w_job_id": job_id, "w_attempt": attempt, "w_error": error})
 
 
 def rescue_expired(
