@@ -86,7 +86,7 @@ def describe(settings: Settings, client: redis.Redis) -> dict[str, Any]:
         pg_version = conn.execute(sa.text("SHOW server_version")).scalar()
         pg = {
             name: conn.execute(sa.text(f"SHOW {name}")).scalar()
-            for name in ("synchronous_commit", "fsync", "shared_buffers", "wal_sync_method")
+            for name in ("synchronous_commit", "fsync", "wal_sync_method", "shared_buffers", "autovacuum")
         }
     cpu_model = ""
     try:
