@@ -27,6 +27,7 @@ from jobs.schedules import (
     Plan,
     ScheduleSpec,
     busy_firing,
+    fire,
     fired_by,
     overlap,
     plan,
@@ -131,16 +132,7 @@ class Cron:
             failed = False
             for slot in slots:
                 try:
-                    job = producer.submit(
-                        row.kind,
-                        row.payload,
-                        queue=row.queue,
-                        priority=row.priority,
-                        session=session,
-                        schedule_name=name,
-                        schedule_slot=slot,
-                        submitted_by=fired_by(name),
-                    )
+                    job = fire(producer, session, row, slot, submitted_by=fired_by(name))
                 except BadInput as error:  # the kind or its model changed since the schedule was saved
                     log.error("schedule %s cannot fire slot %s: %s", name, slot.isoformat(), error.message)
                     values.update(last_error=f"slot {slot.isoformat()}: {error.message}")

@@ -49,6 +49,8 @@ from jobs.schema import jobs, maintenance_runs, schedules
 from jobs.settings import Settings
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from jobs.producer import JobId, Producer
 
 __all__ = [
@@ -73,6 +75,7 @@ __all__ = [
     "count_slots",
     "describe_timing",
     "edit",
+    "fire",
     "fired_by",
     "get",
     "is_manual",
@@ -545,6 +548,23 @@ def fired_by(name: str, manual_by: str | None = None) -> str:
     return f"schedule:{name}" if manual_by is None else f"schedule:{name} {MANUAL} ({manual_by})"
 
 
+def fire(producer: Producer, session: Session, row: Any, slot: datetime, *, submitted_by: str) -> JobId:
+    """Submit one firing of a schedule row for ``slot``, in ``session``'s transaction.
+
+    The (schedule, slot) pair is unique: a slot fired before returns that job, with ``duplicate`` set.
+    """
+    return producer.submit(
+        row.kind,
+        row.payload,
+        queue=row.queue,
+        priority=row.priority,
+        session=session,
+        schedule_name=row.name,
+        schedule_slot=slot,
+        submitted_by=submitted_by,
+    )
+
+
 def is_manual(submitted_by: str | None) -> bool:
     return bool(submitted_by) and f" {MANUAL} (" in str(submitted_by)
 
@@ -718,16 +738,7 @@ def trigger(producer: Producer, name: str, *, by: str) -> tuple[JobId, datetime]
         conn = session.connection()
         row = _locked(conn, name)
         slot = cast(datetime, conn.execute(sa.select(sa.func.clock_timestamp())).scalar_one())
-        job = producer.submit(
-            row.kind,
-            row.payload,
-            queue=row.queue,
-            priority=row.priority,
-            session=session,
-            schedule_name=name,
-            schedule_slot=slot,
-            submitted_by=fired_by(name, manual_by=by),
-        )
+        job = fire(producer, session, row, slot, submitted_by=fired_by(name, manual_by=by))
         conn.execute(
             sa.update(schedules)
             .where(schedules.c.name == name)
