@@ -4,7 +4,8 @@
 so an operator can ask what happened on attempt 2. The columns and the states
 are explained in ``docs/architecture.md``; the state machine lives in
 ``jobs.ledger``. ``schedules`` holds the leader's schedules and
-``maintenance_runs`` when each maintenance loop last ran (``docs/scheduling.md``).
+``maintenance_runs`` when each maintenance loop last ran (``docs/scheduling.md``);
+``queue_pauses`` the queues an operator paused (``docs/operations.md``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = [
     "jobs",
     "maintenance_runs",
     "metadata",
+    "queue_pauses",
     "schedules",
 ]
 
@@ -151,4 +153,14 @@ maintenance_runs = sa.Table(
     sa.Column("last_result", sa.Integer),
     sa.Column("last_error", sa.Text),
     sa.Column("leader", sa.Text),
+)
+
+# Paused queues: workers stop consuming them until resumed; kept here so a pause survives restarts.
+queue_pauses = sa.Table(
+    "queue_pauses",
+    metadata,
+    sa.Column("queue", sa.Text, primary_key=True),
+    sa.Column("paused_at", _TZ, nullable=False, server_default=sa.func.now()),
+    sa.Column("paused_by", sa.Text),
+    sa.Column("reason", sa.Text),
 )
