@@ -85,6 +85,8 @@ class Kind:
 
     def dump(self, payload: BaseModel) -> dict[str, Any]:
         """JSON-shaped payload with secrets revealed: what the ledger stores and the body gets."""
+        if not self.has_secrets:  # the common case, done in pydantic's core alone
+            return payload.model_dump(mode="json")
         dumped = to_jsonable_python(_reveal(payload.model_dump(mode="python")))
         assert isinstance(dumped, dict)
         return dumped

@@ -44,15 +44,15 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import sqlalchemy as sa
-from psycopg.types.json import Jsonb
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -461,9 +461,14 @@ def insert_rows(
     if idempotent and scheduled:
         stmt = stmt.on_conflict_do_nothing()
     elif idempotent:
-        stmt = stmt.on_conflict_do_nothing(index_elements=[jobs.c.idempotency_key])
+        stmt = stmt.on_conflict_do_nothing(
+            index_elements=[jobs.c.idempotency_key], index_where=sa.text("idempotency_key IS NOT NULL")
+        )
     elif scheduled:
-        stmt = stmt.on_conflict_do_nothing(index_elements=[jobs.c.schedule_name, jobs.c.schedule_slot])
+        stmt = stmt.on_conflict_do_nothing(
+            index_elements=[jobs.c.schedule_name, jobs.c.schedule_slot],
+            index_where=sa.text("schedule_name IS NOT NULL"),
+        )
     params = [{key: value for key, value in row.items() if key in jobs.c} for row in rows]
     return list(conn.execute(stmt.returning(jobs.c.id, sort_by_parameter_order=True), params).scalars())
 
@@ -475,7 +480,7 @@ NEW_JOB_COLUMNS = (
 )  # fmt: skip
 
 
-def copy_rows(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
+def copy_rows(conn: sa.Connection, rows: Iterable[dict[str, Any]]) -> None:
     """Insert many new jobs with COPY: the bulk path (no conflicts possible: fresh ids, no keys).
 
     The statement names only constant column names, so it is spelled out here; SQLAlchemy
@@ -485,15 +490,27 @@ def copy_rows(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
     assert isinstance(raw, psycopg.Connection)
     columns = ", ".join(NEW_JOB_COLUMNS)
     with raw.cursor() as cursor, cursor.copy(f"COPY jobs ({columns}) FROM STDIN") as copy:
+        copy.set_types(_COPY_TYPES)
         for row in rows:
-            copy.write_row([_copy_value(row, c) for c in NEW_JOB_COLUMNS])
+            copy.write_row(_copy_values(row))
 
 
-def _copy_value(row: dict[str, Any], column: str) -> Any:
-    if column != "payload":
-        return row.get(column)
-    # COPY's text format takes the JSON text as it is: the payload is serialized only once.
-    return row["payload_json"] if "payload_json" in row else Jsonb(row["payload"])
+# COPY's text format takes the JSON text as it is: the payload is serialized only once.
+_COPY_TYPES = [
+    "uuid", "text", "text", "int2", "text", "text", "int4", "timestamptz",
+    "text", "text", "uuid", "timestamptz",
+]  # fmt: skip
+_copy_values_json = operator.itemgetter(*("payload_json" if c == "payload" else c for c in NEW_JOB_COLUMNS))
+
+
+def _copy_values(row: dict[str, Any]) -> tuple[Any, ...]:
+    try:  # the producer's rows hold every column and the payload's JSON text
+        return cast(tuple[Any, ...], _copy_values_json(row))
+    except KeyError:
+        pass
+    values = [row.get(c) for c in NEW_JOB_COLUMNS]
+    values[NEW_JOB_COLUMNS.index("payload")] = row.get("payload_json") or json.dumps(row["payload"])
+    return tuple(values)
 
 
 def id_for_key(conn: sa.Connection, key: str) -> uuid.UUID | None:

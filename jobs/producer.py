@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -46,7 +46,9 @@ class JobId(uuid.UUID):
     published: bool
 
     def __init__(self, value: uuid.UUID, *, duplicate: bool = False, published: bool = False) -> None:
-        super().__init__(int=value.int)
+        # As uuid.UUID.__init__ sets its slots, without parsing again a value that is a UUID already.
+        object.__setattr__(self, "int", value.int)
+        object.__setattr__(self, "is_safe", value.is_safe)
         object.__setattr__(self, "duplicate", duplicate)
         object.__setattr__(self, "published", published)
 
@@ -138,21 +140,29 @@ class Producer:
         report = progress or (lambda phase, count: None)
         options = _Options(queue, priority, delay, at, max_attempts, submitted_by)
         declared = self.registry.get(kind)
-        rows = []
-        for number, payload in enumerate(payloads, start=1):
-            try:
-                rows.append(self._row(declared, payload, options, None))
-            except BadInput as error:
-                raise type(error)(f"item {number}: {error.message}") from None
-            if number % BATCH == 0:
-                report("checked", number)
-        report("checked", len(rows))
+        rows: list[dict[str, Any]] = []
+
+        def checked() -> Iterator[dict[str, Any]]:
+            for number, payload in enumerate(payloads, start=1):
+                try:
+                    row = self._row(declared, payload, options, None)
+                except BadInput as error:
+                    raise type(error)(f"item {number}: {error.message}") from None
+                rows.append(row)
+                if number % BATCH == 0:
+                    report("checked", number)
+                yield row
+            report("checked", len(rows))
+
+        if session is not None:
+            rows = list(checked())
+            return self._submit_in(session, rows, key=None) if rows else []
+        # Rows stream into COPY as they are checked, so PostgreSQL works while Python validates;
+        # an invalid item aborts the COPY and the transaction: nothing is inserted.
+        with db.transaction(self.settings) as conn:
+            ledger.copy_rows(conn, checked())
         if not rows:
             return []
-        if session is not None:
-            return self._submit_in(session, rows, key=None)
-        with db.transaction(self.settings) as conn:
-            ledger.copy_rows(conn, rows)
         report("committed", len(rows))
         items = [_publishable(row) for row in rows if row["state"] == "queued"]
         sent = publisher.publish_committed(

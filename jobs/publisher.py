@@ -33,20 +33,11 @@ def publish(settings: Settings, registry: Registry, items: Sequence[ledger.Publi
     """Send each job's message; returns the ids sent before any failure, raises if none could be."""
     if not items:
         return []
-    messages = [
-        (
-            wire.queue_key(item.queue, item.priority),
-            wire.encode(
-                item.id,
-                item.kind,
-                item.queue,
-                item.priority,
-                item.json(),
-                _shown(registry, item),
-            ),
-        )
-        for item in items
-    ]
+    messages = []
+    for item in items:
+        key = wire.queue_key(item.queue, item.priority)
+        envelope = wire.envelope(item.kind, item.queue, item.priority)
+        messages.append((key, envelope.encode(str(item.id), item.json(), _shown(registry, item))))
     try:
         sent = wire.push(settings.broker_url, messages, timeout=settings.publish_timeout)
     except wire.broker_errors() as error:

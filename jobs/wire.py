@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import itertools
 import json
 import os
 import socket
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["PRIORITY_SEPARATOR", "broker_errors", "encode", "push", "queue_key"]
+__all__ = ["PRIORITY_SEPARATOR", "Envelope", "broker_errors", "encode", "envelope", "push", "queue_key"]
 
 #: kombu's separator between a queue's name and its priority step.
 PRIORITY_SEPARATOR = "\x06\x16"
@@ -40,7 +41,7 @@ def queue_key(queue: str, priority: int) -> str:
     return f"{queue}{PRIORITY_SEPARATOR}{priority}" if priority else queue
 
 
-_TEMPLATE = (
+_HEAD = (
     '{{"body": "{body}", "content-encoding": "utf-8", "content-type": "application/json", '
     '"headers": {{"lang": "py", "task": {kind}, "id": "{id}", "shadow": null, "eta": null, '
     '"expires": null, "group": null, "group_index": null, "retries": 0, "timelimit": [null, null], '
@@ -52,21 +53,76 @@ _TEMPLATE = (
     '"body_encoding": "base64", "delivery_tag": "{tag}"}}}}'
 )
 _ORIGIN_JSON = json.dumps(_ORIGIN)
+_BODY_TAIL = f", {_EMBED}]".encode()
+
+
+class Envelope:
+    """The message template of one (kind, queue, priority), rendered once: per job only the
+    id, the body and its display are filled in (``%`` formatting of a few strings)."""
+
+    __slots__ = ("_template",)
+
+    def __init__(self, kind: str, queue: str, priority: int) -> None:
+        rendered = _HEAD.format(
+            body="%(body)s",
+            kind=json.dumps(kind),
+            id="%(id)s",
+            shown="%(shown)s",
+            origin=_ORIGIN_JSON,
+            queue=json.dumps(queue),
+            priority=int(priority),
+            tag="%(tag)s",
+        )
+        # The constant parts may hold '%' (a queue named "50%"): escape them, then reopen the slots.
+        self._template = (
+            rendered.replace("%", "%%")
+            .replace("%%(body)s", "%(body)s")
+            .replace("%%(id)s", "%(id)s")
+            .replace("%%(shown)s", "%(shown)s")
+            .replace("%%(tag)s", "%(tag)s")
+        )
+
+    def encode(self, job_id: str, payload_json: str, shown: str) -> str:
+        """The message of one job: ``payload_json`` is its kwargs, ``shown`` what people may see."""
+        body = b"[[], " + payload_json.encode() + _BODY_TAIL
+        return self._template % {
+            "body": base64.b64encode(body).decode(),
+            "id": job_id,
+            "shown": json.dumps(shown),
+            "tag": next_tag(),
+        }
+
+
+@functools.lru_cache(maxsize=256)
+def envelope(kind: str, queue: str, priority: int) -> Envelope:
+    """The cached template for messages of ``kind`` on ``queue`` at ``priority``."""
+    return Envelope(kind, queue, priority)
 
 
 def encode(job_id: uuid.UUID, kind: str, queue: str, priority: int, payload_json: str, shown: str) -> str:
     """One Celery protocol-2 message, as kombu's Redis transport stores it (a JSON envelope)."""
-    body = f"[[], {payload_json}, {_EMBED}]".encode()
-    return _TEMPLATE.format(
-        body=base64.b64encode(body).decode(),
-        kind=json.dumps(kind),
-        id=job_id,
-        shown=json.dumps(shown),
-        origin=_ORIGIN_JSON,
-        queue=json.dumps(queue),
-        priority=int(priority),
-        tag=uuid.uuid4(),
-    )
+    return envelope(kind, queue, int(priority)).encode(str(job_id), payload_json, shown)
+
+
+class _Tags:
+    """Delivery tags: unique per message, cheaper than a uuid4 each (kombu only needs uniqueness).
+
+    A random prefix per process (renewed in forked children) and a counter.
+    """
+
+    def __init__(self) -> None:
+        self.renew()
+        os.register_at_fork(after_in_child=self.renew)
+
+    def renew(self) -> None:
+        self.prefix = f"{uuid.uuid4().hex[:20]}-"
+        self.counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self.prefix}{next(self.counter):012x}"
+
+
+next_tag = _Tags()
 
 
 def broker_errors() -> tuple[type[BaseException], ...]:
