@@ -20,17 +20,31 @@ class JobContext:
 
     ``session`` is a SQLAlchemy session in the job's own transaction: what the
     body writes through it commits together with the job's success, and is
-    rolled back if the attempt fails, is cancelled or its worker dies.
+    rolled back if the attempt fails, is cancelled or its worker dies. It is
+    opened the first time the body asks for it.
     """
 
     job_id: uuid.UUID
     kind: str
     attempt: int
     max_attempts: int
-    session: Session
     logger: logging.Logger
+    _open_session: Callable[[], Session] = field(repr=False)
     _report: Callable[[dict[str, Any]], None] = field(repr=False)
     _state: Callable[[], str | None] = field(repr=False)
+    _session: Session | None = field(default=None, repr=False)
+
+    @property
+    def session(self) -> Session:
+        """The job's session, opened on first use (a body that never uses it costs nothing)."""
+        if self._session is None:
+            self._session = self._open_session()
+        return self._session
+
+    @property
+    def session_opened(self) -> Session | None:
+        """The session if the body opened it, else ``None``."""
+        return self._session
 
     @property
     def last_attempt(self) -> bool:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -15,10 +16,12 @@ from jobs.errors import LedgerUnavailable
 from jobs.settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    import psycopg
     from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = [
     "autocommit",
+    "direct",
     "dispose",
     "dispose_after_fork",
     "engine",
@@ -77,6 +80,72 @@ def dispose() -> None:
     """Close every pooled connection of this process (at exit, and between tests)."""
     for created in _ENGINES.values():
         created.dispose()
+    _close_direct()
+
+
+class _Connections(dict[tuple[int, str], "psycopg.Connection[Any]"]):
+    """One thread's direct connections by (process, URL), closed when the thread ends."""
+
+    def close(self) -> None:
+        for (pid, url), conn in list(self.items()):
+            if pid == os.getpid():  # never a connection inherited from a parent process
+                conn.close()
+                del self[(pid, url)]
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class _Direct(threading.local):
+    def __init__(self) -> None:
+        self.connections = _Connections()
+
+
+_DIRECT = _Direct()
+
+
+@contextlib.contextmanager
+def direct(settings: Settings | None = None) -> Iterator[psycopg.Connection[Any]]:
+    """This thread's own autocommit psycopg connection, outside the pool: the worker's hot path.
+
+    The claim and the finish of every job run here as server-side prepared
+    statements (``jobs.ledger``): no pool checkout, no SQLAlchemy execution
+    machinery, one round trip each. A connection that fails is dropped and
+    ``LedgerUnavailable`` raised; the next call connects again. Keyed by
+    process id, so a forked child never uses (or closes) its parent's.
+    """
+    import psycopg
+    from psycopg.rows import namedtuple_row
+
+    url = (settings or get_settings()).database_url
+    key = (os.getpid(), url)
+    conn = _DIRECT.connections.get(key)
+    try:
+        if conn is None or conn.closed:
+            conn = psycopg.connect(
+                _libpq_url(url),
+                autocommit=True,
+                prepare_threshold=0,
+                row_factory=namedtuple_row,
+                connect_timeout=CONNECT_TIMEOUT,
+                application_name="jobs",
+            )
+            _DIRECT.connections[key] = conn
+        yield conn
+    except psycopg.OperationalError as error:
+        _DIRECT.connections.pop(key, None)
+        if conn is not None:
+            conn.close()
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise LedgerUnavailable(f"PostgreSQL is unreachable at {safe_url(url)}: {reason}") from error
+
+
+def _libpq_url(url: str) -> str:
+    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _close_direct() -> None:
+    _DIRECT.connections.close()
 
 
 @contextlib.contextmanager

@@ -53,6 +53,7 @@ from typing import Any, cast
 
 import psycopg
 import sqlalchemy as sa
+from psycopg.types.json import Jsonb
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -62,6 +63,7 @@ __all__ = [
     "ACTIVE_STATES",
     "TRANSITIONS",
     "Claimed",
+    "Executor",
     "Published",
     "cancel",
     "claim",
@@ -208,14 +210,59 @@ def _claim_statement() -> sa.Select[Any]:
     return sa.select(claimed).add_cte(lost, attempt)
 
 
-def claim(conn: sa.Connection, job_id: uuid.UUID, *, worker: str, lease: float) -> Claimed | None:
+#: Where a transition runs: a SQLAlchemy connection, or for the worker's hot path a psycopg
+#: connection of its own (``jobs.db.direct``) on which the statement is prepared once.
+Executor = sa.Connection | psycopg.Connection[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A statement compiled once to SQL text, with its constant parameters bound."""
+
+    sql: str
+    constants: dict[str, Any]
+    json_names: frozenset[str]
+
+    def params(self, values: dict[str, Any]) -> dict[str, Any]:
+        merged = dict(self.constants)
+        for name, value in values.items():
+            merged[name] = Jsonb(value) if name in self.json_names and value is not None else value
+        return merged
+
+
+@functools.cache
+def _prepared(statement: sa.Select[Any]) -> _Prepared:
+    from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+
+    dialect = PGDialect_psycopg()  # type: ignore[no-untyped-call]
+    compiled = statement.compile(dialect=dialect)
+    json_names = frozenset(
+        name for name, bind in compiled.binds.items() if isinstance(bind.type, sa.JSON | pg.JSONB)
+    )
+    constants = {
+        name: Jsonb(value) if name in json_names and value is not None else value
+        for name, value in compiled.construct_params(_check=False).items()
+        if not name.startswith("w_")
+    }
+    return _Prepared(str(compiled), constants, json_names)
+
+
+def _execute(conn: Executor, statement: sa.Select[Any], params: dict[str, Any]) -> Any:
+    """Run a hot statement; returns its first row (attribute access by column name) or ``None``."""
+    if isinstance(conn, sa.Connection):
+        return conn.execute(statement, params).first()
+    prepared = _prepared(statement)
+    return conn.execute(prepared.sql, prepared.params(params), prepare=True).fetchone()
+
+
+def claim(conn: Executor, job_id: uuid.UUID, *, worker: str, lease: float) -> Claimed | None:
     """Take a queued job (or a running one whose lease expired) for one attempt.
 
     ``None`` means another delivery holds it, it is finished or cancelled, or it
     is not due: the caller acknowledges the message and does nothing.
     """
     params = {"w_job_id": job_id, "w_worker": worker, "w_lease": timedelta(seconds=lease)}
-    row = conn.execute(_claim_statement(), params).one_or_none()
+    row = _execute(conn, _claim_statement(), params)
     if row is None:
         return None
     return Claimed(row.id, row.kind, row.payload, row.attempt, row.max_attempts)
@@ -242,7 +289,7 @@ def _finish_statement(event: str) -> sa.Select[Any]:
             jobs.c.attempt == _param("w_attempt", sa.Integer),
             # "IS TRUE" keeps the planner on the primary key: with stale statistics it would walk
             # ix_jobs_state_created_at through every dead 'running' entry (found by make bench).
-            jobs.c.state.in_(sources(event)).is_(sa.true()),
+            sa.or_(*(jobs.c.state == source for source in sources(event))).self_group().is_(sa.true()),
         )
         .values(**values)
         .returning(jobs.c.id, jobs.c.attempt)
@@ -261,22 +308,22 @@ def _finish_statement(event: str) -> sa.Select[Any]:
     return sa.select(finished.c.id).add_cte(history)
 
 
-def _finish(conn: sa.Connection, event: str, params: dict[str, Any]) -> bool:
-    return conn.execute(_finish_statement(event), params).first() is not None
+def _finish(conn: Executor, event: str, params: dict[str, Any]) -> bool:
+    return _execute(conn, _finish_statement(event), params) is not None
 
 
-def succeed(conn: sa.Connection, job_id: uuid.UUID, attempt: int, result: Any) -> bool:
+def succeed(conn: Executor, job_id: uuid.UUID, attempt: int, result: Any) -> bool:
     """Record success of this attempt; ``False`` if the job is no longer ours."""
     return _finish(conn, "succeed", {"w_job_id": job_id, "w_attempt": attempt, "w_result": result})
 
 
-def retry(conn: sa.Connection, job_id: uuid.UUID, attempt: int, error: dict[str, Any], delay: float) -> bool:
+def retry(conn: Executor, job_id: uuid.UUID, attempt: int, error: dict[str, Any], delay: float) -> bool:
     """Record a failed attempt that will be retried after ``delay`` seconds."""
     params = {"w_job_id": job_id, "w_attempt": attempt, "w_error": error, "w_delay": timedelta(seconds=delay)}
     return _finish(conn, "retry", params)
 
 
-def fail(conn: sa.Connection, job_id: uuid.UUID, attempt: int, error: dict[str, Any]) -> bool:
+def fail(conn: Executor, job_id: uuid.UUID, attempt: int, error: dict[str, Any]) -> bool:
     """Record the final failure of a job."""
     return _finish(conn, "fail", {"w_job_id": job_id, "w_attempt": attempt, "w_error": error})
 

@@ -64,11 +64,12 @@ def error_record(error: BaseException, *, reason: str | None = None) -> dict[str
 def run(settings: Settings, registry: Registry, delivery: Delivery) -> Any:
     """Run one delivered message through the ledger; returns the job's result (or ``None``)."""
     declared = registry.get(delivery.kind) if delivery.kind in registry else None
-    with db.autocommit(settings) as conn:
+    with db.direct(settings) as direct:
         claimed = ledger.claim(
-            conn, delivery.job_id, worker=delivery.worker, lease=lease_for(settings, declared)
+            direct, delivery.job_id, worker=delivery.worker, lease=lease_for(settings, declared)
         )
-        if claimed is None:
+    if claimed is None:
+        with db.autocommit(settings) as conn:
             claimed = _unclaimed(conn, settings, registry, delivery)
     if claimed is None:
         return None
@@ -171,14 +172,13 @@ def _attempt(settings: Settings, declared: Kind, claimed: ledger.Claimed, worker
         _log(logging.ERROR, claimed, declared, "failed: %s", bad.message, state="failed")
         return None
 
-    session = db.session(settings)
     ctx = JobContext(
         job_id=claimed.id,
         kind=declared.name,
         attempt=claimed.attempt,
         max_attempts=claimed.max_attempts,
-        session=session,
         logger=logging.getLogger(f"jobs.kind.{declared.name}"),
+        _open_session=lambda: db.session(settings),
         _report=lambda report: _progress(settings, claimed, report),
         _state=lambda: _state(settings, claimed.id),
     )
@@ -187,7 +187,7 @@ def _attempt(settings: Settings, declared: Kind, claimed: ledger.Claimed, worker
     try:
         value = declared.body(ctx, payload)
         result = declared.dump_result(value)
-        if _succeed(settings, session, claimed, result):
+        if _succeed(settings, ctx.session_opened, claimed, result):
             outcome = "succeeded"
             return result
         outcome, message = (
@@ -196,26 +196,27 @@ def _attempt(settings: Settings, declared: Kind, claimed: ledger.Claimed, worker
         )
         return None
     except RetryLater as signal:
-        session.rollback()
+        _rollback(ctx)
         outcome = _finish_error(
             settings, claimed, signal, retryable=True, delay=signal.delay, declared=declared
         )
         message = signal.reason
     except Fail as signal:
-        session.rollback()
+        _rollback(ctx)
         outcome = _finish_error(settings, claimed, signal, retryable=False)
         message = str(signal)
     except SoftTimeLimitExceeded as error:
-        session.rollback()
+        _rollback(ctx)
         message = "time limit: the soft time limit was exceeded"
         outcome = _finish_error(settings, claimed, error, retryable=True, declared=declared, reason=message)
     except Exception as error:
-        session.rollback()
+        _rollback(ctx)
         retryable = isinstance(error, declared.retry_on)
         outcome = _finish_error(settings, claimed, error, retryable=retryable, declared=declared)
         message = f"{type(error).__name__}: {error}"
     finally:
-        session.close()
+        if ctx.session_opened is not None:
+            ctx.session_opened.close()
         duration = round(time.monotonic() - started, 6)
         level = logging.INFO if outcome == "succeeded" else logging.WARNING
         _log(
@@ -232,11 +233,16 @@ def _attempt(settings: Settings, declared: Kind, claimed: ledger.Claimed, worker
     return None
 
 
-def _succeed(settings: Settings, session: Session, claimed: ledger.Claimed, result: Any) -> bool:
+def _rollback(ctx: JobContext) -> None:
+    if ctx.session_opened is not None:
+        ctx.session_opened.rollback()
+
+
+def _succeed(settings: Settings, session: Session | None, claimed: ledger.Claimed, result: Any) -> bool:
     """Record success: in the body's transaction if it used its session, else as one statement."""
-    if not session.in_transaction():
-        with db.autocommit(settings) as conn:
-            return ledger.succeed(conn, claimed.id, claimed.attempt, result)
+    if session is None or not session.in_transaction():
+        with db.direct(settings) as direct:
+            return ledger.succeed(direct, claimed.id, claimed.attempt, result)
     if ledger.succeed(session.connection(), claimed.id, claimed.attempt, result):
         session.commit()
         return True
