@@ -23,6 +23,7 @@ os.environ.setdefault("JOBS_BROKER_URL", BENCH_BROKER_URL)
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -197,8 +198,14 @@ def code_version() -> str:
     return done.stdout.strip()
 
 
+def _interrupted(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    # SIGTERM unwinds like Ctrl-C, so the workers the benchmark started are stopped too.
+    signal.signal(signal.SIGTERM, _interrupted)
     settings = get_settings()
     servers.guard(settings)
     servers.prepare(settings)
