@@ -85,6 +85,13 @@ bench: install ## Compare bare Celery and the platform (BENCH_ARGS="--rounds 1")
 	JOBS_DATABASE_URL=$(BENCH_DATABASE_URL) JOBS_BROKER_URL=$(BENCH_BROKER_URL) \
 		$(RUN) python -m tests.bench $(BENCH_ARGS)
 
+# The soak runs on private servers it starts and stops itself (never the shared ones).
+SOAK_MINUTES ?= 5
+
+.PHONY: soak
+soak: install ## Random faults (kills, Redis loss, PostgreSQL restarts) against a steady load; SOAK_MINUTES=5
+	$(RUN) python -m tests.faults.soak --minutes $(SOAK_MINUTES)
+
 # Docker: the stack in docker-compose.yml (needs a .env made from .env.example; see docs/deploy.md).
 COMPOSE ?= docker compose
 

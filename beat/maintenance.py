@@ -11,8 +11,10 @@
 - **pruner**: deletes finished jobs past their retention, in bounded batches
   (failed jobs are kept longer than succeeded and cancelled ones).
 - **cron**: fires the due slots of the schedules (``beat.cron``).
+- **redrive**: notices that Redis lost its data and publishes every queued
+  job again (``beat.redrive``).
 
-More loops (re-drive) slot in by adding to ``default_loops``. The runner
+More loops slot in by adding to ``default_loops``. The runner
 records when each loop last ran, and its result or error, in
 ``maintenance_runs`` (at most every ``RECORD_EVERY`` seconds), which
 ``jobs schedule list`` shows.
@@ -170,10 +172,12 @@ class Pruner:
 
 def default_loops(settings: Settings) -> list[Loop]:
     from beat.cron import Cron
+    from beat.redrive import Redrive
 
     tick = settings.leader_tick
     return [
         Cron(tick, settings.schedule_grace, settings.schedule_catchup),
+        Redrive(tick),
         Stager(tick),
         Relay(tick, settings.relay_grace),
         Republisher(max(tick, 5.0), settings.republish_after),

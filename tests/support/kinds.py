@@ -118,3 +118,57 @@ def secret(ctx: jobs.JobContext, payload: Secret) -> dict[str, Any]:
 def crash(ctx: jobs.JobContext, payload: Nothing) -> None:
     """Kill the pool process running it, every time."""
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Work(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    key: str
+    sleep: float = 0.0
+    crash_on_attempt: int = 0
+
+
+class Leak(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    megabytes: int = 100
+
+
+def _work(ctx: jobs.JobContext, payload: Work) -> dict[str, Any]:
+    """Write an effect row in the job's transaction, say which process runs it, then take its time."""
+    ctx.progress(0, 1, f"pid {os.getpid()}")
+    ctx.session.execute(
+        sa.text("INSERT INTO test_effects (key, job_id, attempt) VALUES (:k, :j, :a)"),
+        {"k": payload.key, "j": ctx.job_id, "a": ctx.attempt},
+    )
+    if ctx.attempt == payload.crash_on_attempt:
+        ctx.session.flush()
+        os.kill(os.getpid(), signal.SIGKILL)  # the write reached PostgreSQL, the commit never does
+    deadline = time.monotonic() + payload.sleep
+    while time.monotonic() < deadline:
+        if ctx.cancelled():
+            return {"cancelled": True}
+        time.sleep(0.05)
+    return {"key": payload.key, "pid": os.getpid()}
+
+
+@jobs.kind("test.work", payload=Work, max_attempts=3, backoff=FAST)
+def work(ctx: jobs.JobContext, payload: Work) -> dict[str, Any]:
+    """The fault tests' workload: one effect per success, optionally crashing its process midway."""
+    return _work(ctx, payload)
+
+
+@jobs.kind(
+    "test.long", payload=Work, max_attempts=3, backoff=FAST, soft_time_limit=25.0, hard_time_limit=30.0
+)
+def long(ctx: jobs.JobContext, payload: Work) -> dict[str, Any]:
+    """Like ``test.work``, with limits that let it outlive a short visibility timeout."""
+    return _work(ctx, payload)
+
+
+_LEAKED: list[bytearray] = []
+
+
+@jobs.kind("test.leak", payload=Leak, max_attempts=1)
+def leak(ctx: jobs.JobContext, payload: Leak) -> dict[str, int]:
+    """Keep ``megabytes`` of memory for good, as a leaking library would; returns the process id."""
+    _LEAKED.append(bytearray(b"\x01") * (payload.megabytes * 1024 * 1024))
+    return {"pid": os.getpid(), "leaked_mb": payload.megabytes * len(_LEAKED)}

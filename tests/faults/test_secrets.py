@@ -1,0 +1,120 @@
+"""Secrets: a payload field declared ``SecretStr`` reaches the body and nowhere else people look.
+
+Checked where it could leak: the worker's logs at DEBUG in both formats (text
+and JSON), the task events Flower builds its pages from (and the message's
+``kwargsrepr`` header they come from), and ``jobs status`` / ``jobs list``
+in both their human and ``--json`` forms.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import secrets
+import threading
+from typing import Any
+
+import pytest
+
+from jobs import ledger, wire
+from jobs.app import create_app
+from tests.faults.harness import Platform
+
+pytestmark = pytest.mark.acceptance
+
+
+class TaskEvents:
+    """Celery task events as Flower receives them, collected in a thread."""
+
+    def __init__(self, platform: Platform) -> None:
+        self.app = create_app(platform.settings)
+        self.events: list[dict[str, Any]] = []
+        self.ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._receiver: Any = None
+
+    def _run(self) -> None:
+        with self.app.connection_for_read() as conn:
+            self._receiver = self.app.events.Receiver(conn, handlers={"*": self.events.append})
+            self._receiver.on_consume_ready = lambda *args, **kwargs: self.ready.set()
+            for _ in self._receiver.consume(limit=None, timeout=None):
+                pass
+
+    def __enter__(self) -> TaskEvents:
+        self._thread.start()
+        assert self.ready.wait(20)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._receiver is not None:
+            self._receiver.should_stop = True
+        self._thread.join(timeout=10)
+
+
+def test_a_secret_never_appears_in_logs_flower_status_or_list(faults: Platform) -> None:
+    token = f"tok-{secrets.token_hex(12)}"
+    faults.start_worker("secrets-text", "-Q", "secrets-text", "-l", "DEBUG", wait=False)
+    faults.start_worker("secrets-json", "-Q", "secrets-json", "-l", "DEBUG", env={"JOBS_LOG_FORMAT": "json"})
+    faults.processes.wait_log("secrets-text", "ready.")
+
+    parked = faults.submit("test.secret", {"user": "ada", "token": token}, queue="secrets-parked")
+    raw = json.loads(faults.broker().lindex(wire.queue_key("secrets-parked", 5), 0))
+    assert token in base64.b64decode(raw["body"]).decode()  # the body carries it, for the worker
+    assert token not in raw["headers"]["kwargsrepr"]
+    assert "ada" in raw["headers"]["kwargsrepr"]
+    with faults.ledger() as conn:  # no worker consumes that queue: the checker wants it finished
+        ledger.cancel(conn, parked)
+
+    with TaskEvents(faults) as events:
+        jobs = [
+            faults.submit("test.secret", {"user": "ada", "token": token}, queue=q)
+            for q in ("secrets-text", "secrets-json")
+        ]
+        rows = [faults.wait(job) for job in jobs]
+        faults.wait_log_since("secrets-json", 0, "Task test.secret")
+    assert [row["state"] for row in rows] == ["succeeded", "succeeded"]
+    assert all(row["result"]["token_length"] == len(token) for row in rows)  # the body had the secret
+    received = [event for event in events.events if event["type"] == "task-received"]
+    assert {event["uuid"] for event in received} == {str(job) for job in jobs}
+    assert all("ada" in event["kwargs"] for event in received)
+    assert token not in json.dumps(events.events)
+
+    text_log, json_log = faults.log("secrets-text"), faults.log("secrets-json")
+    assert f"job {jobs[0]} test.secret attempt 1/1 succeeded" in text_log
+    assert f'"job_id": "{jobs[1]}"' in json_log
+    assert token not in text_log
+    assert token not in json_log
+
+    for args in (
+        ("status", str(jobs[0])),
+        ("status", str(jobs[0]), "--json"),
+        ("status", str(parked)),
+        ("list",),
+        ("list", "--json"),
+    ):
+        shown = faults.jobs(*args)
+        assert shown.returncode == 0, shown.stderr
+        assert token not in shown.stdout + shown.stderr, args
+    assert "ada" in faults.jobs("status", str(jobs[0])).stdout
+
+
+def test_celery_debug_line_for_each_task_withholds_the_message(caplog: pytest.LogCaptureFixture) -> None:
+    from celery.concurrency.solo import TaskPool
+
+    import workers.app  # noqa: F401 - installs the worker's log filters, as the worker does
+    from workers.redact import POOL_LOGGER
+
+    body = b'[[], {"user": "ada", "token": "tok-in-clear"}, {}]'
+    pool = TaskPool()
+    pool._does_debug = True
+    with caplog.at_level(logging.DEBUG, logger=POOL_LOGGER):
+        pool.apply_async(
+            lambda *args: None,
+            args=("test.secret", "id", {"task": "test.secret"}, body),
+            callback=lambda result: None,
+        )
+    applied = [record.getMessage() for record in caplog.records if "TaskPool: Apply" in record.getMessage()]
+    assert len(applied) == 1
+    assert "tok-in-clear" not in applied[0]
+    assert "arguments withheld" in applied[0]

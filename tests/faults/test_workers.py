@@ -1,0 +1,136 @@
+"""Scenarios 1-3, 6, 13-15: workers and their pool processes die, stop, hang or leak mid-job."""
+
+from __future__ import annotations
+
+import signal
+import time
+from datetime import UTC, datetime, timedelta
+
+import psutil
+import pytest
+
+from tests.faults.harness import Platform
+
+pytestmark = pytest.mark.acceptance
+
+
+def test_01_sigkill_of_the_worker_main_process_mid_task(faults: Platform) -> None:
+    job = faults.submit("test.work", {"key": "s1", "sleep": 2.5})
+    faults.running_pid(job)
+    faults.kill("worker", signal.SIGKILL)
+    killed = time.monotonic()
+    faults.forget("worker")  # what a supervisor does: the dead worker's group is gone
+    faults.start_worker("worker-2")
+
+    row = faults.wait(job, timeout=40)
+    recovered = time.monotonic() - killed
+    print(f"worker SIGKILL -> job done: {recovered:.1f}s")
+    assert (row["state"], row["attempt"]) == ("succeeded", 2)
+    assert row["worker"].startswith("worker-2@")
+    assert [effect["attempt"] for effect in faults.effects("s1")] == [2]
+
+
+def test_02_sigkill_of_one_pool_child_mid_task(faults: Platform) -> None:
+    job = faults.submit("test.work", {"key": "s2", "sleep": 2.5})
+    child = faults.running_pid(job)
+    mark = faults.log_mark("worker")
+    psutil.Process(child).kill()
+
+    row = faults.wait(job, timeout=30)
+    assert (row["state"], row["attempt"]) == ("succeeded", 2)
+    assert [effect["attempt"] for effect in faults.effects("s2")] == [2]
+    assert f"job {job} test.work: its pool process was lost; lease released" in faults.log_since(
+        "worker", mark
+    )
+
+
+def test_02_a_kind_that_always_kills_its_process_stops_at_max_attempts(faults: Platform) -> None:
+    job = faults.submit("test.crash")
+
+    row = faults.wait(job, timeout=40)
+    assert (row["state"], row["attempt"], row["max_attempts"]) == ("failed", 2, 2)
+    assert row["error"]["type"] == "WorkerLost"
+    assert row["error"]["message"].startswith("worker lost")
+    assert faults.wait(faults.submit("ping"), timeout=20)["state"] == "succeeded"
+
+
+def test_03_sigterm_lets_a_running_job_finish(faults: Platform) -> None:
+    job = faults.submit("test.work", {"key": "s3a", "sleep": 1.5})
+    faults.running_pid(job)
+    faults.kill("worker", signal.SIGTERM)
+
+    assert faults.processes.running["worker"].wait(timeout=20) == 0
+    row = faults.wait(job, timeout=5)
+    assert (row["state"], row["attempt"]) == ("succeeded", 1)
+    assert len(faults.effects("s3a")) == 1
+
+
+def test_03_soft_shutdown_expiry_then_sigkill_hands_the_job_to_another_worker(faults: Platform) -> None:
+    faults.start_worker("worker-b", "-c", "1")
+    job = faults.submit("test.long", {"key": "s3b", "sleep": 3})
+    first = faults.wait(job, ("running",))["worker"].split("@")[0]
+    faults.kill(first, signal.SIGTERM)
+    time.sleep(3.5)  # the soft shutdown window (3 s) expires; then the orchestrator's SIGKILL
+    faults.forget(first)
+
+    row = faults.wait(job, timeout=30)
+    assert (row["state"], row["attempt"]) == ("succeeded", 2)
+    assert not row["worker"].startswith(f"{first}@")
+    assert [effect["attempt"] for effect in faults.effects("s3b")] == [2]
+
+
+def test_06_crash_after_the_body_wrote_to_postgresql_before_commit(faults: Platform) -> None:
+    job = faults.submit("test.work", {"key": "s6", "crash_on_attempt": 1})
+
+    row = faults.wait(job, timeout=30)
+    assert (row["state"], row["attempt"]) == ("succeeded", 2)
+    assert [effect["attempt"] for effect in faults.effects("s6")] == [2]  # attempt 1's write never committed
+
+
+def test_13_two_workers_race_for_the_same_redelivered_job(faults: Platform) -> None:
+    job = faults.submit("test.work", {"key": "s13", "sleep": 3})
+    faults.running_pid(job)
+    faults.start_worker("worker-b", wait=False)
+    faults.kill("worker", signal.SIGKILL)  # its message stays unacknowledged in Redis, its lease runs out
+    faults.forget("worker")
+    faults.start_worker("worker-c", wait=False)
+    faults.processes.wait_log("worker-b", "ready.", timeout=60)
+    faults.processes.wait_log("worker-c", "ready.", timeout=60)
+    claimed_at = faults.row(job)["started_at"]
+    while datetime.now(UTC) - claimed_at < timedelta(seconds=7.5):  # past the visibility timeout (7 s)
+        time.sleep(0.1)
+    faults.redeliver_expired()  # copy 1: Redis hands the unacknowledged message back
+
+    row = faults.wait(job, timeout=30)  # copy 2 comes from the rescuer and the stager
+    assert (row["state"], row["attempt"]) == ("succeeded", 2)
+    assert [effect["attempt"] for effect in faults.effects("s13")] == [2]
+    ignored = faults.log("worker-b") + faults.log("worker-c")
+    assert f"job {job} (test.work) delivered again" in ignored
+
+
+def test_14_soft_and_hard_time_limits(faults: Platform) -> None:
+    soft = faults.submit("test.sleep", {"seconds": 20, "steps": 200})
+    hard = faults.submit("test.hang", {"seconds": 30})
+
+    soft_row = faults.wait(soft, timeout=30)
+    assert soft_row["state"] == "failed"
+    assert soft_row["error"]["type"] == "SoftTimeLimitExceeded"
+    assert soft_row["error"]["message"].startswith("time limit")
+    hard_row = faults.wait(hard, timeout=30)
+    assert hard_row["state"] == "failed"
+    assert hard_row["error"]["type"] == "TimeLimitExceeded"
+    assert "hard limit" in hard_row["error"]["message"]
+    assert faults.wait(faults.submit("ping"), timeout=20)["state"] == "succeeded"  # the pool recovered
+
+
+def test_15_a_leaking_job_gets_its_process_recycled(faults: Platform) -> None:
+    leaked = faults.wait(faults.submit("test.leak", {"megabytes": 250}), timeout=30)
+    assert leaked["state"] == "succeeded"
+    pid = leaked["result"]["pid"]
+
+    deadline = time.monotonic() + 20
+    while pid in faults.pool_children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pid not in faults.pool_children(), "the leaking pool process was not replaced"
+    after = [faults.submit("ping") for _ in range(4)]
+    assert all(faults.wait(job, timeout=20)["state"] == "succeeded" for job in after)
