@@ -57,7 +57,7 @@ from psycopg.types.json import Jsonb
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from jobs.schema import TERMINAL_STATES, job_attempts, jobs
+from jobs.schema import TERMINAL_STATES, job_attempts, jobs, queue_pauses
 
 __all__ = [
     "ACTIVE_STATES",
@@ -446,11 +446,16 @@ def republish_stale(conn: sa.Connection, *, older_than: float, limit: int = 1000
     Their message may be lost (a producer died between its commit and its
     publish, or Redis lost data): they are published again, at most once per
     ``older_than``. A duplicate of a message still in the queue is absorbed by
-    the claim.
+    the claim. Jobs of a paused queue are left alone: they are waiting on
+    purpose, and their messages are in Redis.
     """
     due = (
         sa.select(jobs.c.id)
-        .where(jobs.c.state == "queued", jobs.c.published_at < _now() - _seconds(older_than))
+        .where(
+            jobs.c.state == "queued",
+            jobs.c.published_at < _now() - _seconds(older_than),
+            jobs.c.queue.not_in(sa.select(queue_pauses.c.queue)),
+        )
         .order_by(jobs.c.published_at)
         .limit(limit)
     )

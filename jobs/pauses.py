@@ -34,9 +34,10 @@ def pause(settings: Settings, queue: str, *, by: str | None = None, reason: str 
         insert(queue_pauses)
         .values(queue=queue, paused_by=by, reason=reason)
         .on_conflict_do_nothing(index_elements=[queue_pauses.c.queue])
+        .returning(queue_pauses.c.queue)
     )
     with db.transaction(settings) as conn:
-        return conn.execute(statement).rowcount == 1
+        return conn.execute(statement).first() is not None
 
 
 def resume(settings: Settings, queue: str) -> bool:

@@ -85,11 +85,16 @@ class Settings(BaseSettings):
     worker_soft_shutdown_timeout: float = Field(
         30.0, ge=0, description="On SIGTERM, running jobs get this many seconds to finish."
     )
+    pause_poll: float = Field(
+        5.0, gt=0, description="Workers read the paused queues at least this often, seconds."
+    )
 
     flower_user: str | None = Field(None, description="Flower basic-auth user.")
     flower_password: SecretStr | None = Field(None, description="Flower basic-auth password.")
     flower_address: str = Field("127.0.0.1", description="Address Flower binds to.")
     flower_port: int = Field(5555, gt=0, lt=65536, description="Port Flower listens on.")
+    metrics_address: str = Field("127.0.0.1", description="Address `jobs metrics` binds to.")
+    metrics_port: int = Field(9808, gt=0, lt=65536, description="Port `jobs metrics` serves /metrics on.")
 
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
 

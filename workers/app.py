@@ -11,6 +11,7 @@ from jobs.app import get_app
 from jobs.kinds import load_kinds
 from jobs.settings import get_settings
 from workers import builtin as _builtin  # noqa: F401 - attaches the built-in bodies
+from workers import pauses, redact, unknown
 from workers.task import register_kinds
 
 __all__ = ["app", "build"]
@@ -23,6 +24,9 @@ def build() -> Celery:
     registry = load_kinds(settings.kind_modules)
     celery_app = get_app()
     register_kinds(celery_app, registry, settings)
+    pauses.install(celery_app)  # paused queues (jobs queue pause) are not consumed, even after a restart
+    unknown.connect()  # messages of unknown kinds are recorded as failed, not dropped
+    redact.install()  # Celery's DEBUG line per task would print the payload, secrets included
     return celery_app
 
 

@@ -26,11 +26,24 @@ from jobs.kinds import Kind, Registry
 from jobs.schema import jobs
 from jobs.settings import Settings
 
-__all__ = ["Delivery", "error_record", "lease_for", "record_failure", "run"]
+__all__ = ["AttemptFailed", "Delivery", "error_record", "lease_for", "record_failure", "run"]
 
 log = logging.getLogger("jobs.worker")
 
 MAX_TRACEBACK = 8000
+
+
+class AttemptFailed(Exception):
+    """The attempt did not succeed, and the ledger already says so (``retrying``, ``failed``,
+    ``cancelled``, or '' when the job was no longer this attempt's).
+
+    Raised to Celery so that its events, and Flower, show the task as failed;
+    the task declares it in ``throws``, so Celery logs one line, no traceback.
+    """
+
+    def __init__(self, state: str, message: str) -> None:
+        super().__init__(f"{state or 'not recorded'}: {message}" if message else state or "not recorded")
+        self.state = state
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +75,11 @@ def error_record(error: BaseException, *, reason: str | None = None) -> dict[str
 
 
 def run(settings: Settings, registry: Registry, delivery: Delivery) -> Any:
-    """Run one delivered message through the ledger; returns the job's result (or ``None``)."""
+    """Run one delivered message through the ledger; returns the job's result.
+
+    ``None`` when there was nothing to run (a duplicate delivery, a finished job);
+    ``AttemptFailed`` when the attempt ran (or was refused) and did not succeed.
+    """
     declared = registry.get(delivery.kind) if delivery.kind in registry else None
     with db.direct(settings) as direct:
         claimed = ledger.claim(
@@ -74,13 +91,8 @@ def run(settings: Settings, registry: Registry, delivery: Delivery) -> Any:
     if claimed is None:
         return None
     if declared is None or declared.body is None:
-        _finish_error(
-            settings,
-            claimed,
-            UnknownKind(f"no worker implements job kind {delivery.kind!r}"),
-            retryable=False,
-        )
-        return None
+        unknown = UnknownKind(f"no worker implements job kind {delivery.kind!r}")
+        raise AttemptFailed(_finish_error(settings, claimed, unknown, retryable=False), unknown.message)
     return _attempt(settings, declared, claimed, delivery.worker)
 
 
@@ -168,9 +180,9 @@ def _attempt(settings: Settings, declared: Kind, claimed: ledger.Claimed, worker
     try:
         payload = declared.validate(claimed.payload)
     except InvalidPayload as bad:
-        _finish_error(settings, claimed, bad, retryable=False)
+        state = _finish_error(settings, claimed, bad, retryable=False)
         _log(logging.ERROR, claimed, declared, "failed: %s", bad.message, state="failed")
-        return None
+        raise AttemptFailed(state, bad.message) from None
 
     ctx = JobContext(
         job_id=claimed.id,
@@ -194,7 +206,6 @@ def _attempt(settings: Settings, declared: Kind, claimed: ledger.Claimed, worker
             "cancelled",
             "the job was cancelled or taken over while running; its work is rolled back",
         )
-        return None
     except RetryLater as signal:
         _rollback(ctx)
         outcome = _finish_error(
@@ -230,7 +241,7 @@ def _attempt(settings: Settings, declared: Kind, claimed: ledger.Claimed, worker
             state=outcome or None,
             duration=duration,
         )
-    return None
+    raise AttemptFailed(outcome, message)
 
 
 def _rollback(ctx: JobContext) -> None:

@@ -41,13 +41,13 @@ class LedgerRequest(Request):
         if isinstance(exc, WorkerLostError):
             task = self.task
             if isinstance(task, LedgerTask):
-                task.release_lease(self.id, self.hostname)
+                task.release_lease(self.id, self.hostname, "its pool process was lost")
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
     def cancel(self, pool: Any, signal: Any = None, emit_retry: bool = True) -> None:
         """Celery stops this job (soft shutdown expired): let its redelivery be claimed at once."""
         if self.time_start and isinstance(self.task, LedgerTask):
-            self.task.release_lease(self.id, self.hostname)
+            self.task.release_lease(self.id, self.hostname, "the worker stopped it (soft shutdown expired)")
         super().cancel(pool, signal=signal, emit_retry=emit_retry)
 
 
@@ -59,6 +59,8 @@ class LedgerTask(Task[Any, Any]):
     ignore_result = True
     acks_late = True
     reject_on_worker_lost = True
+    # Recorded in the ledger already; Celery marks the task failed and logs one line.
+    throws = (runner.AttemptFailed,)
     kind: Kind
     settings: Settings
     registry: Registry
@@ -111,11 +113,11 @@ class LedgerTask(Task[Any, Any]):
         except LedgerUnavailable as error:
             log.error("job %s hit its hard time limit; not recorded (%s); the rescuer will", job_id, error)
 
-    def release_lease(self, task_id: str, hostname: str | None) -> None:
-        """The child running this job died: let the redelivered message claim it at once."""
+    def release_lease(self, task_id: str, hostname: str | None, why: str) -> None:
+        """The attempt ended without finishing: let the redelivered message claim the job at once."""
         try:
             with db.transaction(self.settings) as conn:
-                conn.execute(
+                released = conn.execute(
                     sa.update(jobs)
                     .where(
                         jobs.c.id == uuid.UUID(task_id),
@@ -123,10 +125,11 @@ class LedgerTask(Task[Any, Any]):
                         jobs.c.worker == hostname,
                     )
                     .values(lease_until=sa.func.now())
-                )
-            log.warning("job %s %s: its pool process was lost; lease released", task_id, self.name)
+                ).rowcount
+            if released:  # nothing to say for a job that had finished already
+                log.warning("job %s %s: %s; lease released", task_id, self.name, why)
         except LedgerUnavailable as error:
-            log.error("job %s: pool process lost; lease not released (%s)", task_id, error)
+            log.error("job %s: %s; lease not released (%s)", task_id, why, error)
 
 
 def register_kinds(app: Celery, registry: Registry, settings: Settings) -> None:

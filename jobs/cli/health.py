@@ -14,6 +14,7 @@ One line of output; exit 0 when healthy, 1 when not (never 2: Docker reserves it
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import sys
 from typing import NoReturn
@@ -27,8 +28,11 @@ __all__ = ["health"]
 ROLES = ("worker", "beat", "flower")
 
 
-def _report(healthy: bool, role: str, detail: str) -> NoReturn:
-    click.echo(f"{role} {'healthy' if healthy else 'unhealthy'}: {detail}")
+def _report(healthy: bool, role: str, detail: str, as_json: bool = False) -> NoReturn:
+    if as_json:
+        click.echo(json.dumps({"role": role, "healthy": healthy, "detail": detail}))
+    else:
+        click.echo(f"{role} {'healthy' if healthy else 'unhealthy'}: {detail}")
     sys.exit(0 if healthy else 1)
 
 
@@ -97,7 +101,8 @@ def _flower(timeout: float) -> tuple[bool, str]:
     help="worker: the node name to ping, as given to jobs worker -n (%h is this host).",
 )
 @click.option("--timeout", type=click.FloatRange(0.1), default=5.0, show_default=True, help="Seconds.")
-def health(role: str, node: str, timeout: float) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: role, healthy, detail.")
+def health(role: str, node: str, timeout: float, as_json: bool) -> None:
     """Exit 0 if this host's ROLE (worker, beat or flower) is healthy, else 1; for container probes."""
     try:
         if role == "worker":
@@ -108,5 +113,5 @@ def health(role: str, node: str, timeout: float) -> None:
             healthy, detail = _flower(timeout)
     except Exception as error:  # any failure to check is "unhealthy", said in one line
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        _report(False, role, f"{type(error).__name__}: {reason}")
-    _report(healthy, role, detail)
+        _report(False, role, f"{type(error).__name__}: {reason}", as_json)
+    _report(healthy, role, detail, as_json)

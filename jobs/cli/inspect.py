@@ -1,4 +1,4 @@
-"""``jobs status``, ``list``, ``wait``, ``cancel`` and ``retry``."""
+"""``jobs status``, ``list`` and ``wait`` (``cancel`` and ``retry`` are in ``jobs.cli.bulk``)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from typing import Any
 import click
 from rich.table import Table
 
-from jobs import control, inspect
+from jobs import inspect
 from jobs.cli import context
 from jobs.cli.output import console, emit_json, err, humanize, state
 from jobs.cli.submit import DURATION, SINCE
 from jobs.cli.waiting import wait_for
 from jobs.schema import STATES
 
-__all__ = ["cancel", "list_", "retry", "status", "wait"]
+__all__ = ["list_", "status", "wait"]
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -137,36 +137,3 @@ def list_(
 def wait(job_id: str, timeout: float | None, as_json: bool) -> None:
     """Wait for a job to finish: exit 0 if it succeeded, 1 if it failed or was cancelled."""
     sys.exit(wait_for(inspect.parse_id(job_id), timeout=timeout, as_json=as_json))
-
-
-@click.command()
-@click.argument("job_ids", nargs=-1, required=True)
-@json_option
-def cancel(job_ids: tuple[str, ...], as_json: bool) -> None:
-    """Cancel jobs: queued, delayed and retrying at once; running ones are stopped by their worker."""
-    from jobs.app import get_app  # Celery is needed only to tell a worker to stop a running job
-
-    ids = [inspect.parse_id(text) for text in job_ids]
-    results = []
-    for job_id in ids:
-        previous = control.cancel(context.settings(), get_app(), job_id)
-        results.append({"id": job_id, "was": previous, "state": "cancelled"})
-        if not as_json:
-            note = " (its worker is told to stop it)" if previous == "running" else ""
-            click.echo(f"{job_id} cancelled, was {previous}{note}")
-    if as_json:
-        emit_json(results)
-
-
-@click.command()
-@click.argument("job_id")
-@json_option
-def retry(job_id: str, as_json: bool) -> None:
-    """Run a failed or cancelled job again, as a new job linked to the old one."""
-    old = inspect.parse_id(job_id)
-    new = control.replay(context.producer(), old, submitted_by="cli:retry")
-    if as_json:
-        emit_json({"id": new, "retry_of": old, "published": new.published})
-    else:
-        click.echo(str(new))
-        err.print(f"job {old} submitted again as {new}")

@@ -65,10 +65,10 @@ def cli(verbose: bool) -> None:
 
 
 def _register() -> None:
-    from jobs.cli import db, health, inspect, kinds, processes, schedule, submit
+    from jobs.cli import bulk, db, health, inspect, kinds, processes, queue, schedule, submit
 
     cli.add_command(submit.submit)
-    for command in (inspect.status, inspect.list_, inspect.wait, inspect.cancel, inspect.retry):
+    for command in (inspect.status, inspect.list_, inspect.wait, bulk.cancel, bulk.retry):
         cli.add_command(command)
     cli.add_command(kinds.kinds)
     cli.add_command(db.db)
@@ -76,6 +76,11 @@ def _register() -> None:
         cli.add_command(command)
     cli.add_command(health.health)
     cli.add_command(schedule.schedule)
+    cli.add_command(queue.queue)
+    from jobs.cli import doctor, explain, metrics, queues, top, workers
+
+    for command in (top.top, queues.queues, workers.workers, explain.explain, doctor.doctor, metrics.metrics):
+        cli.add_command(command)
 
 
 _register()

@@ -1,0 +1,44 @@
+"""``jobs explain ID``: why this job is not running, and what to do."""
+
+from __future__ import annotations
+
+import click
+from rich.markup import escape
+
+from jobs import explain as explaining
+from jobs import inspect
+from jobs.cli import context, options
+from jobs.cli.output import console, emit_json, state
+
+__all__ = ["explain"]
+
+
+@click.command()
+@click.argument("job_id")
+@options.worker_timeout
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def explain(job_id: str, timeout: float, as_json: bool) -> None:
+    """Why the job is not running (or what it is doing), one reason per line, each with what to do."""
+    facts = explaining.gather(context.settings(), inspect.parse_id(job_id), timeout=timeout)
+    found = explaining.reasons(facts)
+    job = facts.job
+    if as_json:
+        emit_json(
+            {
+                "id": str(job["id"]),
+                "kind": job["kind"],
+                "queue": job["queue"],
+                "state": job["state"],
+                "reasons": [reason.as_dict() for reason in found],
+                "workers_asked": facts.live_workers is not None,
+            }
+        )
+        return
+    console.print(
+        f"{job['id']} {escape(job['kind'])} on {escape(job['queue'])}: {state(job['state'])}", markup=True
+    )
+    for reason in found:
+        console.print(f"  [bold]•[/] {escape(reason.message)}", markup=True)
+        console.print(f"    [dim]→ {escape(reason.action)}[/]", markup=True)
+    if facts.live_workers is None and job["state"] in ("queued", "running"):
+        console.print("  [yellow]![/] the workers could not be asked (Redis unreachable)", markup=True)

@@ -1,0 +1,224 @@
+"""Why a job is not running, and what to do about it (``jobs explain ID``).
+
+``gather`` collects the facts (the job's row from the ledger, paused queues,
+the leader, the workers that answer, how many jobs wait ahead); ``reasons``
+is a pure function of those facts, so every case is tested without servers.
+The first reason is the one that matters; later ones are also true.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from jobs import db, fleet, observe, pauses
+from jobs.errors import BrokerUnavailable, JobNotFound
+from jobs.leader import current_leader
+from jobs.schema import TERMINAL_STATES, jobs
+from jobs.settings import Settings
+
+__all__ = ["Facts", "Reason", "gather", "reasons"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Facts:
+    """Everything ``reasons`` looks at, read at one moment."""
+
+    now: datetime
+    job: dict[str, Any]
+    paused: bool
+    leader: str | None
+    consumers: list[str] | None
+    """Workers consuming the job's queue; None when the workers could not be asked."""
+    live_workers: list[str] | None
+    ahead: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reason:
+    """One cause, in words, with what an operator can do."""
+
+    code: str
+    message: str
+    action: str
+
+    def as_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+def _when(moment: datetime, now: datetime) -> str:
+    seconds = (moment - now).total_seconds()
+    local = moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    if seconds >= 0:
+        return f"{local} (in {observe.span(seconds)})"
+    return f"{local} ({observe.span(-seconds)} ago)"
+
+
+def _no_leader() -> Reason:
+    return Reason(
+        "no_leader",
+        "no beat process leads, so delayed, retrying and unpublished jobs are not being published",
+        "start the leader: `jobs beat` (check it with `jobs health beat`)",
+    )
+
+
+def _finished(job: dict[str, Any]) -> Reason:
+    state = job["state"]
+    detail = ""
+    if state == "failed" and job.get("error"):
+        message = (str(job["error"].get("message") or "").strip().splitlines() or [""])[0]
+        detail = f": {job['error'].get('type')}: {message}"
+    elif state == "succeeded":
+        detail = " (result in `jobs status`)"
+    return Reason(
+        "finished",
+        f"already finished: {state} after {job['attempt']} of {job['max_attempts']} attempts{detail}",
+        "nothing runs it again; `jobs retry ID` submits a new job with the same payload"
+        if state != "succeeded"
+        else "nothing to do",
+    )
+
+
+def _running(facts: Facts) -> list[Reason]:
+    job, now = facts.job, facts.now
+    worker = job.get("worker") or "an unknown worker"
+    lease = job.get("lease_until")
+    expired = lease is not None and lease < now
+    gone = facts.live_workers is not None and job.get("worker") not in facts.live_workers
+    if expired or gone:
+        when = f"its lease expired {_when(lease, now)}" if expired and lease else "it does not answer"
+        if lease and not expired:
+            when += f"; its lease runs until {_when(lease, now)}"
+        found = [
+            Reason(
+                "worker_lost",
+                f"claimed by {worker}, which stopped heartbeating ({when})",
+                "the leader's rescuer retries it (or fails it on its last attempt) once the lease "
+                "expires; restart the worker if it is stuck",
+            )
+        ]
+        if facts.leader is None:
+            found.append(_no_leader())
+        return found
+    started = job.get("started_at")
+    since = f" since {_when(started, now)}" if started else ""
+    progress = job.get("progress") or {}
+    done = f", progress {progress.get('done')}/{progress.get('total')}" if progress else ""
+    return [
+        Reason(
+            "running",
+            f"running now on {worker}{since} (attempt {job['attempt']} of {job['max_attempts']}{done})",
+            "wait for it: `jobs wait ID`; stop it: `jobs cancel ID`",
+        )
+    ]
+
+
+def _waiting(facts: Facts) -> list[Reason]:
+    job = facts.job
+    queue = job["queue"]
+    found: list[Reason] = []
+    if facts.paused:
+        found.append(
+            Reason(
+                "paused",
+                f"queue {queue!r} is paused: workers take no new jobs from it",
+                f"resume it: `jobs queue resume {queue}`",
+            )
+        )
+    if facts.consumers is not None and not facts.consumers and not facts.paused:
+        found.append(
+            Reason(
+                "no_consumer",
+                f"no worker consumes queue {queue!r}",
+                f"start one: `jobs worker -Q {queue}` (see `jobs workers`)",
+            )
+        )
+    if job.get("published_at") is None and facts.leader is None:
+        found.append(_no_leader())
+    if facts.ahead:
+        found.append(
+            Reason(
+                "waiting",
+                f"waiting behind {facts.ahead} job(s) in queue {queue!r}",
+                "wait, or add workers for the queue (`jobs worker -Q " + queue + "`)",
+            )
+        )
+    elif not found:
+        found.append(
+            Reason(
+                "next",
+                f"next in line on queue {queue!r}; every worker slot is busy or it is being delivered",
+                "wait; `jobs workers` shows what the workers run",
+            )
+        )
+    return found
+
+
+def reasons(facts: Facts) -> list[Reason]:
+    """Why the job is where it is, the most useful reason first."""
+    job, now = facts.job, facts.now
+    state = job["state"]
+    if state in TERMINAL_STATES:
+        return [_finished(job)]
+    if state == "running":
+        return _running(facts)
+    if state in ("scheduled", "retrying"):
+        not_before = job.get("not_before")
+        if not_before is not None and not_before > now:
+            what = "delayed" if state == "scheduled" else "waiting out its retry backoff"
+            found = [
+                Reason(
+                    "not_due",
+                    f"not due until {_when(not_before, now)} ({what})",
+                    "wait; to run it sooner cancel it and submit again without --delay",
+                )
+            ]
+            if facts.leader is None:
+                found.append(_no_leader())
+            return found
+        if facts.leader is None:
+            return [_no_leader()]
+        return [
+            Reason(
+                "staging",
+                f"due since {_when(not_before, now) if not_before else 'now'}; the leader "
+                f"({facts.leader}) publishes it on its next tick",
+                "wait a second; if it stays, check the leader's log",
+            )
+        ]
+    return _waiting(facts)
+
+
+def gather(settings: Settings, job_id: uuid.UUID, *, timeout: float = 1.0) -> Facts:
+    """Read the facts about one job now (the ledger, then the workers)."""
+    with db.transaction(settings) as conn:
+        row = conn.execute(sa.select(jobs, sa.func.now().label("db_now")).where(jobs.c.id == job_id)).first()
+        if row is None:
+            raise JobNotFound(f"no job with id {job_id}")
+        job = {key: value for key, value in row._mapping.items() if key != "db_now"}
+        is_paused = job["queue"] in pauses.paused(conn)
+        leader = current_leader(conn)
+        ahead = observe.ahead_of(conn, job_id) if job["state"] == "queued" else 0
+    consumers: list[str] | None = None
+    live: list[str] | None = None
+    if job["state"] in ("queued", "running"):
+        try:
+            found = fleet.workers(settings, timeout=timeout)
+        except BrokerUnavailable:
+            pass  # said as "could not ask the workers" by the caller
+        else:
+            live = [worker.name for worker in found]
+            consumers = fleet.consumers(found).get(job["queue"], [])
+    return Facts(
+        now=row.db_now,
+        job=job,
+        paused=is_paused,
+        leader=leader,
+        consumers=consumers,
+        live_workers=live,
+        ahead=ahead,
+    )

@@ -1,0 +1,184 @@
+"""Flower as ``jobs flower`` runs it: behind basic auth, showing jobs under their ids and kinds.
+
+Through Flower's HTTP API, then through a real browser (headless Chromium):
+the screenshots are kept under ``test-artifacts/flower/`` (not in git) and
+their paths are printed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.fixtures import ROOT, Processes, run_jobs, wait_for_state
+
+pytestmark = pytest.mark.acceptance
+
+USER, PASSWORD = "operator", "flower-test-password"
+SECRET = "TOPSECRET-" + uuid.uuid4().hex[:8]
+NODE = f"flowertest@{socket.gethostname()}"
+ARTIFACTS = ROOT / "test-artifacts" / "flower"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Flower:
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.authed = f"http://{USER}:{PASSWORD}@127.0.0.1:{port}"
+
+    def get(self, path: str, *, auth: tuple[str, str] | None = (USER, PASSWORD)) -> httpx.Response:
+        return httpx.get(self.base + path, auth=auth, timeout=10)
+
+    def task(self, job_id: uuid.UUID, state: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Flower's view of a job once its events say ``state``."""
+        deadline = time.monotonic() + timeout
+        seen: Any = None
+        while time.monotonic() < deadline:
+            response = self.get(f"/api/task/info/{job_id}")
+            if response.status_code == 200:
+                seen = response.json()
+                if seen.get("state") == state:
+                    return dict(seen)
+            time.sleep(0.3)
+        raise AssertionError(f"Flower did not show job {job_id} as {state} in {timeout}s; last: {seen}")
+
+
+@pytest.fixture(scope="module")
+def flower(ledger_db, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flower]:
+    """A worker and ``jobs flower`` (basic auth, state file in a temp dir) on a free port."""
+    port = free_port()
+    logs = tmp_path_factory.mktemp("flower")
+    env = {"JOBS_FLOWER_USER": USER, "JOBS_FLOWER_PASSWORD": PASSWORD, "JOBS_FLOWER_PORT": str(port)}
+    started = Processes(logs)
+    try:
+        started.start("worker", "worker", "-c", "1", "-n", NODE, "-l", "INFO")
+        started.start("flower", "flower", "--state-file", str(logs / "flower.db"), env=env)
+        started.wait_log("worker", "ready.", timeout=60)
+        view = Flower(port)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if view.get("/healthcheck", auth=None).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        else:
+            raise AssertionError(f"Flower did not start:\n{started.log('flower')[-3000:]}")
+        yield view
+    finally:
+        started.stop_all()
+
+
+def submit(*args: str) -> uuid.UUID:
+    result = run_jobs("submit", *args)
+    assert result.returncode == 0, result.stderr
+    return uuid.UUID(result.stdout.strip())
+
+
+def test_without_credentials_the_api_answers_401(flower):
+    for path in ("/api/workers", "/api/tasks", "/workers", "/tasks"):
+        assert flower.get(path, auth=None).status_code == 401, path
+    assert flower.get("/api/workers", auth=(USER, "wrong")).status_code == 401
+
+
+def test_a_job_appears_under_its_id_with_its_kind_and_final_state(flower, clean):
+    job_id = submit("ping", "-p", "message=seen by flower")
+    assert wait_for_state(clean, job_id)["state"] == "succeeded"
+
+    task = flower.task(job_id, "SUCCESS")
+    assert task["uuid"] == str(job_id)
+    assert task["name"] == "ping"
+    assert task["worker"] == NODE
+    assert "seen by flower" in task["kwargs"]
+
+    workers = flower.get("/api/workers?refresh=1").json()
+    assert NODE in workers
+    assert any(queue["name"] == "default" for queue in workers[NODE]["active_queues"])
+
+
+def test_a_failed_job_shows_as_failed(flower, clean):
+    failed = submit("test.fail", "--max-attempts", "1")
+    assert wait_for_state(clean, failed)["state"] == "failed"
+    assert flower.task(failed, "FAILURE", timeout=15)["name"] == "test.fail"
+
+
+def test_secret_payload_fields_are_masked(flower, clean):
+    job_id = submit("test.secret", "-p", "user=ada", "-p", f"token={SECRET}")
+
+    task = flower.task(job_id, "SUCCESS")
+
+    assert task["name"] == "test.secret"
+    assert "'token': '**********'" in task["kwargs"]
+    assert "ada" in task["kwargs"]
+    assert SECRET not in flower.get("/api/tasks").text
+    assert SECRET not in flower.get(f"/api/task/info/{job_id}").text
+
+
+def chromium(*args: str) -> str:
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert binary, "headless Chromium is needed: apt-get install -y chromium (.ci/run installs it)"
+    profile = ARTIFACTS / ".profile"
+    result = subprocess.run(
+        [
+            binary,
+            "--headless",
+            "--no-sandbox",  # the tests may run as root in a container
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={profile}",
+            "--window-size=1400,900",
+            "--virtual-time-budget=8000",  # lets the pages' scripts fetch their tables
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "HOME": str(profile)},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def screenshot(flower: Flower, page: str) -> Path:
+    path = ARTIFACTS / f"{page}.png"
+    path.unlink(missing_ok=True)
+    chromium(f"--screenshot={path}", f"{flower.authed}/{page}")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert path.stat().st_size > 10_000, "an empty page"
+    print(f"Flower screenshot: {path}")
+    return path
+
+
+def test_a_browser_sees_the_worker_online_and_the_job(flower, clean):
+    """Basic auth through the URL (user:password@host) works for Chromium's top-level page and its fetches."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    job_id = submit("ping", "-p", "message=screenshot")
+    flower.task(job_id, "SUCCESS")
+
+    workers = chromium("--dump-dom", f"{flower.authed}/workers")
+    tasks = chromium("--dump-dom", f"{flower.authed}/tasks")
+
+    assert NODE in workers
+    assert "Online" in workers
+    assert str(job_id) in tasks
+    assert "ping" in tasks
+    assert "SUCCESS" in tasks
+    screenshot(flower, "workers")
+    screenshot(flower, "tasks")
