@@ -227,8 +227,7 @@ def _submit_file(kind: str, path: Path, options: dict[str, Any], as_json: bool) 
     if as_json:
         emit_json({"count": len(ids), "ids": ids, "published": all(i.published for i in ids)})
     else:
-        for job in ids:
-            click.echo(str(job))
+        click.echo("\n".join(map(str, ids)))  # one write: 100,000 echo calls cost a second
         err.print(f"submitted {len(ids)} {kind} job(s)")
     if ids and not ids[0].published and not options.get("delay") and not options.get("at"):
         err.print("[yellow]warning:[/] Redis is unreachable; the jobs will be published when it returns")

@@ -26,6 +26,7 @@ import json
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -198,6 +199,19 @@ def code_version() -> str:
     return done.stdout.strip()
 
 
+def _child_env() -> dict[str, str]:
+    """The environment of the processes the benchmark starts (workers, ``jobs submit``).
+
+    Some sandboxes set PYTHONDONTWRITEBYTECODE, which makes every start compile its
+    imports again; an installed platform caches bytecode, so the children do too
+    (outside the repository, as the tests' conftest does).
+    """
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if env.pop("PYTHONDONTWRITEBYTECODE", None):
+        env.setdefault("PYTHONPYCACHEPREFIX", os.path.join(tempfile.gettempdir(), "jobs-bench-pycache"))
+    return env
+
+
 def _interrupted(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -218,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         settings=settings,
         client=client,
         producer=Producer(settings),
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=_child_env(),
         log_dir=args.out / f"logs-{stamp}",
         concurrency=args.concurrency,
         loglevel=args.loglevel,
