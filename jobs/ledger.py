@@ -135,6 +135,7 @@ class Claimed:
     payload: dict[str, Any]
     attempt: int
     max_attempts: int
+    queue: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +187,7 @@ def _claim_statement() -> sa.Select[Any]:
             started_at=_now(),
             worker=_param("w_worker", sa.Text),
         )
-        .returning(jobs.c.id, jobs.c.kind, jobs.c.payload, jobs.c.attempt, jobs.c.max_attempts)
+        .returning(jobs.c.id, jobs.c.kind, jobs.c.payload, jobs.c.attempt, jobs.c.max_attempts, jobs.c.queue)
         .cte("claimed")
     )
     lost = (
@@ -265,7 +266,7 @@ def claim(conn: Executor, job_id: uuid.UUID, *, worker: str, lease: float) -> Cl
     row = _execute(conn, _claim_statement(), params)
     if row is None:
         return None
-    return Claimed(row.id, row.kind, row.payload, row.attempt, row.max_attempts)
+    return Claimed(row.id, row.kind, row.payload, row.attempt, row.max_attempts, row.queue)
 
 
 _LOST_ERROR = {"type": "WorkerLost", "message": "worker lost: its lease expired before it finished"}

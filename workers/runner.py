@@ -154,7 +154,7 @@ def _adopt(
 
 def _log(level: int, claimed: ledger.Claimed, declared: Kind, what: str, *args: Any, **fields: Any) -> None:
     """One line per transition, with the job's fields as ``extra`` (kept as keys by the JSON format)."""
-    prefix = "job %s %s attempt %d/%d "
+    prefix = "job %s %s attempt %d/%d on queue %s "
     log.log(
         level,
         prefix + what,
@@ -162,12 +162,14 @@ def _log(level: int, claimed: ledger.Claimed, declared: Kind, what: str, *args: 
         declared.name,
         claimed.attempt,
         claimed.max_attempts,
+        claimed.queue,
         *args,
         extra={
             "job_id": str(claimed.id),
             "kind": declared.name,
             "attempt": claimed.attempt,
             "max_attempts": claimed.max_attempts,
+            "queue": claimed.queue,
             **fields,
         },
     )

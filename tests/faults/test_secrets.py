@@ -81,8 +81,18 @@ def test_a_secret_never_appears_in_logs_flower_status_or_list(faults: Platform) 
     assert token not in json.dumps(events.events)
 
     text_log, json_log = faults.log("secrets-text"), faults.log("secrets-json")
-    assert f"job {jobs[0]} test.secret attempt 1/1 succeeded" in text_log
-    assert f'"job_id": "{jobs[1]}"' in json_log
+    # One line per transition, with the job's id, kind, attempt, queue and (when finished) duration.
+    assert f"job {jobs[0]} test.secret attempt 1/1 on queue secrets-text succeeded in " in text_log
+    finished = [
+        json.loads(line)
+        for line in json_log.splitlines()
+        if line.startswith("{") and f'"job_id": "{jobs[1]}"' in line and '"state": "succeeded"' in line
+    ]
+    assert len(finished) == 1
+    assert finished[0]["kind"] == "test.secret"
+    assert finished[0]["attempt"] == 1
+    assert finished[0]["queue"] == "secrets-json"
+    assert finished[0]["duration"] >= 0
     assert token not in text_log
     assert token not in json_log
 
