@@ -117,7 +117,8 @@ class Redrive:
         # the count bounds the rounds (jobs queued meanwhile were published by their producer).
         for _ in range(math.ceil(waiting / self.batch)):
             with db.autocommit(env.settings) as conn:
-                taken = ledger.republish_stale(conn, older_than=0.0, limit=self.batch)
+                # Paused queues too: their messages went with the rest.
+                taken = ledger.republish_stale(conn, older_than=0.0, limit=self.batch, paused_too=True)
             if not taken:
                 break
             went = publisher.publish_committed(env.settings, env.registry, taken, batch=self.batch)

@@ -441,25 +441,24 @@ def take_unpublished(conn: sa.Connection, *, older_than: float, limit: int = 100
     return _take_for_publish(conn, due, {})
 
 
-def republish_stale(conn: sa.Connection, *, older_than: float, limit: int = 1000) -> list[Published]:
+def republish_stale(
+    conn: sa.Connection, *, older_than: float, limit: int = 1000, paused_too: bool = False
+) -> list[Published]:
     """Queued jobs published more than ``older_than`` seconds ago and still not taken by a worker.
 
     Their message may be lost (a producer died between its commit and its
     publish, or Redis lost data): they are published again, at most once per
     ``older_than``. A duplicate of a message still in the queue is absorbed by
     the claim. Jobs of a paused queue are left alone: they are waiting on
-    purpose, and their messages are in Redis.
+    purpose, and their messages are in Redis (``paused_too`` takes them as
+    well, for the re-drive after Redis lost its data).
     """
-    due = (
-        sa.select(jobs.c.id)
-        .where(
-            jobs.c.state == "queued",
-            jobs.c.published_at < _now() - _seconds(older_than),
-            jobs.c.queue.not_in(sa.select(queue_pauses.c.queue)),
-        )
-        .order_by(jobs.c.published_at)
-        .limit(limit)
+    due = sa.select(jobs.c.id).where(
+        jobs.c.state == "queued", jobs.c.published_at < _now() - _seconds(older_than)
     )
+    if not paused_too:
+        due = due.where(jobs.c.queue.not_in(sa.select(queue_pauses.c.queue)))
+    due = due.order_by(jobs.c.published_at).limit(limit)
     return _take_for_publish(conn, due, {})
 
 

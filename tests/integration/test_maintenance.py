@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from beat.maintenance import Pruner, Rescuer, Runner
-from jobs import db
+from jobs import db, pauses
 from jobs.schema import jobs
 from tests.support.fixtures import insert_job, queued_messages
 
@@ -97,3 +97,20 @@ def test_republisher_sends_again_jobs_untouched_for_too_long(maintenance, clean,
         published = dict(conn.execute(sa.select(jobs.c.id, jobs.c.published_at)).all())
     assert published[lost] > published[recent]
     assert queued_messages(broker) == 1
+
+
+def test_republisher_leaves_paused_queues_alone_and_the_redrive_does_not(maintenance, clean, broker):
+    from beat.maintenance import Republisher
+    from beat.redrive import SENTINEL, Redrive
+
+    waiting = insert(clean, "queued", 3600)
+    with db.transaction(clean) as conn:
+        conn.execute(sa.update(jobs).values(published_at=jobs.c.created_at))
+    assert pauses.pause(clean, "default", by="test")
+    assert Republisher(interval=1, after=600).run(maintenance) == 0  # waiting on purpose
+    assert queued_messages(broker) == 0
+    broker.delete(SENTINEL)  # Redis lost its data: the paused queue's messages went too
+    assert Redrive(interval=1).run(maintenance) == 1
+    assert queued_messages(broker) == 1
+    with db.transaction(clean) as conn:
+        assert conn.execute(sa.select(jobs.c.id).where(jobs.c.state == "queued")).scalar() == waiting
