@@ -7,6 +7,7 @@ Expected errors print one line and never a traceback.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -20,8 +21,50 @@ from jobs.errors import JobsError
 __all__ = ["cli", "main"]
 
 
+#: Every command, imported only when it runs (or for ``--help``): a command loads what it needs,
+#: and ``jobs status`` does not pay for Alembic, Prometheus or Celery's inspect machinery.
+COMMANDS = {
+    "submit": "jobs.cli.submit:submit",
+    "status": "jobs.cli.inspect:status",
+    "list": "jobs.cli.inspect:list_",
+    "wait": "jobs.cli.inspect:wait",
+    "cancel": "jobs.cli.bulk:cancel",
+    "retry": "jobs.cli.bulk:retry",
+    "explain": "jobs.cli.explain:explain",
+    "kinds": "jobs.cli.kinds:kinds",
+    "schedule": "jobs.cli.schedule:schedule",
+    "queue": "jobs.cli.queue:queue",
+    "queues": "jobs.cli.queues:queues",
+    "workers": "jobs.cli.workers:workers",
+    "top": "jobs.cli.top:top",
+    "doctor": "jobs.cli.doctor:doctor",
+    "metrics": "jobs.cli.metrics:metrics",
+    "health": "jobs.cli.health:health",
+    "db": "jobs.cli.db:db",
+    "worker": "jobs.cli.processes:worker",
+    "beat": "jobs.cli.processes:beat",
+    "flower": "jobs.cli.processes:flower",
+    "dev": "jobs.cli.processes:dev",
+}
+
+
 class JobsGroup(click.Group):
-    """A click group that turns platform errors and usage errors into one line and an exit code."""
+    """A click group that turns platform errors and usage errors into one line and an exit code.
+
+    Its commands are loaded lazily from ``COMMANDS``.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands or cmd_name not in COMMANDS:
+            return self.commands.get(cmd_name)
+        module, _, name = COMMANDS[cmd_name].partition(":")
+        command = getattr(importlib.import_module(module), name)
+        assert isinstance(command, click.Command)
+        self.commands[cmd_name] = command
+        return command
 
     def main(
         self,
@@ -64,26 +107,6 @@ def cli(verbose: bool) -> None:
     )
 
 
-def _register() -> None:
-    from jobs.cli import bulk, db, health, inspect, kinds, processes, queue, schedule, submit
-
-    cli.add_command(submit.submit)
-    for command in (inspect.status, inspect.list_, inspect.wait, bulk.cancel, bulk.retry):
-        cli.add_command(command)
-    cli.add_command(kinds.kinds)
-    cli.add_command(db.db)
-    for command in (processes.worker, processes.beat, processes.flower, processes.dev):
-        cli.add_command(command)
-    cli.add_command(health.health)
-    cli.add_command(schedule.schedule)
-    cli.add_command(queue.queue)
-    from jobs.cli import doctor, explain, metrics, queues, top, workers
-
-    for command in (top.top, queues.queues, workers.workers, explain.explain, doctor.doctor, metrics.metrics):
-        cli.add_command(command)
-
-
-_register()
 
 
 def main() -> None:

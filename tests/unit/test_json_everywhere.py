@@ -24,7 +24,10 @@ PROCESS_COMMANDS = {"worker", "beat", "flower", "dev"}
 
 def commands(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tuple[str, click.Command]]:
     """Every command a user can run: leaves, and groups that do something on their own."""
-    for name, command in sorted(group.commands.items()):
+    context = click.Context(group)
+    for name in group.list_commands(context):  # the public way: loads lazily registered commands
+        command = group.get_command(context, name)
+        assert command is not None, name
         here = (*path, name)
         if isinstance(command, click.Group):
             if command.invoke_without_command:
