@@ -107,8 +107,6 @@ def cli(verbose: bool) -> None:
     )
 
 
-
-
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="jobs")
