@@ -21,7 +21,7 @@ from jobs.settings import Settings
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["Depth", "RedisConfig", "client", "config", "depths"]
+__all__ = ["Depth", "RedisConfig", "client", "config", "depths", "ready_messages"]
 
 PRIORITIES = range(10)  # the app's priority_steps (jobs.app)
 UNACKED = "unacked"  # kombu's default unacked_key
@@ -63,19 +63,25 @@ def depths(settings: Settings, queues: Iterable[str], *, timeout: float = 2.0) -
     names = sorted(set(queues))
     try:
         redis_client = client(settings, timeout)
-        pipe = redis_client.pipeline(transaction=False)
-        for queue in names:
-            for priority in PRIORITIES:
-                pipe.llen(wire.queue_key(queue, priority))
-        lengths = pipe.execute()
+        ready = ready_messages(redis_client, names)
         reserved = _reserved_by_queue(redis_client.hvals(UNACKED))
     except (RedisError, OSError) as error:
         raise _unavailable(settings, error) from error
-    ready = {
+    return {queue: Depth(queue, ready[queue], reserved.get(queue, 0)) for queue in names}
+
+
+def ready_messages(redis_client: redis.Redis, queues: Iterable[str]) -> dict[str, int]:
+    """Messages waiting in each queue, every priority step counted (one round trip)."""
+    names = list(queues)
+    pipe = redis_client.pipeline(transaction=False)
+    for queue in names:
+        for priority in PRIORITIES:
+            pipe.llen(wire.queue_key(queue, priority))
+    lengths = pipe.execute()
+    return {
         queue: sum(lengths[index * len(PRIORITIES) : (index + 1) * len(PRIORITIES)])
         for index, queue in enumerate(names)
     }
-    return {queue: Depth(queue, ready[queue], reserved.get(queue, 0)) for queue in names}
 
 
 def _reserved_by_queue(values: Iterable[bytes | str]) -> dict[str, int]:

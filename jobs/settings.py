@@ -88,6 +88,14 @@ class Settings(BaseSettings):
     pause_poll: float = Field(
         5.0, gt=0, description="Workers read the paused queues at least this often, seconds."
     )
+    worker_stall_timeout: float = Field(
+        30.0,
+        ge=0,
+        description=(
+            "A worker with room for jobs that takes none while its queues hold messages for this long"
+            " reconnects to Redis, seconds (0 turns the check off)."
+        ),
+    )
 
     flower_user: str | None = Field(None, description="Flower basic-auth user.")
     flower_password: SecretStr | None = Field(None, description="Flower basic-auth password.")

@@ -11,7 +11,7 @@ from jobs.app import get_app
 from jobs.kinds import load_kinds
 from jobs.settings import get_settings
 from workers import builtin as _builtin  # noqa: F401 - attaches the built-in bodies
-from workers import pauses, redact, unknown
+from workers import pauses, redact, unknown, watchdog
 from workers.task import register_kinds
 
 __all__ = ["app", "build"]
@@ -25,6 +25,7 @@ def build() -> Celery:
     celery_app = get_app()
     register_kinds(celery_app, registry, settings)
     pauses.install(celery_app)  # paused queues (jobs queue pause) are not consumed, even after a restart
+    watchdog.install(celery_app)  # a consumer that stops taking messages reconnects
     unknown.connect()  # messages of unknown kinds are recorded as failed, not dropped
     redact.install()  # Celery's DEBUG line per task would print the payload, secrets included
     return celery_app

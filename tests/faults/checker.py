@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -121,12 +121,22 @@ def _rows(settings: Settings, since: datetime | None) -> tuple[Sequence[Any], Se
     return job_rows, attempt_rows, effect_rows
 
 
-def wait_for_quiet(settings: Settings, workload: Workload, timeout: float = 60.0) -> float:
-    """Wait until every accepted job is terminal (or ``timeout``); returns the seconds waited."""
+def wait_for_quiet(
+    settings: Settings,
+    workload: Workload,
+    timeout: float = 60.0,
+    tick: Callable[[], object] | None = None,
+) -> float:
+    """Wait until every accepted job is terminal (or ``timeout``); returns the seconds waited.
+
+    ``tick`` runs on every poll (the harness's supervisor restarts processes that exited meanwhile).
+    """
     started = time.monotonic()
     deadline = started + timeout
     ids = list(workload.accepted)
     while time.monotonic() < deadline:
+        if tick is not None:
+            tick()
         try:
             with db.transaction(settings) as conn:
                 done = conn.execute(

@@ -54,6 +54,7 @@ FAULT_TIMERS = {
     "JOBS_REPUBLISH_AFTER": "60",
     "JOBS_PUBLISH_TIMEOUT": "1",
     "JOBS_WORKER_SOFT_SHUTDOWN_TIMEOUT": "3",
+    "JOBS_WORKER_STALL_TIMEOUT": "3",
     "JOBS_WORKER_MAX_MEMORY_PER_CHILD": "200000",
     "JOBS_LOG_FORMAT": "text",
 }
@@ -79,6 +80,7 @@ class Platform:
         self.producer = Producer(self.settings, registry=self.registry)
         self.processes = Processes(log_dir)
         self.workload = Workload()
+        self.restarts: list[str] = []  # what the supervisor did, for the scenario's report
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -120,6 +122,7 @@ class Platform:
                 ledger.cancel(conn, job_id)
             since = conn.execute(sa.select(sa.func.now())).scalar_one()
         self.workload = Workload(since=since)
+        self.restarts = []
 
     def ledger(self) -> Any:
         return db.transaction(self.settings)
@@ -155,6 +158,28 @@ class Platform:
         if not self.running("beat"):
             self.start_beat()
         self.processes.wait_log("worker", "ready.", timeout=60)
+
+    def supervise(self) -> None:
+        """Do what production's supervisor does (Compose's restart policy, systemd, Kubernetes).
+
+        A standard worker or leader that exited by itself (not one a scenario killed:
+        those are ``forget``-ten) is started again, and the restart is recorded with
+        the last line the process logged. Celery's worker exits now and then on a broker
+        connection loss (``Unrecoverable error`` inside kombu's reconnect); production
+        restarts it, so the scenarios do too, and say so in their output.
+        """
+        for name in ("worker", "beat"):
+            process = self.processes.running.get(name)
+            if process is None or process.poll() is None:
+                continue
+            last = (self.log(name).strip().splitlines() or ["(no output)"])[-1]
+            self.restarts.append(f"{name} exited with code {process.returncode} ({last[:200]}); restarted")
+            print(f"supervisor: {self.restarts[-1]}")
+            self.processes.running.pop(name)
+            if name == "worker":
+                self.start_worker("worker", wait=False)
+            else:
+                self.processes.start(name, "beat", "-l", "INFO", env=self.env)
 
     def log(self, name: str) -> str:
         return self.processes.log(name)
@@ -230,10 +255,24 @@ class Platform:
                 row = None
             if row is not None and row["state"] in states and (where is None or where(row)):
                 return row
+            self.supervise()
             time.sleep(0.05)
         raise AssertionError(
-            f"job {job_id} not in {states} after {timeout}s; last seen: {row and row['state']}"
+            f"job {job_id} not in {states} after {timeout}s; last seen: {row and row['state']}\n"
+            f"{self.describe_fleet()}"
         )
+
+    def describe_fleet(self) -> str:
+        """Each process alive or not, the supervisor's restarts, and the end of the worker's log."""
+        lines = [
+            f"  {name}: {'running' if process.poll() is None else f'exited with code {process.returncode}'}"
+            for name, process in self.processes.running.items()
+        ]
+        lines += [f"  supervisor: {restart}" for restart in self.restarts]
+        if "worker" in self.processes.running:
+            tail = [line for line in self.log("worker").splitlines() if line.startswith("[")][-15:]
+            lines += ["  worker log (last lines):", *(f"    {line[:220]}" for line in tail)]
+        return "\n".join(lines)
 
     def running_pid(self, job_id: uuid.UUID, timeout: float = 20.0) -> int:
         """The pool process running a ``test.work`` job (the body reports its pid as progress)."""
@@ -261,6 +300,14 @@ class Platform:
         with app.connection_for_write() as conn:
             conn.default_channel.qos.restore_visible(num=1000, interval=1)
 
+    def control(self, command: str, node: str = "worker") -> list[dict[str, Any]]:
+        """Send a remote-control command to one worker node and return its replies."""
+        import socket
+
+        app = create_app(self.settings)
+        destination = [f"{node}@{socket.gethostname()}"]
+        return list(app.control.broadcast(command, destination=destination, reply=True, timeout=5) or [])
+
     def send_foreign(self, kind: str, kwargs: dict[str, Any], job_id: uuid.UUID | None = None) -> uuid.UUID:
         """A message from a plain Celery producer (``send_task``), not through the ledger."""
         job_id = job_id or uuid.uuid4()
@@ -276,7 +323,7 @@ class Platform:
 
     def settle_and_check(self, timeout: float = 60.0) -> Report:
         """Wait for every accepted job to finish (or ``timeout``), then run the checker."""
-        wait_for_quiet(self.settings, self.workload, timeout)
+        wait_for_quiet(self.settings, self.workload, timeout, tick=self.supervise)
         return check(self.settings, self.workload)
 
     def close(self) -> None:

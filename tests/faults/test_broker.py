@@ -1,4 +1,4 @@
-"""Scenarios 4, 5, 7-11: Redis redelivers, loses, pauses or misses messages."""
+"""Scenarios 4, 5, 7-11 and 19: Redis redelivers, loses, pauses or misses messages."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from jobs.schema import jobs
 from tests.faults.harness import Platform
+from tests.support.controls import WEDGE_COMMAND
 from tests.support.fixtures import ROOT
 
 pytestmark = pytest.mark.acceptance
@@ -148,3 +149,26 @@ def test_11_flushall_on_the_broker_db(faults: Platform) -> None:
     faults.wait_log_since("beat", mark, "redrive: the broker lost its data", timeout=10)
     for job in [*busy, *waiting]:
         assert faults.wait(job, timeout=40)["state"] == "succeeded"
+
+
+def test_19_a_worker_that_stops_taking_messages_reconnects(faults: Platform) -> None:
+    """kombu's reconnect bug leaves a worker connected, answering pings, and idle: the watchdog ends it."""
+    assert faults.control(WEDGE_COMMAND), "the worker did not answer"
+    mark = faults.log_mark("worker")
+    ids = faults.producer.submit_many("ping", [{}] * 20)
+    faults.workload.accept(*ids)
+    wedged = time.monotonic()
+    time.sleep(1.0)  # a third of the stall timeout (3 s): the wedge holds, the watchdog has not acted
+    with faults.ledger() as conn:
+        queued = conn.execute(
+            sa.select(sa.func.count()).select_from(jobs).where(jobs.c.id.in_(ids), jobs.c.state == "queued")
+        ).scalar_one()
+    assert queued >= 19  # one BRPOP may have been in flight when the wedge came
+
+    for job in ids:
+        assert faults.wait(job, timeout=30)["state"] == "succeeded"
+    print(f"worker stopped taking messages -> all 20 jobs done: {time.monotonic() - wedged:.1f}s")
+    log = faults.log_since("worker", mark)
+    assert "stall watchdog" in log
+    assert "reconnecting to the broker" in log
+    assert "Connected to redis" in log

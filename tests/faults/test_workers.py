@@ -70,10 +70,11 @@ def test_03_sigterm_lets_a_running_job_finish(faults: Platform) -> None:
 
 def test_03_soft_shutdown_expiry_then_sigkill_hands_the_job_to_another_worker(faults: Platform) -> None:
     faults.start_worker("worker-b", "-c", "1")
-    job = faults.submit("test.long", {"key": "s3b", "sleep": 3})
+    # The body needs twice the soft shutdown window (3 s), so the window always expires first.
+    job = faults.submit("test.long", {"key": "s3b", "sleep": 6})
     first = faults.wait(job, ("running",))["worker"].split("@")[0]
     faults.kill(first, signal.SIGTERM)
-    time.sleep(3.5)  # the soft shutdown window (3 s) expires; then the orchestrator's SIGKILL
+    time.sleep(3.5)  # the soft shutdown window expires; then the orchestrator's SIGKILL
     faults.forget(first)
 
     row = faults.wait(job, timeout=30)

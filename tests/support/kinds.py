@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 
 import jobs
 from jobs.backoff import Backoff
+from tests.support import controls as _controls  # noqa: F401 - registers the tests' control commands
 
 FAST = Backoff(base=0.2, factor=1.0, maximum=0.2, jitter=0.0)
 
