@@ -24,7 +24,7 @@ import pytest
 
 from jobs import wire
 from jobs.settings import get_settings
-from tests.support.fixtures import ROOT, Processes, run_jobs, wait_for_state
+from tests.support.fixtures import ROOT, Processes, run_jobs, run_jobs_together, wait_for_state
 from tests.support.servers import free_port
 
 pytestmark = pytest.mark.acceptance
@@ -43,17 +43,19 @@ def long_job() -> str:
     return job
 
 
-def json_of(*args: str) -> dict:
-    result = run_jobs(*args, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+def both(*args: str) -> tuple[dict, str]:
+    """The ``--json`` report and the human text of one read-only command, run side by side."""
+    as_json, human = run_jobs_together((*args, "--json"), args)
+    assert as_json.returncode == 0, as_json.stderr
+    assert human.returncode == 0, human.stderr
+    return json.loads(as_json.stdout), human.stdout
 
 
 def test_queues_show_the_ledger_redis_and_consumers(clean, platform):
     submit("ping", "--queue", "nowhere")
     submit("ping", "--queue", "nowhere", "--priority", "0")
 
-    report = json_of("queues")
+    report, human = both("queues")
 
     by_name = {queue["queue"]: queue for queue in report["queues"]}
     nowhere = by_name["nowhere"]
@@ -63,9 +65,7 @@ def test_queues_show_the_ledger_redis_and_consumers(clean, platform):
     assert nowhere["consumers"] == []
     assert nowhere["ledger"]["oldest_waiting_seconds"] is not None
     assert [name.startswith("celery@") for name in by_name["default"]["consumers"]] == [True]
-    human = run_jobs("queues")
-    assert human.returncode == 0
-    row = next(line for line in human.stdout.splitlines() if line.startswith("nowhere"))
+    row = next(line for line in human.splitlines() if line.startswith("nowhere"))
     assert row.split()[:7] == ["nowhere", "2", "2", "0", "0", "0", "0"]
 
 
@@ -74,7 +74,7 @@ def test_queues_show_a_mismatch_between_the_ledger_and_redis(clean, platform, br
     # The message is lost (every priority list of the queue emptied); the ledger still has the job.
     broker.delete(*(wire.queue_key("nowhere", priority) for priority in range(10)))
 
-    report = json_of("queues")
+    report, human = both("queues")
 
     nowhere = next(queue for queue in report["queues"] if queue["queue"] == "nowhere")
     assert (nowhere["ledger"]["states"], nowhere["redis"]["ready"], nowhere["mismatch"]) == (
@@ -82,7 +82,6 @@ def test_queues_show_a_mismatch_between_the_ledger_and_redis(clean, platform, br
         0,
         True,
     )
-    human = run_jobs("queues").stdout
     assert "≠0" in human
     assert "Redis holds a different number of messages" in human
 
@@ -90,8 +89,7 @@ def test_queues_show_a_mismatch_between_the_ledger_and_redis(clean, platform, br
 def test_workers_show_pool_queues_and_running_jobs(clean, platform):
     job = long_job()
 
-    report = json_of("workers")
-    human = run_jobs("workers").stdout
+    report, human = both("workers")
     run_jobs("cancel", job)
 
     [worker] = report["workers"]
@@ -107,8 +105,8 @@ def test_workers_show_pool_queues_and_running_jobs(clean, platform):
 def test_top_once_and_json(clean, platform):
     job = long_job()
 
-    report = json_of("top")
-    text = run_jobs("top", "--once").stdout
+    as_json, once = run_jobs_together(("top", "--json"), ("top", "--once"))
+    report, text = json.loads(as_json.stdout), once.stdout
     run_jobs("cancel", job)
 
     assert report["leader"].startswith("jobs-leader:")

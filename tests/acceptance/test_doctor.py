@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from jobs import db, migrate
 from jobs.settings import Settings, load_settings
-from tests.support.fixtures import Processes, run_jobs
+from tests.support.fixtures import Processes, run_jobs, run_jobs_together
 from tests.support.servers import RedisServer, free_port
 
 pytestmark = pytest.mark.acceptance
@@ -50,11 +50,12 @@ def healthy(
 
 def doctor(env: dict[str, str], *args: str) -> tuple[int, dict[str, dict[str, Any]], str]:
     """Run ``jobs doctor --json`` and the human form; returns the exit code, checks by name, text."""
-    result = run_jobs("doctor", "--json", "--timeout", "3", *args, env=env)
+    result, human = run_jobs_together(
+        ("doctor", "--json", "--timeout", "3", *args), ("doctor", "--timeout", "3", *args), env=env
+    )
     assert result.stderr == "", result.stderr
     report = json.loads(result.stdout)
     assert report["ok"] is (result.returncode == 0)
-    human = run_jobs("doctor", "--timeout", "3", *args, env=env)
     assert human.returncode == result.returncode
     assert "Traceback" not in human.stdout + human.stderr
     return result.returncode, {check["name"]: check for check in report["checks"]}, human.stdout

@@ -17,7 +17,7 @@ import pytest
 from jobs import pauses
 from jobs.settings import Settings
 from tests.integration.test_cockpit_ledger import ago, put
-from tests.support.fixtures import Processes, run_jobs, wait_for_state
+from tests.support.fixtures import Processes, run_jobs, run_jobs_together, wait_for_state
 
 pytestmark = pytest.mark.acceptance
 
@@ -41,9 +41,8 @@ def submit(*args: str) -> str:
 
 def explain(job_id: str | uuid.UUID) -> tuple[list[dict[str, Any]], str]:
     """The reasons (JSON) and the human text for one job."""
-    as_json = run_jobs("explain", str(job_id), "--json")
+    as_json, human = run_jobs_together(("explain", str(job_id), "--json"), ("explain", str(job_id)))
     assert as_json.returncode == 0, as_json.stderr
-    human = run_jobs("explain", str(job_id))
     assert human.returncode == 0, human.stderr
     return json.loads(as_json.stdout)["reasons"], human.stdout
 

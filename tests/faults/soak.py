@@ -135,7 +135,7 @@ def soak(platform: Platform, *, minutes: float, every: float, rate: float, seed:
     load.thread.join(timeout=30)
     platform.heal()
     platform.ensure()
-    waited = wait_for_quiet(platform.settings, platform.workload, timeout=180)
+    waited = wait_for_quiet(platform.settings, platform.workload, timeout=180, tick=platform.supervise)
     report = check(platform.settings, platform.workload)
     print(f"faults injected: {dict(injected)}; refused while PostgreSQL was down: {load.refused}")
     print(f"drained in {waited:.1f}s after the load stopped")

@@ -177,6 +177,21 @@ def run_jobs(
     )
 
 
+def run_jobs_together(
+    *commands: tuple[str, ...], env: dict[str, str] | None = None, timeout: float = 60
+) -> list[subprocess.CompletedProcess[str]]:
+    """Several read-only ``jobs`` commands at once (say the ``--json`` and the human form); results in order.
+
+    Each command waits mostly on its start-up and on the servers, so running them side by
+    side halves the wall time of a test that checks both forms of the same view.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=len(commands)) as pool:
+        futures = [pool.submit(run_jobs, *command, env=env, timeout=timeout) for command in commands]
+        return [future.result() for future in futures]
+
+
 class Processes:
     """Platform processes started by a test, stopped by pid when it ends."""
 
