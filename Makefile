@@ -38,7 +38,7 @@ dev: install ## Run the platform: migrations, worker, beat, Flower, and a first 
 .PHONY: test
 test: install ## Run all tests (unit, integration, acceptance) with coverage
 	JOBS_DATABASE_URL=$(TEST_DATABASE_URL) JOBS_BROKER_URL=$(TEST_BROKER_URL) \
-		$(RUN) pytest --cov --cov-report=term $(PYTEST_ARGS)
+		$(RUN) pytest --cov --cov-report=term --durations=15 $(PYTEST_ARGS)
 
 .PHONY: test-unit
 test-unit: install ## Run the unit tests only (no servers needed)
