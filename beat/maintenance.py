@@ -2,7 +2,8 @@
 
 - **stager**: publishes delayed and retrying jobs whose time has come;
 - **relay**: publishes committed jobs that were never published (Redis was
-  down at submit, or the producer died between commit and publish);
+  down at submit, or the producer died between commit and publish), and jobs
+  a worker handed back because it lacks their kind, once a live worker has it;
 - **republisher**: publishes again queued jobs that no worker took for
   ``JOBS_REPUBLISH_AFTER`` seconds (their message may be lost);
 - **rescuer**: moves running jobs whose lease expired (their worker died) to
@@ -13,6 +14,8 @@
 - **cron**: fires the due slots of the schedules (``beat.cron``).
 - **redrive**: notices that Redis lost its data and publishes every queued
   job again (``beat.redrive``).
+- **reclaimer**: puts back on their queues the messages a lost worker had
+  taken but not started (``beat.reclaim``).
 
 More loops slot in by adding to ``default_loops``. The runner
 records when each loop last ran, and its result or error, in
@@ -104,11 +107,19 @@ class Relay:
     name: str = "relay"
 
     def run(self, env: Maintenance) -> int:
+        alive_within = env.settings.worker_dead_after
         sent = _publish_taken(
-            env, lambda conn: ledger.take_unpublished(conn, older_than=self.grace, limit=BATCH)
+            env,
+            lambda conn: ledger.take_unpublished(
+                conn, older_than=self.grace, alive_within=alive_within, limit=BATCH
+            ),
         )
         if sent:
-            log.info("relay: published %d job(s) that had not reached the broker", sent)
+            log.info(
+                "relay: published %d job(s) that were not on the broker (never sent, or handed back"
+                " by a worker that lacks their kind)",
+                sent,
+            )
         return sent
 
 
@@ -172,6 +183,7 @@ class Pruner:
 
 def default_loops(settings: Settings) -> list[Loop]:
     from beat.cron import Cron
+    from beat.reclaim import Reclaimer
     from beat.redrive import Redrive
 
     tick = settings.leader_tick
@@ -182,6 +194,7 @@ def default_loops(settings: Settings) -> list[Loop]:
         Relay(tick, settings.relay_grace),
         Republisher(max(tick, 5.0), settings.republish_after),
         Rescuer(max(tick, 5.0)),
+        Reclaimer(max(tick, 5.0)),
         Pruner(60.0, settings.retention_succeeded, settings.retention_failed),
     ]
 

@@ -13,9 +13,16 @@ leaves the key missing and its successor starts over.
 A job whose message survived gets a duplicate; the worker's claim absorbs it
 (one run per attempt). Running jobs need nothing from here: if Redis lost
 their unacknowledged message and their worker then dies, the rescuer finds the
-expired lease. On the very first start the key is missing too, so the queue
-is published once more then; that costs a duplicate per queued job, nothing
-else.
+expired lease.
+
+The key is missing too when the platform meets a broker for the first time.
+The ledger remembers every broker it has met (``broker_epochs``, keyed by the
+broker's address without credentials), so a first meeting is told apart: when
+the ledger has met no broker at all (a new platform), the epoch is
+established quietly and nothing is re-driven (the queued jobs' messages went
+to this very broker). A broker the ledger has not met while it has met
+others (the platform moved to a new Redis) is treated as a loss: its queue is
+empty of the ledger's queued jobs, which are published again, with a warning.
 """
 
 from __future__ import annotations
@@ -29,9 +36,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
+from kombu.utils.url import maybe_sanitize_url
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from jobs import db, ledger, publisher, wire
-from jobs.schema import jobs
+from jobs.schema import broker_epochs, jobs
 
 if TYPE_CHECKING:
     import redis
@@ -72,23 +81,48 @@ class Redrive:
             self._unreachable = False
         if present:
             return 0
+        broker = _where(env.settings.broker_url)
+        with db.autocommit(env.settings) as conn:
+            known = set(conn.execute(sa.select(broker_epochs.c.broker)).scalars())
+        if not known:
+            if self._establish(env, client, broker):
+                log.info("redrive: first meeting with the broker %s; its epoch is established", broker)
+            return 0
         started = time.monotonic()
         sent, complete = self._republish_queued(env)
         if not complete:  # the broker failed again: the relay has the rest; the next tick starts over
             log.warning("redrive: the broker failed after %d job(s); trying again next tick", sent)
             return sent
-        try:
-            client.set(SENTINEL, f"{datetime.now(UTC).isoformat()} {socket.gethostname()}")
-        except wire.broker_errors() as error:
-            log.warning("redrive: could not set %s (%s); trying again next tick", SENTINEL, error)
+        if not self._establish(env, client, broker):
             return sent
+        why = "lost its data" if broker in known else "is new to this ledger"
         log.warning(
-            "redrive: the broker lost its data (%s was missing); %d queued job(s) published again in %.2fs",
+            "redrive: the broker %s %s (%s was missing); %d queued job(s) published again in %.2fs",
+            broker,
+            why,
             SENTINEL,
             sent,
             time.monotonic() - started,
         )
         return sent
+
+    def _establish(self, env: Maintenance, client: redis.Redis, broker: str) -> bool:
+        """Set the sentinel (last: a leader dying before it leaves the key missing) and remember it."""
+        try:
+            client.set(SENTINEL, f"{datetime.now(UTC).isoformat()} {socket.gethostname()}")
+        except wire.broker_errors() as error:
+            log.warning("redrive: could not set %s (%s); trying again next tick", SENTINEL, error)
+            return False
+        with db.autocommit(env.settings) as conn:
+            conn.execute(
+                pg_insert(broker_epochs)
+                .values(broker=broker, established_by=socket.gethostname())
+                .on_conflict_do_update(
+                    index_elements=[broker_epochs.c.broker],
+                    set_={"established_at": sa.func.now(), "established_by": socket.gethostname()},
+                )
+            )
+        return True
 
     def _connect(self, env: Maintenance) -> redis.Redis:
         if self._client is None:
@@ -128,3 +162,8 @@ class Redrive:
             if len(taken) < self.batch:
                 break
         return sent, True
+
+
+def _where(url: str) -> str:
+    """The broker's address as the ledger remembers it: its URL without credentials."""
+    return str(maybe_sanitize_url(url))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
+import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -21,10 +23,29 @@ from jobs.settings import Settings
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["Depth", "RedisConfig", "client", "config", "depths", "ready_messages"]
+__all__ = [
+    "Depth",
+    "Held",
+    "Quarantine",
+    "RedisConfig",
+    "client",
+    "config",
+    "depths",
+    "held_longer_than",
+    "quarantine",
+    "quarantined",
+    "ready_messages",
+    "restore",
+]
 
 PRIORITIES = range(10)  # the app's priority_steps (jobs.app)
 UNACKED = "unacked"  # kombu's default unacked_key
+UNACKED_INDEX = "unacked_index"  # kombu's default unacked_index_key: delivery tag -> when delivered
+BINDINGS = "_kombu.binding.%s"  # kombu's table of an exchange's bindings
+QUARANTINE = "jobs.quarantine"  # malformed items workers took off queues (workers.transport)
+QUARANTINED = "jobs.quarantined"  # how many were ever quarantined (since Redis last lost its data)
+QUARANTINE_KEEP = 1000
+QUARANTINE_ITEM_BYTES = 64 * 1024
 
 
 def client(settings: Settings, timeout: float = 2.0) -> redis.Redis:
@@ -93,6 +114,125 @@ def _reserved_by_queue(values: Iterable[bytes | str]) -> dict[str, int]:
             continue
         counts[str(routing_key)] = counts.get(str(routing_key), 0) + 1
     return counts
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Held:
+    """A message a worker took and has not acknowledged (kombu's ``unacked`` hash)."""
+
+    tag: str
+    age: float
+    """Seconds since a worker took it."""
+    job_id: uuid.UUID | None
+    """Its task id, when that is a UUID (a job id)."""
+    kind: str | None
+    message: dict[str, Any]
+    exchange: str
+    routing_key: str
+
+
+def held_longer_than(redis_client: redis.Redis, seconds: float, *, limit: int = 1000) -> list[Held]:
+    """Messages taken by a worker more than ``seconds`` ago and not acknowledged, oldest first."""
+    now = time.time()
+    tagged: list[tuple[bytes, float]] = redis_client.zrangebyscore(  # type: ignore[assignment]
+        UNACKED_INDEX, "-inf", now - seconds, start=0, num=limit, withscores=True
+    )  # redis-py types the reply as a list of anything; withscores makes it (member, score) pairs
+    if not tagged:
+        return []
+    values = redis_client.hmget(UNACKED, [tag for tag, _ in tagged])
+    found = []
+    for (tag, taken), value in zip(tagged, values, strict=True):
+        if value is None:  # acknowledged meanwhile
+            continue
+        try:
+            message, exchange, routing_key = json.loads(value)
+            headers = message.get("headers") or {}
+        except (ValueError, TypeError, AttributeError):
+            continue  # not kombu's format: left to kombu's own visibility timeout
+        try:
+            job_id: uuid.UUID | None = uuid.UUID(str(headers.get("id")))
+        except ValueError:
+            job_id = None
+        found.append(
+            Held(
+                tag=tag.decode() if isinstance(tag, bytes) else str(tag),
+                age=now - float(taken),
+                job_id=job_id,
+                kind=str(headers["task"]) if headers.get("task") is not None else None,
+                message=message,
+                exchange=str(exchange or ""),
+                routing_key=str(routing_key or ""),
+            )
+        )
+    return found
+
+
+# Moves one unacknowledged message back to the head of its queue, unless it was acknowledged or
+# restored meanwhile (HDEL decides): the same steps as kombu's restore, made atomic.
+_RESTORE = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
+    redis.call('ZREM', KEYS[2], ARGV[1])
+    redis.call('RPUSH', KEYS[3], ARGV[2])
+    return 1
+end
+return 0
+"""
+
+
+def restore(redis_client: redis.Redis, held: Held) -> bool:
+    """Put a held message back on its queue, to be taken next; ``False`` if it was acknowledged."""
+    message = json.loads(json.dumps(held.message))
+    message.setdefault("headers", {})["redelivered"] = True
+    message.setdefault("properties", {}).setdefault("delivery_info", {})["redelivered"] = True
+    try:
+        priority = int(message["properties"].get("priority") or 0)
+    except (TypeError, ValueError):
+        priority = 0
+    key = wire.queue_key(_queue(redis_client, held), min(max(priority, 0), 9))
+    restored = redis_client.eval(_RESTORE, 3, UNACKED, UNACKED_INDEX, key, held.tag, json.dumps(message))
+    return bool(restored)
+
+
+def _queue(redis_client: redis.Redis, held: Held) -> str:
+    """The queue a message was routed to: its routing key, or its exchange's binding (kombu's table)."""
+    if not held.exchange:
+        return held.routing_key
+    separator = wire.PRIORITY_SEPARATOR
+    for member in redis_client.smembers(BINDINGS % held.exchange):
+        text = member.decode() if isinstance(member, bytes) else str(member)
+        routing_key, _, queue = text.split(separator, 2)
+        if routing_key == held.routing_key and queue:
+            return queue
+    return held.routing_key
+
+
+def quarantine(redis_client: redis.Redis, item: bytes) -> None:
+    """Keep a malformed item in the bounded quarantine list (the newest first) and count it."""
+    pipe = redis_client.pipeline(transaction=True)
+    pipe.lpush(QUARANTINE, item[:QUARANTINE_ITEM_BYTES])
+    pipe.ltrim(QUARANTINE, 0, QUARANTINE_KEEP - 1)
+    pipe.incr(QUARANTINED)
+    pipe.execute()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Quarantine:
+    """Malformed items workers moved out of the queues."""
+
+    kept: int
+    total: int
+    newest: bytes | None
+    """The first bytes of the newest kept item."""
+
+
+def quarantined(redis_client: redis.Redis) -> Quarantine:
+    """What the quarantine holds (one round trip)."""
+    pipe = redis_client.pipeline(transaction=False)
+    pipe.llen(QUARANTINE)
+    pipe.get(QUARANTINED)
+    pipe.lindex(QUARANTINE, 0)
+    kept, total, newest = pipe.execute()
+    return Quarantine(int(kept or 0), int(total or 0), bytes(newest[:80]) if newest else None)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import importlib
 import json
 import re
@@ -35,8 +36,9 @@ from pydantic_core import to_jsonable_python
 from jobs.backoff import Backoff
 from jobs.context import JobContext
 from jobs.errors import ConfigError, DuplicateKind, InvalidPayload, UnknownKind
+from jobs.settings import Settings
 
-__all__ = ["Body", "Kind", "Registry", "declare", "kind", "load_kinds", "registry"]
+__all__ = ["Body", "Kind", "Registry", "declare", "kind", "lease_for", "load_kinds", "registry"]
 
 Body = Callable[[JobContext, Any], Any]
 
@@ -59,6 +61,8 @@ class Kind:
     hard_time_limit: float | None = None
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     description: str = ""
+    version: str | None = None
+    """What workers advertise for this kind; by default a fingerprint of the payload's schema."""
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -70,6 +74,12 @@ class Kind:
         soft, hard = self.soft_time_limit, self.hard_time_limit
         if soft is not None and hard is not None and soft >= hard:
             raise ValueError(f"kind {self.name}: soft_time_limit must be below hard_time_limit")
+
+    @property
+    def advertised_version(self) -> str:
+        """The version workers advertise in the roster: ``version``, else ``schema:`` and a
+        fingerprint of the payload model's JSON schema (so two deploys of one kind can be told apart)."""
+        return self.version or f"schema:{_fingerprint(self.payload)}"
 
     @property
     def has_secrets(self) -> bool:
@@ -107,6 +117,12 @@ class Kind:
         jsonable = to_jsonable_python(value, fallback=repr)
         json.dumps(jsonable)
         return jsonable
+
+
+@functools.cache
+def _fingerprint(model: type[BaseModel]) -> str:
+    schema = json.dumps(model.model_json_schema(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(schema.encode()).hexdigest()[:12]
 
 
 @functools.cache
@@ -180,6 +196,12 @@ class Registry:
 
 
 registry = Registry()
+
+
+def lease_for(settings: Settings, declared: Kind | None) -> float:
+    """Seconds a claim holds a job: its hard limit plus the margin (expires only if the worker is gone)."""
+    hard = (declared.hard_time_limit if declared else None) or settings.hard_time_limit
+    return hard + settings.lease_margin
 
 
 def declare(name: str, *, payload: type[BaseModel], **options: Any) -> Kind:

@@ -57,6 +57,7 @@ from psycopg.types.json import Jsonb
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from jobs import roster
 from jobs.schema import TERMINAL_STATES, job_attempts, jobs, queue_pauses
 
 __all__ = [
@@ -65,21 +66,26 @@ __all__ = [
     "Claimed",
     "Executor",
     "Published",
+    "adopt",
     "cancel",
     "claim",
     "copy_rows",
     "fail",
+    "hand_back",
     "id_for_key",
     "id_for_slot",
     "insert_rows",
     "mark_unpublished",
     "progress",
     "prune",
+    "record_refused",
     "republish_stale",
     "rescue_expired",
     "retry",
     "sources",
     "stage_due",
+    "state_of",
+    "states_of",
     "succeed",
     "take_unpublished",
 ]
@@ -426,15 +432,26 @@ def stage_due(conn: sa.Connection, *, limit: int = 1000) -> list[Published]:
     return _take_for_publish(conn, due, {"state": "queued"})
 
 
-def take_unpublished(conn: sa.Connection, *, older_than: float, limit: int = 1000) -> list[Published]:
-    """Queued jobs committed more than ``older_than`` seconds ago whose message never went out."""
+def take_unpublished(
+    conn: sa.Connection, *, older_than: float, alive_within: float, limit: int = 1000
+) -> list[Published]:
+    """Queued jobs whose message is not on the broker, to be published now.
+
+    Two kinds: jobs committed more than ``older_than`` seconds ago whose message never
+    went out (Redis was down, or the producer died), and jobs a worker handed back
+    because it does not implement their kind, once a live worker (heartbeat within
+    ``alive_within`` seconds) that consumes their queue implements it. A handed-back
+    job whose kind no live worker implements stays in the ledger: publishing it would
+    only bounce it between workers that cannot run it.
+    """
+    never_sent = sa.and_(jobs.c.handed_back_at.is_(None), jobs.c.created_at < _now() - _seconds(older_than))
+    handed_back = sa.and_(
+        jobs.c.handed_back_at.is_not(None),
+        roster.live_implementer(jobs.c.kind, jobs.c.queue, alive_within),
+    )
     due = (
         sa.select(jobs.c.id)
-        .where(
-            jobs.c.state == "queued",
-            jobs.c.published_at.is_(None),
-            jobs.c.created_at < _now() - _seconds(older_than),
-        )
+        .where(jobs.c.state == "queued", jobs.c.published_at.is_(None), sa.or_(never_sent, handed_back))
         .order_by(jobs.c.created_at)
         .limit(limit)
     )
@@ -460,6 +477,59 @@ def republish_stale(
         due = due.where(jobs.c.queue.not_in(sa.select(queue_pauses.c.queue)))
     due = due.order_by(jobs.c.published_at).limit(limit)
     return _take_for_publish(conn, due, {})
+
+
+def hand_back(conn: sa.Connection, job_id: uuid.UUID) -> bool:
+    """A worker got this queued job's message but does not implement its kind: no attempt is
+    spent; the message is gone, and the relay publishes the job again once a live worker that
+    implements the kind consumes its queue. ``False`` if the job is not queued (a stale copy)."""
+    handed = conn.execute(
+        sa.update(jobs)
+        .where(jobs.c.id == job_id, jobs.c.state == "queued")
+        .values(published_at=None, handed_back_at=_now())
+        .returning(jobs.c.id)
+    ).first()
+    return handed is not None
+
+
+def adopt(conn: sa.Connection, row: dict[str, Any], *, handed_back: bool = False) -> bool:
+    """Record a foreign message (a plain Celery ``send_task``) as a queued job; ``False`` if a job
+    with its id exists already (the message was a copy).
+
+    ``handed_back``: the worker that got it lacks the kind; the relay publishes the job again once
+    a live worker implements it (its payload is checked by the worker that runs it).
+    """
+    values = {key: value for key, value in row.items() if key in jobs.c}
+    values.update(state="queued", published_at=None if handed_back else _now())
+    if handed_back:
+        values["handed_back_at"] = _now()
+    inserted = conn.execute(
+        pg_insert(jobs).values(values).on_conflict_do_nothing(index_elements=[jobs.c.id]).returning(jobs.c.id)
+    ).first()
+    return inserted is not None
+
+
+def record_refused(conn: sa.Connection, row: dict[str, Any], error: dict[str, Any]) -> bool:
+    """A message from outside that cannot run is recorded as ``failed`` with the reason, attempt 0;
+    ``False`` if a row with its id exists already (the message was a copy)."""
+    values = {key: value for key, value in row.items() if key in jobs.c}
+    values.update(state="failed", error=error, finished_at=_now())
+    inserted = conn.execute(
+        pg_insert(jobs).values(values).on_conflict_do_nothing(index_elements=[jobs.c.id]).returning(jobs.c.id)
+    ).first()
+    return inserted is not None
+
+
+def state_of(conn: sa.Connection, job_id: uuid.UUID) -> str | None:
+    """The job's state, or ``None`` when the ledger has no such job."""
+    return conn.execute(sa.select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one_or_none()
+
+
+def states_of(conn: sa.Connection, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """The states of the jobs among ``ids`` that the ledger has."""
+    if not ids:
+        return {}
+    return {row.id: row.state for row in conn.execute(sa.select(jobs.c.id, jobs.c.state).where(_any_id(ids)))}
 
 
 def mark_unpublished(conn: sa.Connection, ids: Iterable[uuid.UUID]) -> None:

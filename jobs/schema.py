@@ -6,6 +6,9 @@ are explained in ``docs/architecture.md``; the state machine lives in
 ``jobs.ledger``. ``schedules`` holds the leader's schedules and
 ``maintenance_runs`` when each maintenance loop last ran (``docs/scheduling.md``);
 ``queue_pauses`` the queues an operator paused (``docs/operations.md``).
+``workers`` is the fleet's roster (each worker's queues, kinds and heartbeat) and
+``fleet_kinds`` every kind a worker ever implemented (``jobs.roster``);
+``broker_epochs`` the brokers this ledger has met (``beat.redrive``).
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ from sqlalchemy.dialects import postgresql as pg
 __all__ = [
     "STATES",
     "TERMINAL_STATES",
+    "broker_epochs",
+    "fleet_kinds",
     "job_attempts",
     "jobs",
     "maintenance_runs",
     "metadata",
     "queue_pauses",
     "schedules",
+    "workers",
 ]
 
 metadata = sa.MetaData(
@@ -66,6 +72,9 @@ jobs = sa.Table(
     sa.Column("published_at", _TZ),
     sa.Column("started_at", _TZ),
     sa.Column("finished_at", _TZ),
+    # Set when a worker that does not implement the kind handed the job back: the relay publishes
+    # it again only once a live worker implements the kind (jobs.roster, docs/architecture.md).
+    sa.Column("handed_back_at", _TZ),
     sa.CheckConstraint(f"state IN ({_state_list})", name="state"),
     sa.CheckConstraint("priority BETWEEN 0 AND 9", name="priority"),
     sa.CheckConstraint("attempt >= 0 AND max_attempts >= 1", name="attempts"),
@@ -177,4 +186,44 @@ queue_pauses = sa.Table(
     sa.Column("paused_at", _TZ, nullable=False, server_default=sa.func.now()),
     sa.Column("paused_by", sa.Text),
     sa.Column("reason", sa.Text),
+)
+
+# The fleet's roster: one row per worker process (by its unique node name), kept up to date by
+# the worker's heartbeat; a row whose heartbeat is older than the roster's bound is a dead worker.
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("queues", pg.ARRAY(sa.Text), nullable=False),
+    # {kind: version} of every kind this worker implements
+    sa.Column("kinds", pg.JSONB, nullable=False),
+    sa.Column("pool", sa.Text),
+    sa.Column("concurrency", sa.Integer),
+    sa.Column("started_at", _TZ, nullable=False, server_default=sa.func.now()),
+    sa.Column("heartbeat_at", _TZ, nullable=False, server_default=sa.func.now()),
+    sa.Column("stopped_at", _TZ),
+)
+
+# Every kind a worker of this fleet has ever implemented (kept when the workers go), so that a
+# foreign message of a kind nobody ever implemented can be told from one of a kind that waits.
+fleet_kinds = sa.Table(
+    "fleet_kinds",
+    metadata,
+    sa.Column("kind", sa.Text, primary_key=True),
+    sa.Column("version", sa.Text, nullable=False),
+    sa.Column("first_seen_at", _TZ, nullable=False, server_default=sa.func.now()),
+    sa.Column("last_seen_at", _TZ, nullable=False, server_default=sa.func.now()),
+    sa.Column("last_seen_by", sa.Text),
+)
+
+# The brokers this ledger has met: the leader's re-drive tells a broker that lost its data (its
+# sentinel key is gone) from one it meets for the first time (nothing to re-drive, no alarm).
+broker_epochs = sa.Table(
+    "broker_epochs",
+    metadata,
+    sa.Column("broker", sa.Text, primary_key=True),
+    sa.Column("established_at", _TZ, nullable=False, server_default=sa.func.now()),
+    sa.Column("established_by", sa.Text),
 )

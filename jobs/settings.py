@@ -40,6 +40,13 @@ class Settings(BaseSettings):
         description="Redis URL of the Celery broker (transport only).",
     )
     default_queue: str = Field("default", min_length=1, description="Queue of kinds that name none.")
+    celery_queue: str = Field(
+        "celery",
+        description=(
+            "Celery's own default queue, where a plain send_task() without a queue lands: workers"
+            " consume it too and adopt its messages ('' to leave it alone)."
+        ),
+    )
     kind_modules: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated modules that declare your own job kinds.",
@@ -87,6 +94,14 @@ class Settings(BaseSettings):
     )
     pause_poll: float = Field(
         5.0, gt=0, description="Workers read the paused queues at least this often, seconds."
+    )
+    worker_heartbeat: float = Field(
+        5.0,
+        gt=0,
+        description=(
+            "Workers write a heartbeat to the ledger's roster this often, seconds; a worker silent for"
+            " three heartbeats is presumed dead."
+        ),
     )
     worker_stall_timeout: float = Field(
         30.0,
@@ -147,6 +162,11 @@ class Settings(BaseSettings):
                 "or Redis redelivers jobs that are still running"
             )
         return self
+
+    @property
+    def worker_dead_after(self) -> float:
+        """Seconds without a heartbeat after which the roster counts a worker as dead."""
+        return 3 * self.worker_heartbeat
 
     @property
     def lease_seconds(self) -> float:

@@ -12,21 +12,20 @@ import time
 import traceback
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.orm import Session
 
-from jobs import db, ledger
+from jobs import db, jsonsafe, ledger
 from jobs.context import JobContext
-from jobs.errors import Fail, InvalidPayload, RetryLater, UnknownKind
-from jobs.kinds import Kind, Registry
+from jobs.errors import Fail, InvalidPayload, RetryLater
+from jobs.kinds import Kind, Registry, lease_for
 from jobs.schema import jobs
 from jobs.settings import Settings
 
-__all__ = ["AttemptFailed", "Delivery", "error_record", "lease_for", "record_failure", "run"]
+__all__ = ["AttemptFailed", "Delivery", "error_record", "record_failure", "run"]
 
 log = logging.getLogger("jobs.worker")
 
@@ -58,12 +57,6 @@ class Delivery:
     worker: str
 
 
-def lease_for(settings: Settings, declared: Kind | None) -> float:
-    """Seconds a claim holds a job: its hard limit plus the margin (expires only if the worker is gone)."""
-    hard = (declared.hard_time_limit if declared else None) or settings.hard_time_limit
-    return hard + settings.lease_margin
-
-
 def error_record(error: BaseException, *, reason: str | None = None) -> dict[str, Any]:
     """An exception as the ledger stores it: type, message, traceback."""
     trace = "".join(traceback.format_exception(error))
@@ -90,9 +83,9 @@ def run(settings: Settings, registry: Registry, delivery: Delivery) -> Any:
             claimed = _unclaimed(conn, settings, registry, delivery)
     if claimed is None:
         return None
-    if declared is None or declared.body is None:
-        unknown = UnknownKind(f"no worker implements job kind {delivery.kind!r}")
-        raise AttemptFailed(_finish_error(settings, claimed, unknown, retryable=False), unknown.message)
+    # Only kinds with a body are tasks of this worker (workers.task.register_kinds).
+    assert declared is not None
+    assert declared.body is not None
     return _attempt(settings, declared, claimed, delivery.worker)
 
 
@@ -124,31 +117,33 @@ def _unclaimed(
 def _adopt(
     conn: sa.Connection, settings: Settings, registry: Registry, delivery: Delivery
 ) -> ledger.Claimed | None:
-    """A message sent by a plain Celery producer: record it in the ledger, then claim it."""
+    """A message sent by a plain Celery producer: record it in the ledger, then claim it.
+
+    A payload that fails the kind's model, or that the ledger cannot store as it came (a NUL
+    character), is recorded as ``failed`` with the reason and a safely escaped copy of what was sent.
+    """
+    declared = registry.get(delivery.kind)
     row: dict[str, Any] = {
         "id": delivery.job_id,
-        "kind": delivery.kind,
-        "queue": delivery.queue,
+        "kind": declared.name,
+        "queue": jsonsafe.escaped(delivery.queue),
         "priority": min(max(delivery.priority, 0), 9),
-        "max_attempts": settings.max_attempts,
+        "max_attempts": declared.max_attempts or settings.max_attempts,
         "submitted_by": "adopted",
     }
-    error: dict[str, Any] | None = None
     try:
-        declared = registry.get(delivery.kind)
         row["payload"] = declared.dump(declared.validate(delivery.kwargs))
-        row["max_attempts"] = declared.max_attempts or settings.max_attempts
-    except (UnknownKind, InvalidPayload) as bad:
-        error = {"type": type(bad).__name__, "message": bad.message}
-        row["payload"] = {}
-    if error is not None:
-        row.update(state="failed", error=error, finished_at=datetime.now(UTC))
-        ledger.insert_rows(conn, [row], idempotent=False)
-        log.error("job %s (%s) refused: %s", delivery.job_id, delivery.kind, error["message"])
+        bad = jsonsafe.unstorable({"queue": delivery.queue, "payload": row["payload"]})
+        if bad is not None:
+            raise InvalidPayload(f"{bad}; kept escaped")
+    except InvalidPayload as refused:
+        error = {"type": "InvalidPayload", "message": refused.message}
+        row["payload"] = jsonsafe.escaped(delivery.kwargs)
+        if ledger.record_refused(conn, row, error):
+            log.error("job %s (%s) refused: %s", delivery.job_id, delivery.kind, refused.message)
         return None
-    row["state"] = "queued"
-    ledger.insert_rows(conn, [row], idempotent=False)
-    log.info("job %s (%s) adopted into the ledger", delivery.job_id, delivery.kind)
+    if ledger.adopt(conn, row):
+        log.info("job %s (%s) adopted into the ledger", delivery.job_id, delivery.kind)
     return ledger.claim(conn, delivery.job_id, worker=delivery.worker, lease=lease_for(settings, declared))
 
 

@@ -23,7 +23,7 @@ from jobs.errors import LedgerUnavailable
 from jobs.kinds import Kind, Registry
 from jobs.schema import jobs
 from jobs.settings import Settings
-from workers import runner
+from workers import runner, unknown
 
 __all__ = ["LedgerRequest", "LedgerTask", "register_kinds"]
 
@@ -68,8 +68,9 @@ class LedgerTask(Task[Any, Any]):
     def run(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
         delivery_info = request.delivery_info or {}
+        job_id, bad_id = unknown.job_id_of(str(request.id))
         delivery = runner.Delivery(
-            job_id=uuid.UUID(request.id),
+            job_id=job_id,
             kind=self.name,
             kwargs=dict(kwargs),
             queue=str(delivery_info.get("routing_key") or self.settings.default_queue),
@@ -77,12 +78,23 @@ class LedgerTask(Task[Any, Any]):
             worker=str(request.hostname or "unknown"),
         )
         try:
+            if bad_id is not None:
+                return self._refuse_id(delivery, bad_id)
             return runner.run(self.settings, self.registry, delivery)
         except LedgerUnavailable as error:
             # Never run a body we cannot record: hand the message back and let it return later.
             log.error("job %s not run: %s; message handed back", request.id, error)
             time.sleep(LEDGER_DOWN_PAUSE)
             raise Reject(str(error), requeue=True) from error
+
+    def _refuse_id(self, delivery: runner.Delivery, task_id: str) -> None:
+        """A message whose task id is not a UUID: recorded as failed under an id derived from it."""
+        foreign = unknown.Foreign(
+            delivery.job_id, delivery.kind, delivery.queue, delivery.priority, delivery.kwargs, task_id
+        )
+        outcome = unknown.refuse(self.settings, foreign, unknown.bad_id_error(task_id))
+        unknown.log_outcome(foreign, outcome, delivery.worker)
+        raise runner.AttemptFailed("failed", outcome.detail)
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         """Called in the main process when the hard time limit killed the child."""
@@ -133,8 +145,14 @@ class LedgerTask(Task[Any, Any]):
 
 
 def register_kinds(app: Celery, registry: Registry, settings: Settings) -> None:
-    """Register one ledger-aware task per kind, with the kind's own limits."""
+    """Register one ledger-aware task per kind this worker implements, with the kind's own limits.
+
+    A kind declared without a body here (its body lives in another team's workers) is not a task
+    of this worker: its messages are handed back (``workers.unknown``).
+    """
     for declared in registry:
+        if declared.body is None:
+            continue
         task_class = type(
             f"Job_{declared.name.replace('.', '_')}",
             (LedgerTask,),

@@ -1,126 +1,214 @@
-"""Messages for a kind this worker does not know: recorded in the ledger as ``failed``.
+"""Messages of a kind this worker does not implement: handed back, adopted to wait, or failed.
 
-Celery drops such a message (it logs "Received unregistered task", rejects
-the message without requeue and sends the ``task_unknown`` signal). Without
-this hook the job would vanish: a foreign message would leave no trace in the
-ledger, and a job the producer submitted would wait as ``queued`` until the
-republisher sent it again. The handler records the outcome instead:
+In a rolling deploy old workers always meet new kinds, and a fleet may split
+kinds between workers on one queue. Celery itself drops such a message (it
+logs "Received unregistered task", rejects it without requeue and sends a
+``task-failed`` event), so the job would fail, or vanish, because of *which*
+worker got it. The worker's consumer (``workers.consumer``) sends it here
+instead, and what happens depends on the ledger:
 
-- no ledger row (a plain Celery ``send_task``): a ``failed`` row is inserted
-  with the message's id, kind, queue and payload, reason "unknown kind …";
-- a ``queued`` row: it is claimed and failed, through the same transitions a
-  worker uses, so its attempt history says what happened;
-- a row in any other state (another worker runs it, or it is finished): left
-  as it is.
+- **a queued job**: handed back. No attempt is spent; the message is
+  acknowledged and the row marked (``published_at`` cleared,
+  ``handed_back_at`` set). The leader's relay publishes it again as soon as a
+  live worker that implements the kind consumes its queue (at once when one
+  runs now, ``jobs.roster``); until then it waits in the ledger, and
+  ``jobs explain`` and ``jobs doctor`` say that no live worker implements it.
+- **a job in any other state**: a stale copy (another worker runs it, or it is
+  finished or cancelled); acknowledged, nothing changes.
+- **no row** (a plain Celery ``send_task``): if a worker of this fleet ever
+  implemented the kind, the message is adopted as a queued job that waits
+  the same way (its payload is validated by the worker that runs it);
+  otherwise it is recorded as ``failed``, "no worker of this fleet has ever
+  implemented kind …". A payload the ledger cannot store (a NUL character)
+  is kept escaped in a ``failed`` row. Every message leaves a row.
+- **PostgreSQL unreachable**: the message goes back to the broker after a
+  pause (rejected with requeue), so nothing is lost.
 
-The worker keeps running whatever happens here. If PostgreSQL is unreachable
-the message is gone all the same (Celery rejected it before the signal); a
-submitted job then stays ``queued`` and the republisher sends it again later.
+The worker keeps running whatever happens here.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 
-from celery import signals
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from jobs import db, jsonsafe, ledger, roster
+from jobs.errors import LedgerUnavailable
+from jobs.settings import Settings
 
-from jobs import db, ledger
-from jobs.errors import JobsError
-from jobs.schema import jobs
-from jobs.settings import Settings, get_settings
-
-__all__ = ["connect", "record_unknown"]
+__all__ = [
+    "Foreign",
+    "Outcome",
+    "bad_id_error",
+    "handle",
+    "job_id_of",
+    "log_outcome",
+    "parse",
+    "refuse",
+    "unavailable",
+]
 
 log = logging.getLogger("jobs.worker")
 
-#: The lease of the claim that precedes the failure: the two statements follow each other at once.
-_LEASE = 60.0
+
+@dataclass(frozen=True, slots=True)
+class Foreign:
+    """What the worker could read of a message whose kind it does not implement."""
+
+    job_id: uuid.UUID
+    kind: str
+    queue: str
+    priority: int
+    payload: dict[str, Any]
+    bad_id: str | None = None
+    """The message's task id when it is not a UUID (``job_id`` is then derived from it)."""
 
 
-def record_unknown(
-    settings: Settings,
-    *,
-    job_id: uuid.UUID,
-    kind: str,
-    queue: str,
-    priority: int,
-    payload: dict[str, Any],
-    worker: str,
-) -> str:
-    """Record that no worker here implements ``kind``; returns what happened to the job."""
-    error = {
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of the message: ``handed_back``, ``adopted``, ``stale``, ``failed``."""
+
+    what: str
+    detail: str
+    error: dict[str, Any] | None = None
+
+
+#: Job ids derived from task ids that are not UUIDs: the same id for every copy of a message.
+_NAMESPACE = uuid.UUID("0b3c5c4e-7f4b-4a43-9a1d-6a0f1f3b2c11")
+
+
+def job_id_of(task_id: str) -> tuple[uuid.UUID, str | None]:
+    """The ledger id for a Celery task id, and the task id itself when it is not a UUID."""
+    try:
+        return uuid.UUID(task_id), None
+    except ValueError:
+        return uuid.uuid5(_NAMESPACE, task_id), task_id[:200]
+
+
+def parse(headers: Any, delivery_info: Any, properties: Any, body: Any, default_queue: str) -> Foreign | None:
+    """The message's job id, kind, queue, priority and keyword arguments; ``None`` without an id."""
+    headers = headers if isinstance(headers, dict) else {}
+    if headers.get("id") is None:
+        return None
+    job_id, bad_id = job_id_of(str(headers["id"]))
+    info = delivery_info if isinstance(delivery_info, dict) else {}
+    props = properties if isinstance(properties, dict) else {}
+    try:
+        priority = min(max(int(props.get("priority") or 5), 0), 9)
+    except (TypeError, ValueError):
+        priority = 5
+    kwargs = body[1] if isinstance(body, list | tuple) and len(body) > 1 and isinstance(body[1], dict) else {}
+    return Foreign(
+        job_id=job_id,
+        kind=str(headers.get("task"))[:200],
+        queue=str(info.get("routing_key") or default_queue)[:200],
+        priority=priority,
+        payload=dict(kwargs),
+        bad_id=bad_id,
+    )
+
+
+def _never_implemented(kind: str) -> dict[str, Any]:
+    return {
         "type": "UnknownKind",
-        "message": f"unknown kind {kind!r}: no worker consuming queue {queue!r} implements it",
+        "message": f"unknown kind {kind!r}: no worker of this fleet has ever implemented it",
     }
-    row = {
-        "id": job_id,
-        "kind": kind,
-        "queue": queue,
-        "priority": min(max(priority, 0), 9),
-        "payload": payload,
-        "state": "failed",
+
+
+def _row(settings: Settings, message: Foreign) -> dict[str, Any]:
+    return {
+        "id": message.job_id,
+        "kind": jsonsafe.escaped(message.kind),
+        "queue": jsonsafe.escaped(message.queue),
+        "priority": message.priority,
+        "payload": jsonsafe.escaped(message.payload),
         "max_attempts": settings.max_attempts,
         "submitted_by": "adopted",
-        "error": error,
-        "finished_at": datetime.now(UTC),
     }
+
+
+def refuse(settings: Settings, message: Foreign, error: dict[str, Any]) -> Outcome:
+    """Record a message that cannot run as a ``failed`` job with ``error`` (a copy is left alone)."""
     with db.autocommit(settings) as conn:
-        inserted = conn.execute(
-            pg_insert(jobs)
-            .values(row)
-            .on_conflict_do_nothing(index_elements=[jobs.c.id])
-            .returning(jobs.c.id)
-        ).first()
-        if inserted is not None:
-            return "recorded as failed"
-        claimed = ledger.claim(conn, job_id, worker=worker, lease=_LEASE)
-        if claimed is None:
-            return "left as it is (not queued)"
-        ledger.fail(conn, job_id, claimed.attempt, error)
-        return "failed"
+        if ledger.record_refused(conn, _row(settings, message), error):
+            return Outcome("failed", error["message"], error)
+    return Outcome("stale", "a copy of a job that is already recorded; ignored")
 
 
-def _on_unknown(sender: Any = None, message: Any = None, name: str = "", id: str = "", **_: Any) -> None:
-    """The ``task_unknown`` handler: never raises into the worker's consumer."""
-    try:
-        job_id = uuid.UUID(str(id))
-    except ValueError:
-        log.error("message for unknown kind %r with id %r (not a UUID) dropped", name, id)
-        return
-    try:
-        delivery = getattr(message, "delivery_info", None) or {}
-        properties = getattr(message, "properties", None) or {}
-        outcome = record_unknown(
-            get_settings(),
-            job_id=job_id,
-            kind=str(name)[:200],
-            queue=str(delivery.get("routing_key") or get_settings().default_queue),
-            priority=int(properties.get("priority") or 5),
-            payload=_kwargs(message),
-            worker=str(getattr(sender, "hostname", None) or "unknown"),
+def bad_id_error(task_id: str) -> dict[str, Any]:
+    return {
+        "type": "InvalidJobOptions",
+        "message": f"task id {task_id!r} is not a UUID: the ledger's job ids are UUIDs"
+        " (let Celery choose the task id, or pass str(uuid.uuid4()))",
+    }
+
+
+def handle(settings: Settings, message: Foreign) -> Outcome:
+    """Hand back, adopt or fail one message; raises ``LedgerUnavailable`` (the caller requeues it)."""
+    if message.bad_id is not None:
+        return refuse(settings, message, bad_id_error(message.bad_id))
+    stale = Outcome("stale", "a copy of a job that is not queued; ignored")
+    with db.autocommit(settings) as conn:
+        if ledger.hand_back(conn, message.job_id):
+            what = "handed_back"
+        elif ledger.state_of(conn, message.job_id) is not None:
+            return stale
+        elif (bad := jsonsafe.unstorable(_fields(message))) is not None:
+            return refuse(settings, message, {"type": "InvalidPayload", "message": f"{bad}; kept escaped"})
+        elif not roster.ever_implemented(conn, [message.kind]):
+            return refuse(settings, message, _never_implemented(message.kind))
+        elif ledger.adopt(conn, _row(settings, message), handed_back=True):
+            what = "adopted"
+        else:
+            return stale
+        live = roster.implementers(conn, message.kind, dead_after=settings.worker_dead_after)
+    return Outcome(what, _waits_for(message, live))
+
+
+def _fields(message: Foreign) -> dict[str, Any]:
+    return {"kind": message.kind, "queue": message.queue, "payload": message.payload}
+
+
+def _waits_for(message: Foreign, live: list[roster.Member]) -> str:
+    on_queue = [member.name for member in live if message.queue in member.queues]
+    if on_queue:
+        return f"{len(on_queue)} live worker(s) on queue {message.queue!r} implement it; the relay sends it"
+    if live:
+        return (
+            f"no live worker consuming queue {message.queue!r} implements it ({len(live)} on other queues);"
+            " it waits in the ledger"
         )
-        log.error("job %s of unknown kind %r: %s", job_id, name, outcome)
-    except JobsError as error:
-        log.error("job %s of unknown kind %r not recorded in the ledger: %s", job_id, name, error)
-    except Exception:
-        log.exception("job %s of unknown kind %r not recorded in the ledger", job_id, name)
+    return "no live worker implements it; it waits in the ledger until one starts (or it is cancelled)"
 
 
-def _kwargs(message: Any) -> dict[str, Any]:
-    """The message's keyword arguments if it is a JSON task message, else nothing."""
-    try:
-        body = message.decode()
-    except Exception:  # a refused serializer or a broken body: the payload stays empty
-        return {}
-    if isinstance(body, list | tuple) and len(body) >= 2 and isinstance(body[1], dict):
-        return dict(body[1])
-    return {}
+def log_outcome(message: Foreign, outcome: Outcome, worker: str) -> None:
+    """One line per message: INFO for a job handed back or adopted, ERROR for a refused one."""
+    level = logging.ERROR if outcome.what == "failed" else logging.INFO
+    what = {
+        "handed_back": "handed back (this worker does not implement its kind, no attempt spent)",
+        "adopted": "adopted from a foreign message and handed back (this worker does not implement its kind)",
+        "stale": "not run here",
+        "failed": "refused",
+    }[outcome.what]
+    log.log(
+        level,
+        "job %s (%s) on queue %s %s: %s",
+        message.job_id,
+        message.kind,
+        message.queue,
+        what,
+        outcome.detail,
+        extra={"job_id": str(message.job_id), "kind": message.kind, "queue": message.queue, "worker": worker},
+    )
 
 
-def connect() -> None:
-    """Connect the handler to Celery's ``task_unknown`` signal (the worker app calls this once)."""
-    signals.task_unknown.connect(_on_unknown, weak=False, dispatch_uid="jobs.unknown")
+def unavailable(message: Foreign, error: LedgerUnavailable) -> None:
+    log.error(
+        "job %s (%s) of a kind this worker lacks could not be handed back (%s); the message returns"
+        " to the broker",
+        message.job_id,
+        message.kind,
+        error,
+    )

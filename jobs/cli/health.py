@@ -2,8 +2,9 @@
 
 One line of output; exit 0 when healthy, 1 when not (never 2: Docker reserves it).
 
-- ``worker``: this host's worker node answers a Celery ping through the broker, so
-  the main process is alive, consuming, and connected to Redis.
+- ``worker``: a worker node of this host (or the one named with ``--node``)
+  answers a Celery ping through the broker, so its main process is alive,
+  consuming, and connected to Redis.
 - ``beat``: PostgreSQL is reachable and some beat process holds the leader lock.
   A standby that does not lead is healthy: only one beat leads at a time, and
   restarting a standby would not help. When nobody leads, every beat reports
@@ -13,6 +14,7 @@ One line of output; exit 0 when healthy, 1 when not (never 2: Docker reserves it
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import math
@@ -36,20 +38,41 @@ def _report(healthy: bool, role: str, detail: str, as_json: bool = False) -> NoR
     sys.exit(0 if healthy else 1)
 
 
-def _worker(node: str, timeout: float) -> tuple[bool, str]:
+class _Answered(Exception):
+    """Raised from the reply callback to stop waiting once the wanted node answered."""
+
+
+def _worker(node: str | None, timeout: float) -> tuple[bool, str]:
+    import socket
+
     from celery.utils.nodenames import host_format
 
     from jobs.app import get_app
 
-    name = host_format(node)
+    name = host_format(node) if node else None
+    suffix = f"@{socket.gethostname()}"
+    answered: list[str] = []
+
+    def on_reply(reply: dict[str, object]) -> None:
+        answered.extend(found for found in reply if (found == name if name else found.endswith(suffix)))
+        if answered:
+            raise _Answered
+
     app = get_app()
     with app.connection_for_write() as connection:
         # Bounded: the app itself retries the broker forever, a probe must not.
         connection.ensure_connection(max_retries=1, timeout=math.ceil(timeout))
-        replies = app.control.ping(destination=[name], timeout=timeout, limit=1, connection=connection)
-    if any(name in reply for reply in replies or []):
-        return True, f"{name} answered a ping"
-    return False, f"{name} did not answer a ping within {timeout:g}s"
+        with contextlib.suppress(_Answered):
+            app.control.ping(
+                destination=[name] if name else None,
+                timeout=timeout,
+                connection=connection,
+                callback=on_reply,
+            )
+    if answered:
+        return True, f"{answered[0]} answered a ping"
+    wanted = name or f"no worker of this host (*{suffix})"
+    return False, f"{wanted} did not answer a ping within {timeout:g}s"
 
 
 def _beat(timeout: float) -> tuple[bool, str]:
@@ -96,13 +119,12 @@ def _flower(timeout: float) -> tuple[bool, str]:
 @click.argument("role", type=click.Choice(ROLES))
 @click.option(
     "--node",
-    default="celery@%h",
-    show_default=True,
-    help="worker: the node name to ping, as given to jobs worker -n (%h is this host).",
+    help="worker: the node name to ping, as given to jobs worker -n (%h is this host); default: any"
+    " worker of this host.",
 )
 @click.option("--timeout", type=click.FloatRange(0.1), default=5.0, show_default=True, help="Seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: role, healthy, detail.")
-def health(role: str, node: str, timeout: float, as_json: bool) -> None:
+def health(role: str, node: str | None, timeout: float, as_json: bool) -> None:
     """Exit 0 if this host's ROLE (worker, beat or flower) is healthy, else 1; for container probes."""
     try:
         if role == "worker":

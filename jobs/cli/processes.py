@@ -38,12 +38,24 @@ def _exec(argv: list[str], env: dict[str, str] | None = None) -> NoReturn:
 
 
 def worker_queues(settings: Settings) -> list[str]:
-    """Every queue a kind runs on, the default queue first."""
+    """Every queue a kind runs on, the default queue first, then Celery's own default queue."""
     queues = [settings.default_queue]
     for declared in context.registry():
         if declared.queue and declared.queue not in queues:
             queues.append(declared.queue)
+    if settings.celery_queue and settings.celery_queue not in queues:
+        queues.append(settings.celery_queue)
     return queues
+
+
+def default_node_name() -> str:
+    """A node name unique to this worker process: ``worker-PID-XXXX@HOST``.
+
+    The pid tells processes on one host apart, the random part tells apart
+    containers that share a host name and pid, and a restarted worker, so the
+    roster and the ledger's ``worker`` column never mix two incarnations.
+    """
+    return f"worker-{os.getpid()}-{secrets.token_hex(2)}@%h"
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -57,7 +69,11 @@ def worker_queues(settings: Settings) -> list[str]:
     show_default=True,
     help="prefork for CPU-bound kinds, threads for I/O-bound ones.",
 )
-@click.option("-n", "--hostname", help="Node name (default: celery@HOST).")
+@click.option(
+    "-n",
+    "--hostname",
+    help="Node name, unique in the fleet (default: worker-PID-XXXX@HOST; %h is the host name).",
+)
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(
@@ -84,8 +100,7 @@ def worker(
     ]
     if concurrency:
         argv += ["-c", str(concurrency)]
-    if hostname:
-        argv += ["-n", hostname]
+    argv += ["-n", hostname or default_node_name()]
     env = dict(os.environ)
     if pool != "threads":
         # SIGTERM (docker stop, Kubernetes, systemd) starts Celery's soft shutdown: running jobs

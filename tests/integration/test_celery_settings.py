@@ -50,6 +50,9 @@ def test_config_is_what_the_design_asks(settings):
 def test_every_kind_runs_under_limits_and_late_acks(worker, registry):
     app = get_app()
     for declared in registry:
+        if declared.body is None:  # declared here, implemented by other workers: not a task of this one
+            assert declared.name not in app.tasks
+            continue
         task = app.tasks[declared.name]
         assert task.acks_late
         assert task.reject_on_worker_lost

@@ -109,6 +109,7 @@ def test_republisher_leaves_paused_queues_alone_and_the_redrive_does_not(mainten
     assert pauses.pause(clean, "default", by="test")
     assert Republisher(interval=1, after=600).run(maintenance) == 0  # waiting on purpose
     assert queued_messages(broker) == 0
+    Redrive(interval=1).run(maintenance)  # the ledger knows this broker
     broker.delete(SENTINEL)  # Redis lost its data: the paused queue's messages went too
     assert Redrive(interval=1).run(maintenance) == 1
     assert queued_messages(broker) == 1

@@ -107,7 +107,8 @@ def clean(ledger_db: Settings, broker: redis.Redis) -> Settings:
     """An empty ledger and an empty test broker db for this test."""
     clear_broker(broker)  # first: lets a worker finish what it holds from the previous test
     with db.transaction(ledger_db) as conn:
-        conn.execute(sa.text("TRUNCATE jobs, job_attempts, test_effects, queue_pauses"))
+        # The roster (workers, fleet_kinds) stays: module-scoped workers enlisted once.
+        conn.execute(sa.text("TRUNCATE jobs, job_attempts, test_effects, queue_pauses, broker_epochs"))
     return ledger_db
 
 

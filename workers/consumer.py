@@ -1,0 +1,79 @@
+"""The worker's consumer: Celery's, except for messages of a kind this worker does not implement.
+
+Celery's consumer rejects such a message and reports the task as failed;
+this one hands it to ``workers.unknown``, which hands the job back, adopts it
+to wait for a worker that has the kind, or records it as failed, and only
+then acknowledges the message. If PostgreSQL cannot be reached the message
+goes back to the broker after ``LEDGER_DOWN_PAUSE`` seconds instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import signals
+from celery.worker.consumer import Consumer as CeleryConsumer
+
+from jobs.errors import LedgerUnavailable
+from jobs.settings import get_settings
+from workers import unknown
+
+__all__ = ["LEDGER_DOWN_PAUSE", "Consumer"]
+
+log = logging.getLogger("jobs.worker")
+
+LEDGER_DOWN_PAUSE = 2.0
+
+
+class Consumer(CeleryConsumer):
+    """Celery's consumer with ``on_unknown_task`` routed through the ledger."""
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        settings = get_settings()
+        try:
+            decoded = message.decode()
+        except Exception:  # a body that does not decode: its payload stays empty
+            decoded = None
+        foreign = unknown.parse(
+            message.headers, message.delivery_info, message.properties, decoded, settings.default_queue
+        )
+        if foreign is None:  # no usable id: nothing the ledger can record it under
+            super().on_unknown_task(body, message, exc)
+            return
+        worker = str(self.hostname)
+        try:
+            outcome = unknown.handle(settings, foreign)
+        except LedgerUnavailable as error:
+            unknown.unavailable(foreign, error)
+            self.timer.call_after(LEDGER_DOWN_PAUSE, self._requeue, (message,))
+            return
+        except Exception:  # never into the consumer's loop; the message comes back later
+            log.exception("job %s (%s) not handed back; the message returns", foreign.job_id, foreign.kind)
+            self.timer.call_after(LEDGER_DOWN_PAUSE, self._requeue, (message,))
+            return
+        unknown.log_outcome(foreign, outcome, worker)
+        # celery-types does not declare these attributes of the consumer.
+        events: Any = getattr(self, "event_dispatcher", None)
+        errors: Any = getattr(self, "connection_errors", ())
+        if outcome.what == "failed" and events:
+            headers = message.headers if isinstance(message.headers, dict) else {}
+            events.send(
+                "task-received",
+                uuid=str(foreign.job_id),
+                name=foreign.kind,
+                args=headers.get("argsrepr") or "()",
+                kwargs=headers.get("kwargsrepr") or "{}",
+                root_id=headers.get("root_id"),
+                parent_id=headers.get("parent_id"),
+                retries=0,
+            )
+            events.send("task-failed", uuid=str(foreign.job_id), exception=f"UnknownKind({outcome.detail!r})")
+        message.ack_log_error(log, errors)
+        signals.task_unknown.send(
+            sender=self, message=message, exc=exc, name=foreign.kind, id=str(foreign.job_id)
+        )
+
+    def _requeue(self, message: Any) -> None:
+        errors: Any = getattr(self, "connection_errors", ())
+        message.reject_log_error(log, errors, requeue=True)
