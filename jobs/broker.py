@@ -34,6 +34,7 @@ __all__ = [
     "held_longer_than",
     "quarantine",
     "quarantined",
+    "queue_names",
     "ready_messages",
     "restore",
 ]
@@ -77,13 +78,16 @@ class Depth:
     reserved: int
 
 
-def depths(settings: Settings, queues: Iterable[str], *, timeout: float = 2.0) -> dict[str, Depth]:
-    """Ready and reserved messages of each queue; raises ``BrokerUnavailable``."""
+def depths(
+    settings: Settings, queues: Iterable[str], *, timeout: float = 2.0, discover: bool = False
+) -> dict[str, Depth]:
+    """Ready and reserved messages of each queue (and, with ``discover``, of every other queue that
+    holds messages in Redis); raises ``BrokerUnavailable``."""
     from redis.exceptions import RedisError
 
-    names = sorted(set(queues))
     try:
         redis_client = client(settings, timeout)
+        names = sorted(set(queues) | (queue_names(redis_client) if discover else set()))
         ready = ready_messages(redis_client, names)
         reserved = _reserved_by_queue(redis_client.hvals(UNACKED))
     except (RedisError, OSError) as error:
@@ -103,6 +107,22 @@ def ready_messages(redis_client: redis.Redis, queues: Iterable[str]) -> dict[str
         queue: sum(lengths[index * len(PRIORITIES) : (index + 1) * len(PRIORITIES)])
         for index, queue in enumerate(names)
     }
+
+
+#: Lists in the broker's db that are not queues: kombu's bookkeeping, replies, the quarantine.
+_NOT_QUEUES = (UNACKED, UNACKED_INDEX, "unacked_mutex", QUARANTINE)
+
+
+def queue_names(redis_client: redis.Redis) -> set[str]:
+    """Every queue that holds messages in the broker's db (a SCAN over its lists)."""
+    names = set()
+    for key in redis_client.scan_iter(count=1000, _type="LIST"):
+        name = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+        name = name.split(wire.PRIORITY_SEPARATOR, 1)[0]
+        if name in _NOT_QUEUES or name.endswith(".reply.celery.pidbox") or name.startswith("_kombu."):
+            continue
+        names.add(name)
+    return names
 
 
 def _reserved_by_queue(values: Iterable[bytes | str]) -> dict[str, int]:

@@ -36,6 +36,10 @@ class Facts:
     """Workers consuming the job's queue; None when the workers could not be asked."""
     live_workers: list[str] | None
     ahead: int
+    implementers: list[str] | None = None
+    """Live workers on the job's queue that implement its kind; None when the roster is unknown."""
+    implemented_elsewhere: list[str] = dataclasses.field(default_factory=list)
+    """Live workers that implement the kind on other queues."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -137,6 +141,21 @@ def _waiting(facts: Facts) -> list[Reason]:
                 f"start one: `jobs worker -Q {queue}` (see `jobs workers`)",
             )
         )
+    if facts.implementers is not None and not facts.implementers and facts.consumers != []:
+        elsewhere = facts.implemented_elsewhere
+        found.append(
+            Reason(
+                "no_implementer",
+                f"no live worker implements kind {job['kind']!r}"
+                + (
+                    f" on queue {queue!r} (it runs on {', '.join(elsewhere)}, which consume other queues)"
+                    if elsewhere
+                    else ""
+                ),
+                "the job waits in the ledger (no attempt is spent) until a worker that implements the kind"
+                f" consumes queue {queue!r}: deploy one (JOBS_KIND_MODULES), or `jobs cancel ID`",
+            )
+        )
     if job.get("published_at") is None and facts.leader is None:
         found.append(_no_leader())
     if facts.ahead:
@@ -169,14 +188,15 @@ def reasons(facts: Facts) -> list[Reason]:
     if state in ("scheduled", "retrying"):
         not_before = job.get("not_before")
         if not_before is not None and not_before > now:
-            what = "delayed" if state == "scheduled" else "waiting out its retry backoff"
-            found = [
-                Reason(
-                    "not_due",
-                    f"not due until {_when(not_before, now)} ({what})",
-                    "wait; to run it sooner cancel it and submit again without --delay",
+            if state == "scheduled":
+                what = "delayed"
+                action = "wait; to run it sooner cancel it and submit again without --delay"
+            else:
+                what = (
+                    f"waiting out its retry backoff after attempt {job['attempt']} of {job['max_attempts']}"
                 )
-            ]
+                action = "wait: the leader publishes it then; `jobs cancel ID` stops it for good"
+            found = [Reason("not_due", f"not due until {_when(not_before, now)} ({what})", action)]
             if facts.leader is None:
                 found.append(_no_leader())
             return found
@@ -205,14 +225,19 @@ def gather(settings: Settings, job_id: uuid.UUID, *, timeout: float = 1.0) -> Fa
         ahead = observe.ahead_of(conn, job_id) if job["state"] == "queued" else 0
     consumers: list[str] | None = None
     live: list[str] | None = None
+    implementers: list[str] | None = None
+    elsewhere: list[str] = []
     if job["state"] in ("queued", "running"):
         try:
             found = fleet.workers(settings, timeout=timeout)
         except BrokerUnavailable:
             pass  # said as "could not ask the workers" by the caller
         else:
-            live = [worker.name for worker in found]
+            live = [worker.name for worker in found if worker.live]
             consumers = fleet.consumers(found).get(job["queue"], [])
+            if any(worker.state == "alive" for worker in found):  # the roster knows the kinds
+                implementers = fleet.implementers(found, job["kind"], job["queue"])
+                elsewhere = fleet.implementers(found, job["kind"])
     return Facts(
         now=row.db_now,
         job=job,
@@ -221,4 +246,6 @@ def gather(settings: Settings, job_id: uuid.UUID, *, timeout: float = 1.0) -> Fa
         consumers=consumers,
         live_workers=live,
         ahead=ahead,
+        implementers=implementers,
+        implemented_elsewhere=elsewhere,
     )

@@ -1,9 +1,19 @@
-"""The live workers, as Celery's remote control sees them (``inspect`` through the broker).
+"""The fleet as operators see it: the ledger's roster, checked against what answers through Redis.
 
-A worker answers ``stats`` (pool, uptime), ``active_queues`` (what it
-consumes) and ``active`` (what it runs) on its broker connection; a worker
-that does not answer within the timeout is not listed. The three questions
-are asked at once, so a look at the fleet costs one timeout, not three.
+Two sources, one list. The **roster** (``jobs.roster``, in the ledger) says
+which worker processes exist, where they run, the queues they were started
+with, the kinds they implement and when they last sent a heartbeat: a worker
+is ``alive`` while its heartbeat is fresh, ``silent`` once it stopped sending
+(killed, or cut off from PostgreSQL), ``stopped`` after a clean shutdown.
+Celery's **remote control** (``inspect`` through the broker) adds what only a
+live main process can say: its pool and the jobs it runs now. A worker that
+answers but is not in the roster (an older version, or one that cannot reach
+the ledger) is listed as ``unlisted``.
+
+Consumers of a queue are the live workers started with it, so a paused queue
+(whose consumer a worker cancels) still shows the workers that will take its
+jobs once it is resumed. The inspect questions are asked at once, so a look at
+the fleet costs one timeout, not three.
 """
 
 from __future__ import annotations
@@ -11,12 +21,19 @@ from __future__ import annotations
 import dataclasses
 import math
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
-from jobs.errors import BrokerUnavailable
+import sqlalchemy as sa
+
+from jobs import db, roster
+from jobs.errors import BrokerUnavailable, JobsError
 from jobs.settings import Settings
 
-__all__ = ["ActiveJob", "Worker", "consumers", "workers"]
+__all__ = ["ActiveJob", "Worker", "consumers", "implementers", "workers"]
+
+#: Workers that stopped or went silent longer ago than this are no longer listed.
+FORGET_AFTER = 3600.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -31,7 +48,7 @@ class ActiveJob:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Worker:
-    """One worker node that answered."""
+    """One worker process, from the roster and (when it answered) from its own main process."""
 
     name: str
     queues: list[str]
@@ -40,6 +57,17 @@ class Worker:
     uptime: float | None
     pid: int | None
     active: list[ActiveJob]
+    host: str | None = None
+    kinds: dict[str, str] = dataclasses.field(default_factory=dict)
+    state: str = "alive"
+    """``alive``, ``silent`` (no heartbeat for three periods), ``stopped`` or ``unlisted``."""
+    heartbeat: datetime | None = None
+    answered: bool | None = None
+    """Whether it answered through Redis (``None``: the workers could not be asked)."""
+
+    @property
+    def live(self) -> bool:
+        return self.state in ("alive", "unlisted")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -62,8 +90,7 @@ def _pool_name(pool: dict[str, Any]) -> str:
     return implementation.split(":", maxsplit=1)[0].rsplit(".", 1)[-1]
 
 
-def workers(settings: Settings, *, timeout: float = 1.0) -> list[Worker]:
-    """Every worker that answers within ``timeout`` seconds; raises ``BrokerUnavailable``."""
+def _inspect(settings: Settings, timeout: float) -> dict[str, Worker]:
     commands = ("stats", "active_queues", "active")
     try:
         with ThreadPoolExecutor(max_workers=len(commands)) as pool:
@@ -74,32 +101,102 @@ def workers(settings: Settings, *, timeout: float = 1.0) -> list[Worker]:
     except Exception as error:  # kombu and redis raise many types for "broker unreachable"
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise BrokerUnavailable(f"cannot reach the workers through Redis: {reason}") from error
-    found = []
+    found = {}
     for name in sorted(set(stats) | set(queues) | set(active)):
         info = stats.get(name) or {}
         pool_info = info.get("pool") or {}
         concurrency = pool_info.get("max-concurrency")
-        found.append(
-            Worker(
-                name=name,
-                queues=sorted(str(queue.get("name")) for queue in queues.get(name) or []),
-                pool=_pool_name(pool_info),
-                concurrency=int(concurrency) if concurrency is not None else None,
-                uptime=info.get("uptime"),
-                pid=info.get("pid"),
-                active=[
-                    ActiveJob(str(task.get("id")), str(task.get("name")), task.get("time_start"))
-                    for task in active.get(name) or []
-                ],
-            )
+        found[name] = Worker(
+            name=name,
+            queues=sorted(str(queue.get("name")) for queue in queues.get(name) or []),
+            pool=_pool_name(pool_info),
+            concurrency=int(concurrency) if concurrency is not None else None,
+            uptime=info.get("uptime"),
+            pid=info.get("pid"),
+            active=[
+                ActiveJob(str(task.get("id")), str(task.get("name")), task.get("time_start"))
+                for task in active.get(name) or []
+            ],
+            state="unlisted",
+            answered=True,
         )
     return found
 
 
+def _listed(settings: Settings) -> tuple[list[roster.Member], datetime] | None:
+    try:
+        with db.transaction(settings) as conn:
+            now = conn.execute(sa.select(sa.func.now())).scalar_one()
+            found = roster.members(conn, dead_after=settings.worker_dead_after, include_dead=True)
+    except JobsError:
+        return None
+    return [m for m in found if m.alive or _age(m, now) < FORGET_AFTER], now
+
+
+def _age(member: roster.Member, now: datetime) -> float:
+    last = member.stopped_at or member.heartbeat_at or now
+    return (now - last).total_seconds()
+
+
+def workers(settings: Settings, *, timeout: float = 1.0, ask: bool = True) -> list[Worker]:
+    """Every worker in the roster (and every one that answers within ``timeout`` seconds).
+
+    Raises ``BrokerUnavailable`` when neither the ledger's roster nor Redis could be read.
+    """
+    answered: dict[str, Worker] | None = None
+    problem: BrokerUnavailable | None = None
+    if ask:
+        try:
+            answered = _inspect(settings, timeout)
+        except BrokerUnavailable as error:
+            problem = error
+    listed = _listed(settings)
+    if listed is None:
+        if answered is None:
+            raise problem or BrokerUnavailable("neither the ledger's roster nor the workers could be read")
+        return list(answered.values())
+    members, now = listed
+    merged = []
+    for member in members:
+        live = answered.get(member.name) if answered is not None else None
+        state = "alive" if member.alive else ("stopped" if member.stopped_at else "silent")
+        merged.append(
+            Worker(
+                name=member.name,
+                queues=list(member.queues),
+                pool=member.pool or (live.pool if live else "?"),
+                concurrency=member.concurrency if live is None else (member.concurrency or live.concurrency),
+                uptime=(now - member.started_at).total_seconds()
+                if member.started_at and member.alive
+                else None,
+                pid=member.pid,
+                active=live.active if live else [],
+                host=member.host,
+                kinds=dict(member.kinds),
+                state=state,
+                heartbeat=member.heartbeat_at,
+                answered=None if answered is None else live is not None,
+            )
+        )
+    names = {member.name for member in members}
+    merged += [worker for name, worker in (answered or {}).items() if name not in names]
+    return sorted(merged, key=lambda worker: (not worker.live, worker.name))
+
+
 def consumers(found: list[Worker]) -> dict[str, list[str]]:
-    """Queue name to the workers consuming it."""
+    """Queue name to the live workers started with it (a paused queue keeps its consumers)."""
     by_queue: dict[str, list[str]] = {}
     for worker in found:
-        for queue in worker.queues:
-            by_queue.setdefault(queue, []).append(worker.name)
+        if worker.live:
+            for queue in worker.queues:
+                by_queue.setdefault(queue, []).append(worker.name)
     return by_queue
+
+
+def implementers(found: list[Worker], kind: str, queue: str | None = None) -> list[str]:
+    """Live workers that implement ``kind`` (and consume ``queue``, when given)."""
+    return [
+        worker.name
+        for worker in found
+        if worker.live and kind in worker.kinds and (queue is None or queue in worker.queues)
+    ]

@@ -30,6 +30,7 @@ __all__ = [
     "attempt_outcomes",
     "kind_activity",
     "queue_stats",
+    "queued_by_kind",
     "recent_failures",
     "running_jobs",
     "span",
@@ -69,6 +70,9 @@ class QueueStats:
     """Seconds the longest-waiting queued job has waited, if any job is queued."""
     succeeded_recently: int
     failed_recently: int
+    unpublished: int = 0
+    """Queued jobs whose message is not on the broker: the relay publishes them (Redis was down, or a
+    worker that lacks their kind handed them back and none that has it runs yet)."""
 
     @property
     def queued(self) -> int:
@@ -85,6 +89,7 @@ class QueueStats:
             "oldest_waiting_seconds": self.oldest_waiting,
             "succeeded_last_window": self.succeeded_recently,
             "failed_last_window": self.failed_recently,
+            "queued_not_on_broker": self.unpublished,
         }
 
 
@@ -96,6 +101,7 @@ def queue_stats(conn: sa.Connection, *, window: float = WINDOW) -> dict[str, Que
             jobs.c.state,
             sa.func.count(),
             sa.func.extract("epoch", sa.func.now() - sa.func.min(_waiting_since)),
+            sa.func.count().filter(jobs.c.published_at.is_(None)),
         )
         .where(jobs.c.state.in_(LIVE_STATES))
         .group_by(jobs.c.queue, jobs.c.state)
@@ -107,11 +113,13 @@ def queue_stats(conn: sa.Connection, *, window: float = WINDOW) -> dict[str, Que
     ).all()
     states: dict[str, dict[str, int]] = {}
     oldest: dict[str, float] = {}
+    unpublished: dict[str, int] = {}
     done: dict[tuple[str, str], int] = {}
-    for queue, state, count, age in live:
+    for queue, state, count, age, not_sent in live:
         states.setdefault(queue, {})[state] = int(count)
         if state == "queued":
             oldest[queue] = max(0.0, float(age))
+            unpublished[queue] = int(not_sent)
     for queue, state, count in finished:
         states.setdefault(queue, {})
         done[queue, state] = int(count)
@@ -122,6 +130,7 @@ def queue_stats(conn: sa.Connection, *, window: float = WINDOW) -> dict[str, Que
             oldest_waiting=oldest.get(queue),
             succeeded_recently=done.get((queue, "succeeded"), 0),
             failed_recently=done.get((queue, "failed"), 0),
+            unpublished=unpublished.get(queue, 0),
         )
         for queue in sorted(states)
     }
@@ -256,6 +265,16 @@ def attempt_outcomes(conn: sa.Connection, *, window: float = WINDOW) -> dict[tup
         .group_by(jobs.c.kind, job_attempts.c.outcome)
     ).all()
     return {(kind, outcome): int(count) for kind, outcome, count in rows}
+
+
+def queued_by_kind(conn: sa.Connection) -> dict[tuple[str, str], int]:
+    """Queued jobs by (kind, queue)."""
+    rows = conn.execute(
+        sa.select(jobs.c.kind, jobs.c.queue, sa.func.count())
+        .where(jobs.c.state == "queued")
+        .group_by(jobs.c.kind, jobs.c.queue)
+    ).all()
+    return {(kind, queue): int(count) for kind, queue, count in rows}
 
 
 def ahead_of(conn: sa.Connection, job_id: uuid.UUID) -> int:

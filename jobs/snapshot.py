@@ -64,9 +64,17 @@ class QueueView:
         return self.ledger.queued if self.ledger else 0
 
     @property
+    def unconsumed(self) -> bool:
+        """Work waits here (in the ledger or in Redis) and no live worker consumes the queue."""
+        waiting = self.queued or (self.redis.ready if self.redis else 0)
+        return self.consumers == [] and bool(waiting)
+
+    @property
     def mismatch(self) -> bool:
-        """Redis holds a different number of waiting messages than the ledger has queued jobs."""
-        return self.redis is not None and self.redis.ready != self.queued
+        """Redis holds a different number of waiting messages than the ledger has queued jobs whose
+        message went out (jobs waiting in the ledger for the relay are not on the broker)."""
+        unpublished = self.ledger.unpublished if self.ledger else 0
+        return self.redis is not None and self.redis.ready != self.queued - unpublished
 
     def as_dict(self) -> dict[str, Any]:
         stats = self.ledger
@@ -78,12 +86,14 @@ class QueueView:
                 "oldest_waiting_seconds": stats.oldest_waiting if stats else None,
                 "succeeded_last_minute": stats.succeeded_recently if stats else 0,
                 "failed_last_minute": stats.failed_recently if stats else 0,
+                "queued_not_on_broker": stats.unpublished if stats else 0,
             },
             "redis": None
             if self.redis is None
             else {"ready": self.redis.ready, "reserved": self.redis.reserved},
             "mismatch": self.mismatch,
             "consumers": self.consumers,
+            "unconsumed": self.unconsumed,
         }
 
 
@@ -93,9 +103,11 @@ def queue_views(
     depths: dict[str, broker.Depth] | None,
     workers: list[fleet.Worker] | None,
 ) -> list[QueueView]:
-    """One view per queue that has jobs, is declared by a kind, is paused or is consumed."""
+    """One view per queue that has jobs, is declared by a kind, is paused, is consumed, or holds
+    messages in Redis (a queue no worker of the platform consumes shows up that way)."""
     consuming = fleet.consumers(workers) if workers is not None else {}
-    names = set(known) | set(ledger.queues) | set(ledger.paused) | set(consuming)
+    in_redis = {name for name, depth in (depths or {}).items() if depth.ready or depth.reserved}
+    names = set(known) | set(ledger.queues) | set(ledger.paused) | set(consuming) | in_redis
     return [
         QueueView(
             name=name,
@@ -155,7 +167,7 @@ def take(
         names |= set(fleet.consumers(found))
     depths: dict[str, broker.Depth] | None
     try:
-        depths = broker.depths(settings, names, timeout=timeout)
+        depths = broker.depths(settings, names, timeout=timeout, discover=True)
         redis_error = None
     except BrokerUnavailable as error:
         depths, redis_error = None, error.message

@@ -51,8 +51,10 @@ class _Doctor:
     timeout: float
     checks: list[Check] = dataclasses.field(default_factory=list)
     queues_with_jobs: dict[str, int] = dataclasses.field(default_factory=dict)
+    kinds_waiting: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
     paused: set[str] = dataclasses.field(default_factory=set)
     ledger_ok: bool = False
+    found: list[fleet.Worker] | None = None
 
     def add(self, name: str, status: Status, detail: str, fix: str = "") -> bool:
         self.checks.append(Check(name, status, detail, fix))
@@ -102,6 +104,7 @@ class _Doctor:
     def ledger_facts(self) -> str | None:
         with db.transaction(self.settings) as conn:
             stats = observe.queue_stats(conn)
+            self.kinds_waiting = observe.queued_by_kind(conn)
             self.paused = set(pauses.paused(conn))
             leader = current_leader(conn)
         self.queues_with_jobs = {name: q.queued for name, q in stats.items() if q.queued}
@@ -167,44 +170,122 @@ class _Doctor:
         except InfrastructureError as error:
             self.add("workers", "fail", error.message, "check Redis")
             return
+        self.found = found
+        live = [worker for worker in found if worker.live]
+        silent = [worker.name for worker in found if worker.state == "silent"]
         consuming = fleet.consumers(found)
-        orphans = {
-            queue: count
-            for queue, count in self.queues_with_jobs.items()
-            if not consuming.get(queue) and queue not in self.paused
-        }
+        orphans = {queue: count for queue, count in self.queues_with_jobs.items() if not consuming.get(queue)}
         paused_waiting = sorted(queue for queue in self.queues_with_jobs if queue in self.paused)
+        answered = f"{len(live)} live worker(s)" + (
+            f", {len(silent)} silent ({', '.join(silent)})" if silent else ""
+        )
         if orphans:
             listed = ", ".join(f"{queue} ({count} queued)" for queue, count in sorted(orphans.items()))
             self.add(
                 "workers",
                 "fail",
-                f"no worker consumes {listed}; {len(found)} worker(s) answered",
+                f"no live worker consumes {listed}; {answered}",
                 "start `jobs worker -Q " + ",".join(sorted(orphans)) + "`",
             )
         elif not self.ledger_ok:
             self.add(
                 "workers",
                 "warn",
-                f"{len(found)} worker(s) answered; which queues need one is unknown without the ledger",
+                f"{answered}; which queues need one is unknown without the ledger",
                 "fix the ledger first",
             )
-        elif not found:
-            self.add(
-                "workers", "warn", "no worker answered (no queued jobs need one now)", "start `jobs worker`"
-            )
+        elif not live:
+            self.add("workers", "warn", "no live worker (no queued jobs need one now)", "start `jobs worker`")
         else:
-            self.add(
-                "workers",
-                "ok",
-                f"{len(found)} worker(s) answered; every queue with queued jobs has a consumer",
-            )
+            self.add("workers", "ok", f"{answered}; every queue with queued jobs has a consumer")
         if paused_waiting:
             self.add(
                 "paused queues",
                 "warn",
                 "jobs wait in paused queue(s) " + ", ".join(paused_waiting),
                 "`jobs queue resume NAME` when ready",
+            )
+        if any(worker.state == "alive" for worker in found):  # the roster knows what the fleet implements
+            self.kinds(found)
+
+    def kinds(self, found: list[fleet.Worker]) -> None:
+        """Queued jobs that no live worker can run, and kinds the fleet runs at several versions."""
+        stranded = {
+            (kind, queue): count
+            for (kind, queue), count in self.kinds_waiting.items()
+            if fleet.consumers(found).get(queue) and not fleet.implementers(found, kind, queue)
+        }
+        if stranded:
+            listed = "; ".join(
+                f"{count} job(s) of kind {kind} on queue {queue}"
+                for (kind, queue), count in sorted(stranded.items())
+            )
+            kinds = ", ".join(sorted({kind for kind, _ in stranded}))
+            self.add(
+                "kinds",
+                "fail",
+                f"no live worker implements kind {kinds}: {listed} wait (no attempt is spent)",
+                "deploy workers that implement them (JOBS_KIND_MODULES) on those queues, or `jobs cancel`",
+            )
+        versions: dict[str, set[str]] = {}
+        for worker in found:
+            if worker.live:
+                for kind, version in worker.kinds.items():
+                    versions.setdefault(kind, set()).add(version)
+        mixed = {kind: found_versions for kind, found_versions in versions.items() if len(found_versions) > 1}
+        if mixed:
+            self.add(
+                "kind versions",
+                "warn",
+                "live workers run "
+                + "; ".join(
+                    f"{kind} at {len(v)} versions ({', '.join(sorted(v))})"
+                    for kind, v in sorted(mixed.items())
+                ),
+                "expected during a rolling deploy; else redeploy the old workers (`jobs workers --json`)",
+            )
+        if not stranded and not mixed:
+            self.add(
+                "kinds",
+                "ok",
+                f"every queued job's kind has a live worker ({len(versions)} kind(s) in the fleet)",
+            )
+
+    def broker_queues(self) -> None:
+        """Queues in Redis that hold messages no worker of the platform takes, and the quarantine."""
+        found = self.found
+        try:
+            client = broker.client(self.settings, self.timeout)
+            names = broker.queue_names(client)
+            depths = broker.ready_messages(client, sorted(names))
+            held = broker.quarantined(client)
+        except Exception as error:  # Redis answered a moment ago; say what failed, do not raise
+            self.add("broker queues", "warn", f"could not list Redis's queues: {_first_line(error)}")
+            return
+        consuming = fleet.consumers(found) if found is not None else {}
+        lonely = {name: count for name, count in depths.items() if count and not consuming.get(name)}
+        if lonely and found is not None:
+            listed = ", ".join(f"{name} ({count})" for name, count in sorted(lonely.items()))
+            self.add(
+                "broker queues",
+                "warn",
+                f"Redis queue(s) hold messages no live worker consumes: {listed}",
+                "start `jobs worker -Q " + ",".join(sorted(lonely)) + "`, or delete the queue if it is stray",
+            )
+        else:
+            self.add(
+                "broker queues",
+                "ok",
+                f"{len(depths)} queue(s) in Redis; each one with messages has a consumer",
+            )
+        if held.kept:
+            newest = held.newest[:40] if held.newest else b""
+            self.add(
+                "quarantine",
+                "warn",
+                f"{held.kept} malformed item(s) taken off the queues are kept in the Redis list"
+                f" {broker.QUARANTINE} ({held.total} since Redis started; newest starts {newest!r})",
+                f"look: `redis-cli LRANGE {broker.QUARANTINE} 0 9`; find who wrote them, then DEL the list",
             )
 
     def flower(self) -> None:
@@ -244,9 +325,13 @@ def run(settings: Settings, *, timeout: float = 2.0) -> list[Check]:
         _skip(doctor, ["autovacuum", "leader"], "the ledger is not usable")
     steps: list[Callable[[], None]] = []
     if doctor.redis():
-        steps.append(doctor.workers)
+        steps += [doctor.workers, doctor.broker_queues]
     else:
-        _skip(doctor, ["redis persistence", "redis eviction", "workers"], "Redis is unreachable")
+        _skip(
+            doctor,
+            ["redis persistence", "redis eviction", "workers", "broker queues"],
+            "Redis is unreachable",
+        )
     steps.append(doctor.flower)
     for step in steps:
         step()

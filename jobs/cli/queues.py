@@ -34,7 +34,7 @@ def queues_table(views: list[snapshot.QueueView]) -> Table:
             redis = f"[bold red]≠{redis}[/]"
         later = states.get("scheduled", 0) + states.get("retrying", 0)
         consumers = "?" if view.consumers is None else str(len(view.consumers))
-        if view.consumers == [] and view.queued and not view.paused:
+        if view.unconsumed:
             consumers = "[bold red]0[/]"
         oldest = stats.oldest_waiting if stats else None
         table.add_row(
@@ -73,6 +73,13 @@ def queues(timeout: float, as_json: bool) -> None:
             "[red]≠[/] Redis holds a different number of messages than the ledger has queued jobs "
             "(a moment after a submit, or a lost or duplicate message: the leader republishes "
             "jobs no worker took, and a worker's claim absorbs duplicates)",
+            markup=True,
+        )
+    unconsumed = [view.name for view in taken.queues if view.unconsumed]
+    if unconsumed:
+        console.print(
+            f"[red]0[/] no live worker consumes {', '.join(escape(name) for name in unconsumed)}: its jobs or"
+            " messages wait until one does (`jobs worker -Q NAME`)",
             markup=True,
         )
     for problem in (taken.redis_error, taken.workers_error):

@@ -1,4 +1,4 @@
-"""``jobs workers``: each live worker with its queues, pool, running jobs and uptime."""
+"""``jobs workers``: every worker in the roster, with its state, queues, pool, kinds and running jobs."""
 
 from __future__ import annotations
 
@@ -14,33 +14,49 @@ from jobs.cli.output import console, emit_json, err
 
 __all__ = ["workers"]
 
+STATES = {
+    "alive": "[green]alive[/]",
+    "silent": "[bold red]silent[/]",
+    "stopped": "[dim]stopped[/]",
+    "unlisted": "[yellow]unlisted[/]",
+}
+
 
 @click.command()
 @options.worker_timeout
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def workers(timeout: float, as_json: bool) -> None:
-    """Workers that answer within the timeout: queues, pool type and size, running jobs, uptime."""
+    """Workers in the roster (alive, silent or stopped in the last hour) and any that answer within
+    the timeout: state, queues, pool type and size, running jobs, kinds, uptime."""
     found = fleet.workers(context.settings(), timeout=timeout)
     if as_json:
         emit_json({"workers": [worker.as_dict() for worker in found]})
         return
     if not found:
-        err.print(f"no worker answered within {timeout:g}s", markup=False)
+        err.print(f"no worker in the roster, and none answered within {timeout:g}s", markup=False)
         return
     now = time.time()
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("worker", "queues", "pool", "busy", "uptime"):
-        table.add_column(column, justify="right" if column in ("busy", "uptime") else "left")
+    for column in ("worker", "state", "queues", "pool", "busy", "kinds", "uptime"):
+        table.add_column(column, justify="right" if column in ("busy", "kinds", "uptime") else "left")
     for worker in found:
         size = "?" if worker.concurrency is None else str(worker.concurrency)
         table.add_row(
             escape(worker.name),
+            STATES.get(worker.state, worker.state),
             escape(", ".join(worker.queues)),
             f"{worker.pool} x{size}",
-            f"{len(worker.active)}/{size}",
+            f"{len(worker.active)}/{size}" if worker.live else "-",
+            str(len(worker.kinds)) if worker.state != "unlisted" else "?",
             "-" if worker.uptime is None else observe.span(worker.uptime),
         )
     console.print(table)
+    if any(worker.state == "silent" for worker in found):
+        err.print(
+            "silent: no heartbeat for three JOBS_WORKER_HEARTBEAT periods (killed, hung, or cut off from"
+            " PostgreSQL); its running jobs come back when their leases expire",
+            markup=False,
+        )
     running = [(worker, job) for worker in found for job in worker.active]
     if running:
         jobs_table = Table(
