@@ -29,7 +29,13 @@ name_argument = click.argument("name")
 def _timing_options(command: Any) -> Any:
     for option in reversed(
         (
-            click.option("--cron", metavar="EXPR", help="Cron expression (5 fields, or @hourly, @daily…)."),
+            click.option(
+                "--cron",
+                metavar="EXPR",
+                help="Cron expression (5 fields, or @hourly, @daily…), read as standard cron: "
+                "with both day fields restricted, a day matching either fires ('0 9 1 * mon': "
+                "every 1st and every Monday).",
+            ),
             click.option("--every", metavar="DURATION", help="Fixed interval instead: 30s, 5m, 1h…"),
             click.option("--tz", "timezone", metavar="ZONE", help="IANA time zone of --cron (default UTC)."),
             click.option(
@@ -306,7 +312,8 @@ def _more(view: dict[str, Any]) -> list[datetime]:
     if not view["next"]:
         return []
     timing = schedules.timing_of(_Row(view))
-    return schedules.upcoming(timing, view["next"][-1], 2)
+    zone = ZoneInfo(view["timezone"])  # in the schedule's zone, like the first three
+    return [slot.astimezone(zone) for slot in schedules.upcoming(timing, view["next"][-1], 2)]
 
 
 class _Row:

@@ -1,14 +1,19 @@
-"""The README's worked example of adding a kind works as printed.
+"""The README's worked examples work as printed.
 
 The section whose heading mentions "Adding a kind" must hold a ``python`` code
 block (the module declaring the kind) and a shell block with the ``jobs
 submit`` command that runs it. The test writes the module to a scratch
 directory, starts a worker with ``JOBS_KIND_MODULES`` naming it, runs the
 README's ``jobs submit`` line with ``--wait``, and expects the job to succeed.
+
+The ``jobs schedule`` lines of the README's shell blocks run in order, each
+must exit 0, and the schedules they leave must be what they say (added,
+paused, removed).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -16,7 +21,10 @@ import uuid
 from dataclasses import dataclass
 
 import pytest
+import sqlalchemy as sa
 
+from jobs import db
+from jobs.schema import schedules
 from tests.support.fixtures import ROOT, run_jobs, wait_for_state
 
 pytestmark = pytest.mark.acceptance
@@ -102,3 +110,66 @@ def test_the_readme_example_runs(example, processes, clean, tmp_path):
     )
     job_id = uuid.UUID(result.stdout.splitlines()[0])
     assert wait_for_state(clean, job_id, timeout=1)["state"] == "succeeded"
+
+
+def schedule_commands(text: str) -> list[list[str]]:
+    """The ``jobs schedule`` command lines of the shell blocks, in order, without ``jobs``."""
+    found = []
+    for fence in FENCE.finditer(text):
+        if fence.group(1).lower() in ("python", "py"):
+            continue
+        for line in fence.group(2).splitlines():
+            try:
+                words = shlex.split(line.strip().removeprefix("$ "), comments=True)
+            except ValueError:
+                continue
+            if words[:2] == ["jobs", "schedule"]:
+                found.append(words[1:])
+    return found
+
+
+def test_schedule_commands_reads_shell_blocks_only():
+    text = (
+        "Run `jobs schedule list` (not this one).\n\n```console\n"
+        "$ jobs schedule add a ping --cron '0 9 1 * mon'  # 09:00\n$ jobs submit ping\n```\n\n"
+        "```python\njobs schedule list\n```\n"
+        "```bash\njobs schedule pause a\n```\n"
+    )
+    assert schedule_commands(text) == [
+        ["schedule", "add", "a", "ping", "--cron", "0 9 1 * mon"],
+        ["schedule", "pause", "a"],
+    ]
+
+
+def test_the_readme_schedule_examples_run_as_printed(clean):
+    commands = schedule_commands(README.read_text(encoding="utf-8"))
+    actions = [command[1] for command in commands]
+    assert {"add", "list", "pause", "remove"} <= set(actions), actions
+    added = {command[2]: command for command in commands if command[1] == "add"}
+    assert any("--cron" in command for command in added.values()), "no cron example"
+    assert any("--every" in command for command in added.values()), "no interval example"
+
+    def forget() -> None:  # only the README's names: a beat of another test may share the ledger
+        with db.transaction(clean) as conn:
+            conn.execute(sa.delete(schedules).where(schedules.c.name.in_(added)))
+
+    forget()
+    try:
+        expected: dict[str, bool] = {}  # name -> enabled
+        for command in commands:
+            result = run_jobs(*command)
+            assert result.returncode == 0, (command, result.returncode, result.stderr)
+            assert "Traceback" not in result.stderr
+            action, name = command[1], (command[2] if len(command) > 2 else None)
+            if action == "add":
+                expected[name] = "--paused" not in command
+            elif action in ("pause", "resume"):
+                expected[name] = action == "resume"
+            elif action == "remove":
+                expected.pop(name)
+        listed = run_jobs("schedule", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        shown = {view["name"]: view["enabled"] for view in json.loads(listed.stdout)["schedules"]}
+        assert {name: shown.get(name) for name in added} == {name: expected.get(name) for name in added}
+    finally:
+        forget()

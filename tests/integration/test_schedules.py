@@ -365,8 +365,8 @@ def test_a_firing_that_no_longer_validates_is_recorded_not_retried(maintenance, 
                 name="orphan",
                 kind="gone.kind",
                 payload={},
-                every_seconds=1,
-                handled_until=sa.func.now() - sa.text("interval '3 seconds'"),
+                every_seconds=86400,  # daily: no new slot between the two runs (with 1 s, one sometimes was)
+                handled_until=sa.func.now() - sa.text("interval '2 days'"),
             )
         )
     cron = Cron(interval=0.1, grace=5, catchup=3600, declared=[])
@@ -379,6 +379,37 @@ def test_a_firing_that_no_longer_validates_is_recorded_not_retried(maintenance, 
     first_error_at = row["last_error_at"]
     assert cron.run(maintenance) == 0  # its slots were dealt with: not tried again every tick
     assert schedule_row(sched, "orphan")["last_error_at"] == first_error_at
+
+
+def test_a_cron_reads_day_of_month_or_day_of_week_as_standard_cron_does(sched):
+    """``0 9 1 * MON``: every 1st and every Monday, as any crontab would (not Mondays that are the 1st)."""
+    ok("schedule", "add", "standup", "ping", "--cron", "0 9 1 * MON", "--tz", "Europe/Berlin")
+    shown = ok("schedule", "show", "standup", "--json")
+    times = [datetime.fromisoformat(text) for text in shown["next"]]
+    assert len(times) == 5
+    assert all(t.hour == 9 and t.minute == 0 for t in times)  # in the schedule's zone
+    assert all(t.utcoffset() in (timedelta(hours=1), timedelta(hours=2)) for t in times)
+    days = [t.date() for t in times]
+    assert all(day.day == 1 or day.isoweekday() == 1 for day in days)
+    for before, after in itertools.pairwise(days):  # no 1st and no Monday left out in between
+        between = [before + timedelta(days=n) for n in range(1, (after - before).days)]
+        assert not [day for day in between if day.day == 1 or day.isoweekday() == 1], (before, after)
+
+
+def test_a_saved_cron_expression_the_rules_now_refuse_is_reported_and_can_be_fixed(
+    maintenance, sched, caplog
+):
+    with db.transaction(sched) as conn:  # saved while Celery's parser accepted full day names
+        conn.execute(sa.insert(schedules).values(name="old", kind="ping", payload={}, cron="0 0 * * monday"))
+    assert Cron(interval=0.1, grace=5, catchup=3600, declared=[]).run(maintenance) == 0
+    assert "schedule old cannot fire: invalid cron expression '0 0 * * monday'" in caplog.text
+    (view,) = ok("schedule", "list", "--json")["schedules"]
+    assert view["next"] == []
+    assert "'monday' is not a number or a name" in view["last_error"]
+    assert "jobs schedule edit old --cron" in view["last_error"]
+    fixed = ok("schedule", "edit", "old", "--cron", "0 0 * * mon", "--json")
+    assert len(fixed["next"]) == 3
+    assert fixed["last_error"] is None
 
 
 def test_the_leader_records_each_maintenance_loop_and_list_shows_them(maintenance, sched):

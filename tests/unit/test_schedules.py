@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -58,6 +58,12 @@ def local(*args: int, zone: ZoneInfo = BERLIN, fold: int = 0) -> datetime:
         ("@yearly", "0 0 1 1 *"),
         ("0 0 1 jan-mar *", "0 0 1 jan-mar *"),
         ("0-59/10 * * * *", "0-59/10 * * * *"),
+        ("0 9 1 * MON", "0 9 1 * MON"),
+        ("0 0 * * 7", "0 0 * * 7"),  # Sunday, as in standard cron
+        ("0 0 * * mon-7", "0 0 * * mon-7"),
+        ("0 0 30 2 mon", "0 0 30 2 mon"),  # never the 30th of February, but every Monday in February
+        ("0 0 */2 JAN,Dec SUN", "0 0 */2 JAN,Dec SUN"),
+        ("00 05 * * *", "00 05 * * *"),
     ],
 )
 def test_cron_expressions_and_aliases(text, expected):
@@ -71,16 +77,29 @@ def test_cron_expressions_and_aliases(text, expected):
         ("* * * * * *", "it needs 5 fields"),
         ("", "it needs 5 fields"),
         ("@reboot", "unknown alias"),
-        ("61 * * * *", "minute (0-59) '61': Invalid end range: 61 > 59"),
-        ("* 24 * * *", "hour (0-23) '24'"),
-        ("* * 0 * *", "day of month (1-31) '0'"),
-        ("* * * 13 *", "month (1-12) '13'"),
-        ("* * * * 7", "day of week (0-6, Sunday = 0) '7'"),
-        ("*/0 * * * *", "slice step cannot be zero"),
+        ("61 * * * *", "minute (0-59) '61': 61 is out of range"),
+        ("* 24 * * *", "hour (0-23) '24': 24 is out of range"),
+        ("* * 0 * *", "day of month (1-31) '0': 0 is out of range"),
+        ("* * * 13 *", "month (1-12 or jan-dec) '13': 13 is out of range"),
+        ("* * * * 8", "day of week (0-7 or sun-sat, Sunday = 0 or 7) '8': 8 is out of range"),
+        ("*/0 * * * *", "minute (0-59) '*/0': a step cannot be zero"),
+        ("*/x * * * *", "the step 'x' is not a number"),
         ("1-2-3 * * * *", "minute (0-59) '1-2-3': expected *"),
-        ("5/15 * * * *", "minute (0-59) '5/15': expected *"),
-        ("0 0 30 2 *", "never occurs"),
-        ("x * * * *", "minute (0-59) 'x'"),
+        ("1,,2 * * * *", "minute (0-59) '1,,2': expected *"),
+        ("5/15 * * * *", "minute (0-59) '5/15': a step needs * or a range: */15 or 5-59/15"),
+        ("22-2 * * * *", "the range 22-2 runs backwards (split it, like 22-59,0-2)"),
+        ("0 0 30 2 *", "day of month '30' never occurs in month '2'"),
+        ("0 0 31 4,6 */2", "day of month '31' never occurs in month '4,6'"),  # */2 leaves the days ANDed
+        ("x * * * *", "minute (0-59) 'x': 'x' is not a number"),
+        ("0 0 * * monday", "'monday' is not a number or a name"),
+        ("0 0 1 foo *", "month (1-12 or jan-dec) 'foo': 'foo' is not a number or a name"),
+        ("0 0 L * *", "'L' is not a number (L, W, # and ? are not supported)"),
+        ("0 0 LW * *", "L, W, # and ? are not supported"),
+        ("0 0 15W * *", "L, W, # and ? are not supported"),
+        ("0 0 * * 5L", "L, W, # and ? are not supported"),
+        ("0 0 * * mon#2", "L, W, # and ? are not supported"),
+        ("0 0 ? * mon", "day of month (1-31) '?': expected *"),
+        ("0 0 0 0 0 0", "it needs 5 fields"),
     ],
 )
 def test_bad_cron_expressions_say_which_field_in_one_line(text, message):
@@ -113,19 +132,32 @@ def test_bad_intervals(text):
 # --- next-firing arithmetic ----------------------------------------------------------------------------
 
 
-def brute_force_next(rule, moment: datetime) -> datetime:
-    """The next matching minute in UTC, by walking the calendar (the definition of cron)."""
+def brute_force_next(expression: str, moment: datetime) -> datetime:
+    """The next matching minute in UTC, by walking the calendar (the definition of standard cron).
+
+    A day matches when its day of month and day of week both match, except that
+    when both fields are restricted (neither starts with ``*``) either suffices.
+    """
+    from jobs.schedules import _FIELDS, _values
+
+    parts = expression.split()
+    minutes, hours, days, months, weekdays = (
+        _values(spec, part) for spec, part in zip(_FIELDS, parts, strict=True)
+    )
+    weekdays = {day % 7 for day in weekdays}  # 7 is Sunday too
+    either = not parts[2].startswith("*") and not parts[4].startswith("*")
+
+    def day_matches(day: datetime) -> bool:
+        by_date, by_weekday = day.day in days, day.isoweekday() % 7 in weekdays
+        return (by_date or by_weekday) if either else (by_date and by_weekday)
+
     candidate = moment.replace(second=0, microsecond=0) + timedelta(minutes=1)
     while True:
-        if not (
-            candidate.day in rule.day_of_month
-            and candidate.month in rule.month_of_year
-            and candidate.isoweekday() % 7 in rule.day_of_week
-        ):
+        if not (candidate.month in months and day_matches(candidate)):
             candidate = candidate.replace(hour=0, minute=0) + timedelta(days=1)
-        elif candidate.hour not in rule.hour:
+        elif candidate.hour not in hours:
             candidate = candidate.replace(minute=0) + timedelta(hours=1)
-        elif candidate.minute not in rule.minute:
+        elif candidate.minute not in minutes:
             candidate += timedelta(minutes=1)
         else:
             return candidate
@@ -142,23 +174,133 @@ def brute_force_next(rule, moment: datetime) -> datetime:
         "0 0 31 * *",
         "0 12 29 2 *",
         "45 23 * * 0",
+        "45 23 * * 7",
         "0 0 1 1 *",
         "5,10 4 * 3,10 6",
+        "0 9 1 * mon",  # both day fields restricted: the 1st or a Monday
+        "30 6 13 * fri",
+        "0 0 1,15 2-4 sat,sun",
+        "0 0 30 2 mon",
+        "0 12 */2 * mon",  # a field starting with * counts as unrestricted: odd days that are Mondays
+        "0 12 1-31 * mon",  # 1-31 is a restriction (that happens to hold every day): every day
+        "0 12 10-20 * */3",
     ],
 )
-def test_celery_crontab_steps_match_the_minute_by_minute_definition(expression):
-    from jobs.schedules import _rule
-
+def test_cron_steps_match_the_minute_by_minute_definition(expression):
     timing = Cron(parse_cron(expression))
-    rule = _rule(timing.expression)
     generator = random.Random(expression)
     starts = [utc(2024, 1, 1), utc(2024, 2, 28, 23, 59, 30), utc(2026, 12, 31, 23, 59)]
     starts += [utc(2024, 1, 1) + timedelta(seconds=generator.randrange(3 * 365 * 86400)) for _ in range(25)]
     for start in starts:
-        expected = brute_force_next(rule, start)
+        expected = brute_force_next(expression, start)
         if (expected - start).days > 400:
             continue  # pragma: no cover
         assert timing.next_after(start) == expected, (expression, start)
+
+
+def test_day_of_month_or_day_of_week_when_both_are_restricted():
+    """Standard cron: ``0 9 1 * MON`` fires on every 1st and on every Monday (Celery's crontab: both)."""
+    slots = upcoming(Cron(parse_cron("0 9 1 * MON")), utc(2027, 1, 1), 10)
+    assert slots == [
+        utc(2027, 1, 1, 9),  # a Friday, the 1st
+        utc(2027, 1, 4, 9),  # Mondays
+        utc(2027, 1, 11, 9),
+        utc(2027, 1, 18, 9),
+        utc(2027, 1, 25, 9),
+        utc(2027, 2, 1, 9),  # a Monday and the 1st: once
+        utc(2027, 2, 8, 9),
+        utc(2027, 2, 15, 9),
+        utc(2027, 2, 22, 9),
+        utc(2027, 3, 1, 9),
+    ]
+    year = slots_between(Cron("0 9 1 * MON"), utc(2027, 1, 1), utc(2028, 1, 1), 100)
+    days = [date(2027, 1, 1) + timedelta(days=n) for n in range(365)]
+    assert [slot.date() for slot in year] == [day for day in days if day.day == 1 or day.isoweekday() == 1]
+    assert len(year) == 12 + 52 - 3  # Feb, Mar and Nov 2027 begin on a Monday
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        # Only the day of month restricted: every 1st, whatever the weekday (unchanged).
+        ("0 9 1 * *", [(2027, 1, 1), (2027, 2, 1), (2027, 3, 1), (2027, 4, 1)]),
+        # Only the day of week restricted: every Monday (unchanged).
+        ("0 9 * * mon", [(2027, 1, 4), (2027, 1, 11), (2027, 1, 18), (2027, 1, 25)]),
+        # A field starting with * is unrestricted, however it continues: Mondays that are odd days.
+        ("0 9 */2 * mon", [(2027, 1, 11), (2027, 1, 25), (2027, 2, 1), (2027, 2, 15)]),
+        # 1-31 is a restriction: with the weekday it ORs into every day.
+        ("0 9 1-31 * mon", [(2027, 1, 1), (2027, 1, 2), (2027, 1, 3), (2027, 1, 4)]),
+    ],
+)
+def test_when_one_day_field_is_unrestricted_both_must_match(expression, expected):
+    slots = upcoming(Cron(parse_cron(expression)), utc(2027, 1, 1), len(expected))
+    assert slots == [utc(*day, 9) for day in expected]
+
+
+def test_day_or_weekday_in_a_zone_across_both_dst_changes():
+    """``30 2 1 * sun`` in Berlin: 1sts and Sundays, the DST Sundays by their rules, each day once."""
+    timing = Cron(parse_cron("30 2 1 * sun"), BERLIN)
+    spring = upcoming(timing, utc(2026, 3, 20), 4)
+    assert spring == [
+        local(2026, 3, 22, 2, 30),  # a Sunday
+        utc(2026, 3, 29, 1, 0),  # the spring-forward Sunday: 02:30 does not exist, 03:00 CEST once
+        local(2026, 4, 1, 2, 30),  # a Wednesday, the 1st: 00:30 UTC in summer time
+        local(2026, 4, 5, 2, 30),
+    ]
+    autumn = upcoming(timing, utc(2026, 10, 20), 4)
+    assert autumn == [
+        utc(2026, 10, 25, 0, 30),  # the fall-back Sunday: the first 02:30 (CEST) only
+        utc(2026, 11, 1, 1, 30),  # a Sunday and the 1st: once, 02:30 CET
+        local(2026, 11, 8, 2, 30),
+        local(2026, 11, 15, 2, 30),
+    ]
+    # Seen from inside the repeated hour, the next firing is the 1st of November.
+    assert timing.next_after(local(2026, 10, 25, 2, 40, fold=1)) == utc(2026, 11, 1, 1, 30)
+    year = slots_between(timing, utc(2026, 1, 1), utc(2027, 1, 1), 1000)
+    days = [date(2026, 1, 1) + timedelta(days=n) for n in range(365)]
+    expected = [day for day in days if day.day == 1 or day.isoweekday() == 7]
+    assert len(expected) == 12 + 52 - 3  # Feb, Mar and Nov 2026 begin on a Sunday
+    assert [slot.astimezone(BERLIN).date() for slot in year] == expected
+    assert all(slot.astimezone(BERLIN).strftime("%H:%M") in ("02:30", "03:00") for slot in year)
+
+
+def test_a_saved_expression_refused_under_the_current_rules_is_reported_not_fired():
+    """Schedules saved before cron meant cron may hold expressions Celery took (``22-2``, ``monday``)."""
+    from types import SimpleNamespace
+
+    from jobs.schedules import timing_of, view
+
+    for expression, reason in (("22-2 * * * *", "runs backwards"), ("0 0 * * monday", "not a number")):
+        row = SimpleNamespace(cron=expression, every_seconds=None, timezone="UTC")
+        with pytest.raises(InvalidSchedule, match=reason):
+            timing_of(row)
+    with pytest.raises(InvalidSchedule, match="Bad minute"):  # cronsim's own check, without parse_cron
+        Cron("22-2 * * * *").next_after(utc(2026, 1, 1))
+    fields = dict.fromkeys(
+        ("payload", "queue", "priority", "last_job_id", "last_slot", "last_fired_at", "last_skip_at"), None
+    )
+    fields.update(last_skip_reason=None, last_error=None, last_error_at=None, skipped=0, updated_by="cli")
+    row = SimpleNamespace(
+        name="old",
+        kind="ping",
+        cron="0 0 * * monday",
+        every_seconds=None,
+        timezone="UTC",
+        enabled=True,
+        declared=False,
+        misfire="once",
+        overlap="allow",
+        handled_until=utc(2026, 1, 1),
+        created_at=utc(2026, 1, 1),
+        updated_at=utc(2026, 1, 1),
+        **fields,
+    )
+    shown = view(row, utc(2026, 5, 1))
+    assert shown["next"] == []
+    assert "'monday' is not a number or a name" in shown["last_error"]
+    assert shown["last_error"].endswith("(fix it with jobs schedule edit old --cron)")
+    row.declared = True
+    assert view(row, utc(2026, 5, 1))["last_error"].endswith("(fix it in beat/declared.py)")
 
 
 def test_next_after_is_strictly_after_and_upcoming_counts():
