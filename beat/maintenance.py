@@ -10,7 +10,8 @@
   ``retrying``, or to ``failed`` on their last attempt.
 
 - **pruner**: deletes finished jobs past their retention, in bounded batches
-  (failed jobs are kept longer than succeeded and cancelled ones).
+  (failed jobs are kept longer than succeeded and cancelled ones), and workers
+  gone from the roster for as long as succeeded jobs are kept.
 - **cron**: fires the due slots of the schedules (``beat.cron``).
 - **redrive**: notices that Redis lost its data and publishes every queued
   job again (``beat.redrive``).
@@ -36,7 +37,7 @@ import sqlalchemy as sa
 from celery import Celery
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from jobs import db, ledger, publisher
+from jobs import db, ledger, publisher, roster
 from jobs.kinds import Registry
 from jobs.schema import maintenance_runs
 from jobs.settings import Settings
@@ -176,8 +177,13 @@ class Pruner:
                 removed += deleted
                 if deleted < self.batch:
                     break
+        with db.transaction(env.settings) as conn:
+            # Workers gone as long as succeeded jobs are kept: the jobs they ran are gone too.
+            forgotten = roster.prune(conn, older_than=self.retention_finished)
         if removed:
             log.info("pruner: removed %d finished job(s) past their retention", removed)
+        if forgotten:
+            log.info("pruner: removed %d worker(s) gone from the roster for that long", forgotten)
         return removed
 
 

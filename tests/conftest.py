@@ -21,6 +21,7 @@ os.environ.setdefault("JOBS_HARD_TIME_LIMIT", "30")
 os.environ.setdefault("JOBS_LEASE_MARGIN", "5")
 os.environ.setdefault("JOBS_VISIBILITY_TIMEOUT", "60")
 os.environ.setdefault("JOBS_WORKER_SOFT_SHUTDOWN_TIMEOUT", "5")
+os.environ.setdefault("JOBS_WORKER_HEARTBEAT", "1")
 
 # Some sandboxes set PYTHONDONTWRITEBYTECODE: then every `jobs` subprocess compiles its imports again
 # (about 3 s instead of 1). Let the subprocesses cache bytecode, outside the repository.

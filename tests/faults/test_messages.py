@@ -63,7 +63,9 @@ def test_16_poison_messages_are_refused_and_the_worker_keeps_running(
     assert "key" in bad["error"]["message"]
     lost = faults.wait(unknown)
     assert lost["state"] == "failed"
-    assert lost["error"]["message"].startswith("unknown kind 'no.such.kind'")
+    assert lost["error"]["message"] == (
+        "unknown kind 'no.such.kind': no worker of this fleet has ever implemented it"
+    )
     after = faults.submit("ping")
     assert faults.wait(after)["state"] == "succeeded"
     assert faults.pid_of("worker") == worker_pid
@@ -76,7 +78,9 @@ def test_16_poison_messages_are_refused_and_the_worker_keeps_running(
     assert faults.queued_messages() == 0  # refused, not left to loop
 
 
-def test_16_a_submitted_job_whose_kind_no_worker_knows_is_failed(faults: Platform) -> None:
+def test_16_a_submitted_job_whose_kind_no_worker_implements_waits_without_spending_attempts(
+    faults: Platform,
+) -> None:
     job = uuid.uuid4()
     with faults.ledger() as conn:
         ledger.insert_rows(
@@ -97,9 +101,14 @@ def test_16_a_submitted_job_whose_kind_no_worker_knows_is_failed(faults: Platfor
     faults.workload.accept(job)
     faults.broker().lpush("default", wire.encode(job, "gone.kind", "default", 0, "{}", "{}"))
 
-    row = faults.wait(job)
-    assert (row["state"], row["attempt"]) == ("failed", 1)
-    assert row["error"]["message"].startswith("unknown kind 'gone.kind'")
+    row = faults.wait(job, ("queued",), where=lambda r: r["handed_back_at"] is not None)
+    assert (row["attempt"], row["published_at"]) == (0, None)
+    assert faults.queued_messages() == 0  # it waits in the ledger, not bouncing between workers
+    explained = faults.jobs("explain", str(job))
+    assert "no live worker implements kind 'gone.kind'" in explained.stdout
+    cancelled = faults.jobs("cancel", str(job))  # an operator gives up on it: one terminal state
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert faults.wait(job)["state"] == "cancelled"
 
 
 def test_17_an_oversized_payload_is_refused_at_submit(faults: Platform, tmp_path: Path) -> None:

@@ -33,6 +33,41 @@ def test_01_sigkill_of_the_worker_main_process_mid_task(faults: Platform) -> Non
     assert [effect["attempt"] for effect in faults.effects("s1")] == [2]
 
 
+def test_20_sigkill_of_a_worker_holding_reserved_messages(faults: Platform) -> None:
+    """A worker killed while it holds messages it took but never started: every one runs within
+    its lease plus a rescuer round, like the job it was running (not after the visibility timeout)."""
+    # Production's visibility timeout (an hour) is far beyond the scenario; 600 s keeps kombu's own
+    # redelivery out of it, so only the leader can bring the reserved messages back in time.
+    slow_redelivery = {"JOBS_VISIBILITY_TIMEOUT": "600"}
+    faults.processes.stop("worker")  # the hoarder alone takes the messages
+    faults.start_worker("hoarder", "-c", "1", "--prefetch-multiplier", "4", env=slow_redelivery)
+    running = faults.submit("test.work", {"key": "s20-0", "sleep": 2.5})
+    faults.running_pid(running)
+    reserved = [faults.submit("test.work", {"key": f"s20-{n}", "sleep": 0.2}) for n in range(1, 4)]
+    deadline = time.monotonic() + 20
+    while faults.broker().hlen("unacked") < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert faults.broker().hlen("unacked") == 4, "the hoarder should hold 1 running + 3 reserved messages"
+    faults.kill("hoarder", signal.SIGKILL)
+    killed = time.monotonic()
+    with faults.ledger() as conn:
+        killed_at = conn.execute(sa.select(sa.func.now())).scalar_one()
+    faults.forget("hoarder")
+    faults.start_worker("worker-20", env=slow_redelivery)
+
+    done = [faults.wait(job, timeout=60) for job in [running, *reserved]]
+    recovered = time.monotonic() - killed
+    back = max((row["started_at"] - killed_at).total_seconds() for row in done[1:])
+    print(
+        f"worker SIGKILL with 3 reserved messages -> reserved ones started {back:.1f}s, all done {recovered:.1f}s"
+    )
+    assert [(row["state"], row["attempt"]) for row in done] == [("succeeded", 2)] + [("succeeded", 1)] * 3
+    # Back within the lease (6 s) plus a rescuer round (5 s), with room for a busy machine; without
+    # the leader's reclaimer they would wait for the republisher (60 s) or the visibility timeout.
+    assert back < faults.settings.lease_seconds + 5 + 9
+    assert recovered < 45
+
+
 def test_02_sigkill_of_one_pool_child_mid_task(faults: Platform) -> None:
     job = faults.submit("test.work", {"key": "s2", "sleep": 2.5})
     child = faults.running_pid(job)
