@@ -58,9 +58,7 @@ def test_20_sigkill_of_a_worker_holding_reserved_messages(faults: Platform) -> N
     done = [faults.wait(job, timeout=60) for job in [running, *reserved]]
     recovered = time.monotonic() - killed
     back = max((row["started_at"] - killed_at).total_seconds() for row in done[1:])
-    print(
-        f"worker SIGKILL with 3 reserved messages -> reserved ones started {back:.1f}s, all done {recovered:.1f}s"
-    )
+    print(f"worker SIGKILL holding 3 reserved messages -> they start {back:.1f}s, all done {recovered:.1f}s")
     assert [(row["state"], row["attempt"]) for row in done] == [("succeeded", 2)] + [("succeeded", 1)] * 3
     # Back within the lease (6 s) plus a rescuer round (5 s), with room for a busy machine; without
     # the leader's reclaimer they would wait for the republisher (60 s) or the visibility timeout.

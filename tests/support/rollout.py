@@ -1,4 +1,4 @@
-"""A kind that only some workers have: the new release of a rolling deploy (tests/acceptance/test_fleet.py)."""
+"""A kind only some workers have: the new release in a rolling deploy (tests/acceptance/test_fleet.py)."""
 
 from __future__ import annotations
 
