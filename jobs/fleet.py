@@ -128,7 +128,7 @@ def _listed(settings: Settings) -> tuple[list[roster.Member], datetime] | None:
         with db.transaction(settings) as conn:
             now = conn.execute(sa.select(sa.func.now())).scalar_one()
             found = roster.members(conn, dead_after=settings.worker_dead_after, include_dead=True)
-    except JobsError:
+    except (JobsError, sa.exc.SQLAlchemyError):  # the ledger is away, or older than the roster
         return None
     return [m for m in found if m.alive or _age(m, now) < FORGET_AFTER], now
 
@@ -138,8 +138,12 @@ def _age(member: roster.Member, now: datetime) -> float:
     return (now - last).total_seconds()
 
 
-def workers(settings: Settings, *, timeout: float = 1.0, ask: bool = True) -> list[Worker]:
-    """Every worker in the roster (and every one that answers within ``timeout`` seconds).
+def workers(
+    settings: Settings, *, timeout: float = 1.0, ask: bool = True, stopped: bool = False
+) -> list[Worker]:
+    """Every worker in the roster (and every one that answers within ``timeout`` seconds): live
+    ones, silent ones (gone without a word) for an hour, and with ``stopped`` those that stopped
+    cleanly in the last hour.
 
     Raises ``BrokerUnavailable`` when neither the ledger's roster nor Redis could be read.
     """
@@ -156,6 +160,8 @@ def workers(settings: Settings, *, timeout: float = 1.0, ask: bool = True) -> li
             raise problem or BrokerUnavailable("neither the ledger's roster nor the workers could be read")
         return list(answered.values())
     members, now = listed
+    if not stopped:
+        members = [member for member in members if member.alive or member.stopped_at is None]
     merged = []
     for member in members:
         live = answered.get(member.name) if answered is not None else None

@@ -93,9 +93,10 @@ def _header(taken: snapshot.Snapshot) -> Text:
     if taken.workers is None:
         line.append("?", style="yellow")
     else:
-        busy = sum(len(worker.active) for worker in taken.workers)
-        slots = sum(worker.concurrency or 0 for worker in taken.workers)
-        line.append(f"{len(taken.workers)}", style="green" if taken.workers else "bold red")
+        live_workers = [worker for worker in taken.workers if worker.live]
+        busy = sum(len(worker.active) for worker in live_workers)
+        slots = sum(worker.concurrency or 0 for worker in live_workers)
+        line.append(f"{len(live_workers)}", style="green" if live_workers else "bold red")
         line.append(f" ({busy}/{slots} busy)")
     line.append("  q quits", style="dim")
     return line
@@ -140,7 +141,7 @@ def render(taken: snapshot.Snapshot, height: int | None) -> RenderableType:
             f"[red]{stats.failed_recently}[/]" if stats and stats.failed_recently else "0",
             "[yellow]paused[/]" if view.paused else "",
         )
-    live = None if taken.workers is None else {worker.name for worker in taken.workers}
+    live = None if taken.workers is None else {worker.name for worker in taken.workers if worker.live}
     running = _table(
         ("job", "l", 8), ("kind", "l", 18), ("worker", "l", 18), ("for", "r", None), ("progress", "l", 22)
     )

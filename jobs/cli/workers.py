@@ -24,11 +24,12 @@ STATES = {
 
 @click.command()
 @options.worker_timeout
+@click.option("--all", "show_all", is_flag=True, help="Also list workers that stopped in the last hour.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def workers(timeout: float, as_json: bool) -> None:
-    """Workers in the roster (alive, silent or stopped in the last hour) and any that answer within
-    the timeout: state, queues, pool type and size, running jobs, kinds, uptime."""
-    found = fleet.workers(context.settings(), timeout=timeout)
+def workers(timeout: float, show_all: bool, as_json: bool) -> None:
+    """Workers in the roster (alive, or silent within the last hour) and any that answer within the
+    timeout: state, queues, pool type and size, running jobs, kinds, uptime."""
+    found = fleet.workers(context.settings(), timeout=timeout, stopped=show_all)
     if as_json:
         emit_json({"workers": [worker.as_dict() for worker in found]})
         return

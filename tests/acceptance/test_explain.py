@@ -107,7 +107,7 @@ def test_a_running_job_and_a_finished_one(clean, worker_only):
     wait_for_state(clean, uuid.UUID(running), ("running",), timeout=60)
     reasons, text = explain(running)
     assert codes(reasons) == ["running"]
-    assert "running now on celery@" in text
+    assert "running now on worker-" in text
     assert run_jobs("cancel", running).returncode == 0
     reasons, text = explain(running)
     assert codes(reasons) == ["finished"]
