@@ -20,6 +20,7 @@ body with ``Registry.implement``, so producers never import worker code.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import importlib
 import json
@@ -32,6 +33,7 @@ import pydantic
 from pydantic import BaseModel, SecretBytes, SecretStr
 from pydantic_core import to_jsonable_python
 
+from jobs import jsonsafe
 from jobs.backoff import Backoff
 from jobs.context import JobContext
 from jobs.errors import ConfigError, DuplicateKind, InvalidPayload, UnknownKind
@@ -85,9 +87,14 @@ class Kind:
 
     def dump(self, payload: BaseModel) -> dict[str, Any]:
         """JSON-shaped payload with secrets revealed: what the ledger stores and the body gets."""
-        if not self.has_secrets:  # the common case, done in pydantic's core alone
-            return payload.model_dump(mode="json")
-        dumped = to_jsonable_python(_reveal(payload.model_dump(mode="python")))
+        try:
+            if not self.has_secrets:  # the common case, done in pydantic's core alone
+                return payload.model_dump(mode="json")
+            dumped = to_jsonable_python(_reveal(payload.model_dump(mode="python")))
+        except UnicodeEncodeError:  # pydantic's core cannot take a surrogate code point (in an Any field)
+            found = jsonsafe.unstorable(_reveal(payload.model_dump(mode="python")), objects_ok=True)
+            problem = found or "a string holds a surrogate code point, which the ledger cannot store"
+            raise InvalidPayload(f"invalid payload for kind {self.name!r}: {problem}") from None
         assert isinstance(dumped, dict)
         return dumped
 
@@ -159,11 +166,16 @@ class Registry:
         return attach
 
     def get(self, name: str) -> Kind:
+        """The kind registered under ``name``, or ``UnknownKind`` suggesting the closest name."""
         try:
             return self._kinds[name]
         except KeyError:
-            known = ", ".join(sorted(self._kinds)) or "none"
-            raise UnknownKind(f"unknown job kind {name!r} (known kinds: {known})") from None
+            pass
+        close = difflib.get_close_matches(name, self._kinds, n=1)
+        if close:
+            raise UnknownKind(f"unknown job kind {name!r} (did you mean {close[0]!r}?)")
+        known = ", ".join(sorted(self._kinds)) or "none"
+        raise UnknownKind(f"unknown job kind {name!r} (known kinds: {known})")
 
     def unregister(self, name: str) -> None:
         """Forget a kind (for tests that declare throwaway kinds)."""

@@ -80,6 +80,26 @@ def test_registry_names_known_kinds_when_one_is_unknown():
         registry.get("c")
 
 
+def test_registry_suggests_the_closest_name_for_a_typo():
+    registry = Registry()
+    for name in ("ping", "http.post", "pg.vacuum_analyze"):
+        registry.register(Kind(name, Resize))
+    with pytest.raises(UnknownKind, match=r"^unknown job kind 'pnig' \(did you mean 'ping'\?\)$"):
+        registry.get("pnig")
+    with pytest.raises(UnknownKind, match=r"\(did you mean 'http.post'\?\)"):
+        registry.get("http.pots")
+
+
+class Loose(BaseModel):
+    anything: object = None
+
+
+def test_a_surrogate_in_a_key_pydantic_cannot_serialize_is_invalid_payload():
+    kind = Kind("a.loose", Loose)
+    with pytest.raises(InvalidPayload, match=r'anything: the key "k\\udc80" contains the surrogate'):
+        kind.dump(kind.validate({"anything": {"k\udc80": 1}}))
+
+
 def test_implement_attaches_a_body_once():
     registry = Registry()
     registry.register(Kind("a.one", Resize))
