@@ -98,6 +98,18 @@ class Kind:
         assert isinstance(dumped, dict)
         return dumped
 
+    def to_json(self, dumped: dict[str, Any]) -> str:
+        """A dumped payload as compact JSON text; ``InvalidPayload`` names what the ledger cannot store."""
+        try:
+            text: str | None = json.dumps(dumped, separators=(",", ":"), allow_nan=False)
+        except ValueError:  # NaN, Infinity or an integer too long to write: named below
+            text = None
+        problem = jsonsafe.unstorable(dumped, text=text)
+        if problem is not None:
+            raise InvalidPayload(f"invalid payload for kind {self.name!r}: {problem}")
+        assert text is not None, "json.dumps refuses only what jsonsafe names"
+        return text
+
     def display(self, stored: dict[str, Any]) -> dict[str, Any]:
         """A stored payload as people may see it: ``SecretStr`` fields masked."""
         try:

@@ -8,7 +8,6 @@ after that transaction commits: the job exists only if the caller's data does.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, event
 
 from jobs import db, jsonsafe, ledger, publisher
-from jobs.errors import BadInput, IdempotencyConflict, InvalidJobOptions, InvalidPayload, PayloadTooLarge
+from jobs.errors import BadInput, IdempotencyConflict, InvalidJobOptions, PayloadTooLarge
 from jobs.kinds import Kind, Registry, load_kinds
 from jobs.settings import Settings, get_settings
 
@@ -184,7 +183,7 @@ class Producer:
         key: str | None,
     ) -> dict[str, Any]:
         data = declared.dump(declared.validate(payload))
-        data_json = _json_text(declared, data)
+        data_json = declared.to_json(data)
         size = len(data_json.encode())
         if size > self.settings.max_payload_bytes:
             raise PayloadTooLarge(
@@ -252,19 +251,6 @@ class Producer:
             return len(rows)
         sent = publisher.publish_committed(self.settings, self.registry, items)
         return sent + (len(rows) - len(items))
-
-
-def _json_text(declared: Kind, data: dict[str, Any]) -> str:
-    """The dumped payload as JSON text, or ``InvalidPayload`` naming what the ledger cannot store."""
-    try:
-        text: str | None = json.dumps(data, separators=(",", ":"), allow_nan=False)
-    except ValueError:  # NaN, Infinity or an integer too long to write: named below
-        text = None
-    problem = jsonsafe.unstorable(data, text=text)
-    if problem is not None:
-        raise InvalidPayload(f"invalid payload for kind {declared.name!r}: {problem}")
-    assert text is not None, "json.dumps refuses only what jsonsafe names"
-    return text
 
 
 def _check_texts(options: _Options, key: str | None) -> None:
