@@ -30,7 +30,7 @@ import re
 import sys
 from typing import Any
 
-__all__ = ["MAX_INT_DIGITS", "escaped", "unstorable"]
+__all__ = ["MAX_INT_DIGITS", "escaped", "unstorable", "visible"]
 
 #: The longest integer, in decimal digits, that Python's ``json`` reads back by default.
 MAX_INT_DIGITS = 4300
@@ -121,9 +121,9 @@ def _walk_dict(value: dict[Any, Any], path: list[str], root: str, objects_ok: bo
             return f"{where}: a key of type {type(key).__name__} is not JSON"
         reason = _bad_scalar(key)
         if reason is not None:
-            shown = f'the key "{_visible(key)}"' if isinstance(key, str) else "a numeric key"
+            shown = f'the key "{visible(key)}"' if isinstance(key, str) else "a numeric key"
             return f"{where}: {shown} {reason}, which the ledger cannot store"
-        found = _walk(item, [*path, _visible(str(key))], root, objects_ok)
+        found = _walk(item, [*path, visible(str(key))], root, objects_ok)
         if found is not None:
             return found
     return None
@@ -149,7 +149,8 @@ def _escape_character(character: str) -> str:
     return f"\\u{ord(character):04x}"
 
 
-def _visible(text: str) -> str:
+def visible(text: str) -> str:
+    """``text`` with control characters, NUL and surrogates as escapes: one printable, storable line."""
     return _INVISIBLE.sub(lambda match: _escape_character(match.group()), text)
 
 

@@ -147,7 +147,8 @@ def _reveal(value: Any) -> Any:
 def _fields(error: pydantic.ValidationError) -> str:
     parts = []
     for item in error.errors(include_url=False):
-        where = ".".join(str(part) for part in item["loc"]) or "payload"
+        # A key from the input can hold any character: escaped, the message stays one storable line.
+        where = ".".join(jsonsafe.visible(str(part)) for part in item["loc"]) or "payload"
         parts.append(f"{where}: {item['msg']}")
     return "; ".join(parts)
 

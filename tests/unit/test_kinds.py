@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from jobs import jsonsafe
 from jobs.errors import DuplicateKind, InvalidPayload, UnknownKind
 from jobs.kinds import Kind, Registry
 
@@ -88,6 +89,14 @@ def test_registry_suggests_the_closest_name_for_a_typo():
         registry.get("pnig")
     with pytest.raises(UnknownKind, match=r"\(did you mean 'http.post'\?\)"):
         registry.get("http.pots")
+
+
+def test_a_field_path_from_the_input_is_shown_escaped():
+    kind = Kind("images.resize", Resize)
+    with pytest.raises(InvalidPayload) as caught:
+        kind.validate({"image_id": 1, "bad\x00key\n": 2})
+    assert "bad\\u0000key\\u000a: Extra inputs are not permitted" in caught.value.message
+    assert jsonsafe.unstorable(caught.value.message) is None  # a worker can record it as the job's error
 
 
 class Loose(BaseModel):
