@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ __all__ = [
     "safe_url",
     "session",
     "transaction",
+    "unavailable",
 ]
 
 CONNECT_TIMEOUT = 5
@@ -136,8 +138,7 @@ def direct(settings: Settings | None = None) -> Iterator[psycopg.Connection[Any]
         _DIRECT.connections.pop(key, None)
         if conn is not None:
             conn.close()
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise LedgerUnavailable(f"PostgreSQL is unreachable at {safe_url(url)}: {reason}") from error
+        raise unavailable(url, error) from error
 
 
 def _libpq_url(url: str) -> str:
@@ -155,9 +156,31 @@ def ledger_errors(url: str) -> Iterator[None]:
         yield
     except (sa_exc.OperationalError, sa_exc.InterfaceError) as error:
         if error.connection_invalidated or isinstance(error, sa_exc.InterfaceError) or _is_connect(error):
-            reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
-            raise LedgerUnavailable(f"PostgreSQL is unreachable at {safe_url(url)}: {reason}") from error
+            raise unavailable(url, error.orig or error) from error
         raise
+
+
+# The server says which database is missing; libpq gives no SQLSTATE for a failed connection.
+_MISSING_DATABASE = re.compile(r'database "(?P<name>[^"]*)" does not exist')
+
+
+def unavailable(url: str, error: BaseException) -> LedgerUnavailable:
+    """The ``LedgerUnavailable`` for a failed connection: a missing database says how to create it.
+
+    A missing database stays an infrastructure error (exit 3), not bad input:
+    it is the state of a new deployment until its migration step creates the
+    database, and the processes that wait for an unreachable ledger (workers,
+    the leader) then recover by themselves, as they do when PostgreSQL returns.
+    """
+    text = str(error).strip()
+    missing = _MISSING_DATABASE.search(text)
+    if missing is not None and missing["name"] == sa.make_url(url).database:
+        return LedgerUnavailable(
+            f"the database {missing['name']!r} does not exist on the PostgreSQL server at "
+            f"{safe_url(url)}; create it with: jobs db upgrade --create-database"
+        )
+    reason = text.splitlines()[0] if text else type(error).__name__
+    return LedgerUnavailable(f"PostgreSQL is unreachable at {safe_url(url)}: {reason}")
 
 
 def _is_connect(error: sa_exc.OperationalError) -> bool:

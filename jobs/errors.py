@@ -12,6 +12,7 @@ branches to exit codes (bad input: 2, infrastructure: 3) and prints one line.
     │   ├── InvalidPayload            the payload fails the kind's model
     │   ├── PayloadTooLarge           the serialized payload is over the limit
     │   ├── InvalidJobOptions         queue, priority, delay or attempts are off
+    │   ├── IdempotencyConflict       the key is bound to a job of another kind or payload
     │   ├── DuplicateKind             a kind name is registered twice
     │   ├── JobNotFound               no job has that id
     │   └── InvalidTransition         the job's state does not allow that action
@@ -33,6 +34,7 @@ __all__ = [
     "ConfigError",
     "DuplicateKind",
     "Fail",
+    "IdempotencyConflict",
     "InfrastructureError",
     "InvalidJobOptions",
     "InvalidPayload",
@@ -83,6 +85,10 @@ class PayloadTooLarge(BadInput):
 
 class InvalidJobOptions(BadInput):
     """The job options are invalid."""
+
+
+class IdempotencyConflict(BadInput):
+    """The idempotency key is already bound to a job of another kind or with another payload."""
 
 
 class DuplicateKind(BadInput):

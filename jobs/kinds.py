@@ -20,6 +20,7 @@ body with ``Registry.implement``, so producers never import worker code.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import hashlib
 import importlib
@@ -33,6 +34,7 @@ import pydantic
 from pydantic import BaseModel, SecretBytes, SecretStr
 from pydantic_core import to_jsonable_python
 
+from jobs import jsonsafe
 from jobs.backoff import Backoff
 from jobs.context import JobContext
 from jobs.errors import ConfigError, DuplicateKind, InvalidPayload, UnknownKind
@@ -95,11 +97,28 @@ class Kind:
 
     def dump(self, payload: BaseModel) -> dict[str, Any]:
         """JSON-shaped payload with secrets revealed: what the ledger stores and the body gets."""
-        if not self.has_secrets:  # the common case, done in pydantic's core alone
-            return payload.model_dump(mode="json")
-        dumped = to_jsonable_python(_reveal(payload.model_dump(mode="python")))
+        try:
+            if not self.has_secrets:  # the common case, done in pydantic's core alone
+                return payload.model_dump(mode="json")
+            dumped = to_jsonable_python(_reveal(payload.model_dump(mode="python")))
+        except UnicodeEncodeError:  # pydantic's core cannot take a surrogate code point (in an Any field)
+            found = jsonsafe.unstorable(_reveal(payload.model_dump(mode="python")), objects_ok=True)
+            problem = found or "a string holds a surrogate code point, which the ledger cannot store"
+            raise InvalidPayload(f"invalid payload for kind {self.name!r}: {problem}") from None
         assert isinstance(dumped, dict)
         return dumped
+
+    def to_json(self, dumped: dict[str, Any]) -> str:
+        """A dumped payload as compact JSON text; ``InvalidPayload`` names what the ledger cannot store."""
+        try:
+            text: str | None = json.dumps(dumped, separators=(",", ":"), allow_nan=False)
+        except ValueError:  # NaN, Infinity or an integer too long to write: named below
+            text = None
+        problem = jsonsafe.unstorable(dumped, text=text)
+        if problem is not None:
+            raise InvalidPayload(f"invalid payload for kind {self.name!r}: {problem}")
+        assert text is not None, "json.dumps refuses only what jsonsafe names"
+        return text
 
     def display(self, stored: dict[str, Any]) -> dict[str, Any]:
         """A stored payload as people may see it: ``SecretStr`` fields masked."""
@@ -144,7 +163,8 @@ def _reveal(value: Any) -> Any:
 def _fields(error: pydantic.ValidationError) -> str:
     parts = []
     for item in error.errors(include_url=False):
-        where = ".".join(str(part) for part in item["loc"]) or "payload"
+        # A key from the input can hold any character: escaped, the message stays one storable line.
+        where = ".".join(jsonsafe.visible(str(part)) for part in item["loc"]) or "payload"
         parts.append(f"{where}: {item['msg']}")
     return "; ".join(parts)
 
@@ -175,11 +195,16 @@ class Registry:
         return attach
 
     def get(self, name: str) -> Kind:
+        """The kind registered under ``name``, or ``UnknownKind`` suggesting the closest name."""
         try:
             return self._kinds[name]
         except KeyError:
-            known = ", ".join(sorted(self._kinds)) or "none"
-            raise UnknownKind(f"unknown job kind {name!r} (known kinds: {known})") from None
+            pass
+        close = difflib.get_close_matches(name, self._kinds, n=1)
+        if close:
+            raise UnknownKind(f"unknown job kind {name!r} (did you mean {close[0]!r}?)")
+        known = ", ".join(sorted(self._kinds)) or "none"
+        raise UnknownKind(f"unknown job kind {name!r} (known kinds: {known})")
 
     def unregister(self, name: str) -> None:
         """Forget a kind (for tests that declare throwaway kinds)."""

@@ -49,7 +49,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import psycopg
 import sqlalchemy as sa
@@ -62,9 +62,11 @@ from jobs.schema import TERMINAL_STATES, job_attempts, jobs, queue_pauses
 
 __all__ = [
     "ACTIVE_STATES",
+    "SERVER_NOW",
     "TRANSITIONS",
     "Claimed",
     "Executor",
+    "KeyHolder",
     "Published",
     "adopt",
     "cancel",
@@ -72,7 +74,7 @@ __all__ = [
     "copy_rows",
     "fail",
     "hand_back",
-    "id_for_key",
+    "holder_of_key",
     "id_for_slot",
     "insert_rows",
     "mark_unpublished",
@@ -569,13 +571,24 @@ def prune(conn: sa.Connection, *, states: Sequence[str], older_than: float, limi
     return conn.execute(sa.delete(jobs).where(jobs.c.id.in_(old.scalar_subquery()))).rowcount
 
 
+class _ServerNow:
+    def __repr__(self) -> str:
+        return "ledger.SERVER_NOW"
+
+
+#: A new job's ``published_at`` when it is published as it is created: PostgreSQL stamps it with
+#: the transaction's ``now()``, the clock ``created_at`` takes too, never the producer's clock.
+SERVER_NOW: Final = _ServerNow()
+
+
 def insert_rows(
     conn: sa.Connection, rows: Sequence[dict[str, Any]], *, idempotent: bool, scheduled: bool = False
 ) -> list[uuid.UUID]:
     """Insert new jobs; with ``idempotent`` an existing key wins and its row is skipped.
 
     With ``scheduled`` the rows are schedule firings: an existing job for the
-    same (schedule, slot) wins, so no slot is ever fired twice.
+    same (schedule, slot) wins, so no slot is ever fired twice. A row whose
+    ``published_at`` is ``SERVER_NOW`` gets the statement's ``now()``.
     """
     # One constant statement executed with many parameter sets: compiled once and cached,
     # sent as multi-row INSERTs ("insertmanyvalues"), ids returned in the rows' order.
@@ -592,8 +605,18 @@ def insert_rows(
             index_where=sa.text("schedule_name IS NOT NULL"),
         )
     params = [{key: value for key, value in row.items() if key in jobs.c} for row in rows]
+    if any(row.get("published_at") is SERVER_NOW for row in rows):
+        # now() is evaluated by PostgreSQL in the INSERT itself: the same instant as created_at's
+        # default, in one round trip (a SELECT now() first would be a second one).
+        stmt = stmt.values(published_at=sa.case((_param("w_stamp", sa.Boolean), _now()), else_=_PUBLISHED_AT))
+        for values in params:
+            published_at = values.pop("published_at", None)
+            values["w_stamp"] = published_at is SERVER_NOW
+            values["w_published_at"] = None if published_at is SERVER_NOW else published_at
     return list(conn.execute(stmt.returning(jobs.c.id, sort_by_parameter_order=True), params).scalars())
 
+
+_PUBLISHED_AT = _param("w_published_at", sa.DateTime(timezone=True))
 
 #: Columns a new job is created with (the rest take their defaults).
 NEW_JOB_COLUMNS = (
@@ -605,15 +628,21 @@ NEW_JOB_COLUMNS = (
 def copy_rows(conn: sa.Connection, rows: Iterable[dict[str, Any]]) -> None:
     """Insert many new jobs with COPY: the bulk path (no conflicts possible: fresh ids, no keys).
 
+    Call it in a transaction: a row whose ``published_at`` is ``SERVER_NOW``
+    gets the transaction's ``now()``, which is also every row's ``created_at``.
     The statement names only constant column names, so it is spelled out here; SQLAlchemy
     has no COPY construct.
     """
+    # COPY evaluates no expression, so the transaction's timestamp is read once, before it starts.
+    now = conn.execute(sa.select(_now())).scalar_one()
     raw = conn.connection.driver_connection
     assert isinstance(raw, psycopg.Connection)
     columns = ", ".join(NEW_JOB_COLUMNS)
     with raw.cursor() as cursor, cursor.copy(f"COPY jobs ({columns}) FROM STDIN") as copy:
         copy.set_types(_COPY_TYPES)
         for row in rows:
+            if row.get("published_at") is SERVER_NOW:
+                row["published_at"] = now
             copy.write_row(_copy_values(row))
 
 
@@ -635,9 +664,22 @@ def _copy_values(row: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(values)
 
 
-def id_for_key(conn: sa.Connection, key: str) -> uuid.UUID | None:
-    """The job that holds an idempotency key, if any."""
-    return conn.execute(sa.select(jobs.c.id).where(jobs.c.idempotency_key == key)).scalar_one_or_none()
+@dataclass(frozen=True, slots=True)
+class KeyHolder:
+    """The job holding an idempotency key, as compared with a new submission."""
+
+    id: uuid.UUID
+    kind: str
+    same_payload: bool  # the stored payload equals the new one, as JSONB compares (key order aside)
+
+
+def holder_of_key(conn: sa.Connection, key: str, payload_json: str) -> KeyHolder | None:
+    """The job that holds an idempotency key, if any, and whether its payload is ``payload_json``."""
+    same = jobs.c.payload == sa.cast(sa.bindparam("payload_json", payload_json, type_=sa.Text), pg.JSONB)
+    row = conn.execute(
+        sa.select(jobs.c.id, jobs.c.kind, same.label("same")).where(jobs.c.idempotency_key == key)
+    ).first()
+    return None if row is None else KeyHolder(row.id, row.kind, bool(row.same))
 
 
 def id_for_slot(conn: sa.Connection, schedule: str, slot: datetime) -> uuid.UUID | None:

@@ -8,7 +8,6 @@ after that transaction commits: the job exists only if the caller's data does.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -18,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, event
 
-from jobs import db, ledger, publisher
-from jobs.errors import BadInput, InvalidJobOptions, PayloadTooLarge
+from jobs import db, jsonsafe, ledger, publisher
+from jobs.errors import BadInput, IdempotencyConflict, InvalidJobOptions, PayloadTooLarge
 from jobs.kinds import Kind, Registry, load_kinds
 from jobs.settings import Settings, get_settings
 
@@ -97,23 +96,25 @@ class Producer:
     ) -> JobId:
         """Submit one job; see the module docstring.
 
-        ``schedule_name`` and ``schedule_slot`` (given together) mark a firing
-        of a schedule: the pair is unique, so a second submit for the same slot
-        returns the existing job with ``duplicate`` set, like an idempotency key.
+        ``idempotency_key``: a second submit with the same key, kind and payload
+        returns the first job with ``duplicate`` set, whatever its state, for as
+        long as the ledger keeps it; with another kind or payload it raises
+        ``IdempotencyConflict``. ``schedule_name`` and ``schedule_slot`` (given
+        together) mark a firing of a schedule: the pair is unique, so a second
+        submit for the same slot returns the existing job with ``duplicate`` set.
         """
         options = _Options(
             queue, priority, delay, at, max_attempts, submitted_by, retry_of, schedule_name, schedule_slot
         )
         declared = self.registry.get(kind)
+        _check_texts(options, idempotency_key)
         row = self._row(declared, payload or {}, options, idempotency_key)
         if session is not None:
             return self._submit_in(session, [row], key=idempotency_key)[0]
         with db.autocommit(self.settings) as conn:
-            inserted = ledger.insert_rows(
-                conn, [row], idempotent=idempotency_key is not None, scheduled=schedule_name is not None
-            )
-            if not inserted:
-                return JobId(_existing(conn, row, idempotency_key), duplicate=True)
+            existing = _insert_or_existing(conn, row, idempotency_key)
+            if existing is not None:
+                return JobId(existing, duplicate=True)
         return JobId(row["id"], published=self._publish([row]) == 1)
 
     def submit_many(
@@ -140,6 +141,7 @@ class Producer:
         report = progress or (lambda phase, count: None)
         options = _Options(queue, priority, delay, at, max_attempts, submitted_by)
         declared = self.registry.get(kind)
+        _check_texts(options, None)
         rows: list[dict[str, Any]] = []
 
         def checked() -> Iterator[dict[str, Any]]:
@@ -181,7 +183,7 @@ class Producer:
         key: str | None,
     ) -> dict[str, Any]:
         data = declared.dump(declared.validate(payload))
-        data_json = json.dumps(data, separators=(",", ":"))
+        data_json = declared.to_json(data)
         size = len(data_json.encode())
         if size > self.settings.max_payload_bytes:
             raise PayloadTooLarge(
@@ -205,8 +207,9 @@ class Producer:
             "payload": data,
             "payload_json": data_json,  # not a column: serialized once for COPY and the broker
             "state": "scheduled" if not_before is not None else "queued",
-            # Marked published as it is created; a failed publish clears it (see jobs.publisher).
-            "published_at": None if not_before is not None else datetime.now(UTC),
+            # Marked published as it is created, on the server's clock like created_at; a failed
+            # publish clears it (see jobs.publisher).
+            "published_at": None if not_before is not None else ledger.SERVER_NOW,
             "max_attempts": attempts,
             "not_before": not_before,
             "idempotency_key": key,
@@ -224,9 +227,12 @@ class Producer:
 
     def _submit_in(self, session: Session, rows: list[dict[str, Any]], *, key: str | None) -> list[JobId]:
         conn = session.connection()
-        scheduled = rows[0].get("schedule_name") is not None
-        if not ledger.insert_rows(conn, rows, idempotent=key is not None, scheduled=scheduled):
-            return [JobId(_existing(conn, rows[0], key), duplicate=True)]
+        if len(rows) == 1:
+            existing = _insert_or_existing(conn, rows[0], key)
+            if existing is not None:
+                return [JobId(existing, duplicate=True)]
+        else:
+            ledger.insert_rows(conn, rows, idempotent=False)
         if not session.info.get("jobs.listening"):
             session.info["jobs.listening"] = True
             event.listen(session, "after_commit", self._after_commit)
@@ -247,13 +253,57 @@ class Producer:
         return sent + (len(rows) - len(items))
 
 
-def _existing(conn: Connection, row: dict[str, Any], key: str | None) -> uuid.UUID:
-    """The job that won the conflict: the one holding the idempotency key, or the schedule slot."""
-    existing = ledger.id_for_key(conn, key) if key is not None else None
-    if existing is None and row.get("schedule_name") is not None:
-        existing = ledger.id_for_slot(conn, row["schedule_name"], row["schedule_slot"])
-    assert existing is not None
-    return existing
+def _check_texts(options: _Options, key: str | None) -> None:
+    """Refuse a text option the ledger cannot store (a NUL or a surrogate, as from undecodable argv)."""
+    for name, value in (
+        ("queue", options.queue),
+        ("idempotency key", key),
+        ("submitted_by", options.submitted_by),
+        ("schedule name", options.schedule_name),
+    ):
+        if value is not None:
+            problem = jsonsafe.unstorable(value, root=name)
+            if problem is not None:
+                raise InvalidJobOptions(problem)
+
+
+# A key's holder can vanish between the conflicting INSERT and the look-up (the leader pruned it,
+# or an operator deleted it): the INSERT is then tried again, a bounded number of times.
+_KEY_RACE_TRIES = 3
+
+
+def _insert_or_existing(conn: Connection, row: dict[str, Any], key: str | None) -> uuid.UUID | None:
+    """Insert one new job; ``None`` when inserted, else the existing job that holds its key or slot.
+
+    The existing job must have the same kind and payload as ``row``: if not,
+    ``IdempotencyConflict`` names it and what differs.
+    """
+    scheduled = row.get("schedule_name") is not None
+    for _ in range(_KEY_RACE_TRIES):
+        if ledger.insert_rows(conn, [row], idempotent=key is not None, scheduled=scheduled):
+            return None
+        holder = ledger.holder_of_key(conn, key, row["payload_json"]) if key is not None else None
+        if holder is not None:
+            _check_same(holder, row, key)
+            return holder.id
+        if scheduled:
+            existing = ledger.id_for_slot(conn, row["schedule_name"], row["schedule_slot"])
+            if existing is not None:
+                return existing
+    raise AssertionError(f"job {row['id']} was neither inserted nor found after {_KEY_RACE_TRIES} tries")
+
+
+def _check_same(holder: ledger.KeyHolder, row: dict[str, Any], key: str | None) -> None:
+    if holder.kind != row["kind"]:
+        raise IdempotencyConflict(
+            f"the idempotency key {key!r} is already bound to job {holder.id} of kind {holder.kind!r}, "
+            f"not {row['kind']!r}: use another key for another job"
+        )
+    if not holder.same_payload:
+        raise IdempotencyConflict(
+            f"the idempotency key {key!r} is already bound to job {holder.id}, whose payload differs "
+            "from this one: use another key for another job"
+        )
 
 
 def _publishable(row: dict[str, Any]) -> ledger.Published:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -43,7 +42,7 @@ import sqlalchemy as sa
 from cronsim import CronSim, CronSimError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from jobs import db
+from jobs import db, jsonsafe
 from jobs.durations import parse_duration
 from jobs.errors import BadInput, PayloadTooLarge
 from jobs.kinds import Registry
@@ -539,9 +538,12 @@ def validate(
         raise InvalidSchedule(f"priority {spec.priority} is out of range: use 0 (first) to 9 (last)")
     if spec.queue is not None and not spec.queue.strip():
         raise InvalidSchedule("a queue name cannot be empty")
+    unstorable = jsonsafe.unstorable(spec.queue, root="queue") if spec.queue is not None else None
+    if unstorable is not None:
+        raise InvalidSchedule(f"schedule {spec.name}: {unstorable}")
     declared = registry.get(spec.kind)
     payload = declared.dump(declared.validate(dict(spec.payload)))
-    size = len(json.dumps(payload, separators=(",", ":")).encode())
+    size = len(declared.to_json(payload).encode())
     if max_payload_bytes is not None and size > max_payload_bytes:
         raise PayloadTooLarge(
             f"payload of {size} bytes is over the limit of {max_payload_bytes} bytes (JOBS_MAX_PAYLOAD_BYTES)"

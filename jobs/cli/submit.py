@@ -17,6 +17,7 @@ from jobs.cli.output import emit_json, err, fail
 from jobs.cli.waiting import wait_for
 from jobs.durations import parse_duration, parse_instant
 from jobs.errors import BadInput
+from jobs.jsonsafe import MAX_INT_DIGITS
 
 __all__ = ["submit"]
 
@@ -71,7 +72,13 @@ def _param(text: str) -> tuple[str, Any]:
             return key, json.loads(value)
         except json.JSONDecodeError as error:
             raise click.BadParameter(f"{key}: invalid JSON ({error.msg})", param_hint="-p") from None
+        except ValueError:
+            raise click.BadParameter(f"{key}: {_TOO_LONG}", param_hint="-p") from None
     return key, value
+
+
+# json.loads refuses an integer longer than this with a ValueError that is no JSONDecodeError.
+_TOO_LONG = f"an integer of more than {MAX_INT_DIGITS} digits, which the ledger cannot store"
 
 
 def _payload(
@@ -91,6 +98,8 @@ def _payload(
         raise click.BadParameter(
             f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}", param_hint=source
         ) from None
+    except ValueError:
+        raise click.BadParameter(_TOO_LONG, param_hint=source) from None
     if not isinstance(data, dict):
         raise click.BadParameter("the payload must be a JSON object", param_hint=source)
     data.update(dict(_param(p) for p in params))
@@ -121,7 +130,12 @@ def _payload(
 @click.option("--priority", type=click.IntRange(0, 9), help="0 runs first, 9 last (default: the kind's).")
 @click.option("--delay", type=DURATION, help="Run no earlier than this from now (30s, 10m, 2h).")
 @click.option("--at", "at", type=INSTANT, help="Run no earlier than this ISO 8601 time.")
-@click.option("--key", "idempotency_key", help="Idempotency key: a second submit returns the first job.")
+@click.option(
+    "--key",
+    "idempotency_key",
+    help="Idempotency key: a second submit with the same payload returns the first job; "
+    "another payload is refused.",
+)
 @click.option("--max-attempts", type=click.IntRange(1, 1000), help="Attempts before the job fails for good.")
 @click.option("--wait", is_flag=True, help="Wait for the job to finish; the exit code tells how it ended.")
 @click.option("--timeout", type=DURATION, help="With --wait: give up after this long (exit 124).")
@@ -202,6 +216,8 @@ def _submit_file(kind: str, path: Path, options: dict[str, Any], as_json: bool) 
             data = json.loads(line)
         except json.JSONDecodeError as error:
             fail(f"{path}: line {number}: not valid JSON ({error.msg}); nothing was submitted", 2)
+        except ValueError:
+            fail(f"{path}: line {number}: {_TOO_LONG}; nothing was submitted", 2)
         if not isinstance(data, dict):
             fail(f"{path}: line {number}: a payload must be a JSON object; nothing was submitted", 2)
         payloads.append(data)

@@ -147,6 +147,36 @@ def test_wait_exits_124_when_the_timeout_expires_first(platform, clean):
         pytest.param(("submit", "ping", "-p", "message"), "key=value", id="bad-param-syntax"),
         pytest.param(("submit", "ping", "--delay", "soonish"), "soonish", id="bad-delay"),
         pytest.param(("submit", "ping", "--payload", "{not json"), "JSON", id="bad-payload-json"),
+        pytest.param(
+            ("submit", "ping", "--payload", '{"message": "a\\u0000b"}'),
+            "error: invalid payload for kind 'ping': "
+            "message: contains a NUL character (\\u0000), which the ledger cannot store",
+            id="nul-in-payload",
+        ),
+        pytest.param(
+            ("submit", "test.anything", "--payload", '{"value": {"k": ["\\ud800"]}}'),
+            "value.k.0: contains the surrogate code point \\ud800, which the ledger cannot store",
+            id="surrogate-in-payload",
+        ),
+        pytest.param(
+            ("submit", "test.anything", "--payload", '{"number": NaN}'),
+            "number: is NaN, not a JSON number, which the ledger cannot store",
+            id="nan-in-payload",
+        ),
+        pytest.param(
+            ("submit", "test.anything", "-p", "value=[" + "9" * 4301 + "]"),
+            "an integer of more than 4300 digits, which the ledger cannot store",
+            id="huge-integer",
+        ),
+        pytest.param(  # a byte that is not UTF-8 reaches Python as a lone surrogate
+            ("submit", "ping", "--key", "order\udcff"),
+            "error: idempotency key: contains the surrogate code point \\udcff, "
+            "which the ledger cannot store",
+            id="undecodable-key",
+        ),
+        pytest.param(
+            ("submit", "pnig"), "error: unknown job kind 'pnig' (did you mean 'ping'?)", id="kind-typo"
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_no_ledger_row(clean, args, expected):
@@ -156,6 +186,27 @@ def test_bad_input_exits_2_with_one_line_and_no_ledger_row(clean, args, expected
     assert expected in line
     assert result.stdout == ""
     assert job_count(clean) == 0
+
+
+def test_a_key_reused_for_another_payload_exits_2_naming_the_job(clean):
+    first = job_id_from(run_jobs("submit", "ping", "-p", "message=a", "--key", "order-42", "--delay", "1h"))
+    again = run_jobs("submit", "ping", "-p", "message=a", "--key", "order-42", "--delay", "1h")
+    assert job_id_from(again) == first
+    assert "already in use: this is the existing job" in again.stderr
+    conflict = run_jobs("submit", "ping", "-p", "message=b", "--key", "order-42")
+    assert conflict.returncode == 2, conflict.stderr
+    assert f"is already bound to job {first}, whose payload differs" in one_error_line(conflict.stderr)
+    assert conflict.stdout == ""
+    assert job_count(clean) == 1
+
+
+def test_a_missing_database_exits_3_saying_how_to_create_it(clean):
+    url = sa.make_url(clean.database_url).set(database=f"jobs_missing_{uuid.uuid4().hex[:8]}_test")
+    result = run_jobs("submit", "ping", env={"JOBS_DATABASE_URL": url.render_as_string(hide_password=False)})
+    assert result.returncode == 3, result.stderr
+    line = one_error_line(result.stderr)
+    assert f"the database '{url.database}' does not exist" in line
+    assert line.endswith("create it with: jobs db upgrade --create-database")
 
 
 def test_cancel_a_delayed_job_so_it_never_runs(platform, clean, producer):

@@ -208,6 +208,10 @@ def test_edit_of_the_timing_starts_afresh_and_list_shows_next_firings_in_the_zon
         (("add", "x", "no.such.kind", "--every", "1m"), "unknown job kind 'no.such.kind'"),
         (("add", "x", "test.effect", "--every", "1m"), "invalid payload for kind 'test.effect': key"),
         (("add", "x", "ping", "--every", "1m", "-p", "nope=1"), "nope: Extra inputs are not permitted"),
+        (
+            ("add", "x", "ping", "--every", "1m", "--payload", '{"message": "a\\u0000b"}'),
+            "message: contains a NUL character (\\u0000), which the ledger cannot store",
+        ),
         (("add", "x", "ping", "--every", "1m", "--payload", "[1]"), "--payload must be a JSON object"),
         (("add", "x", "ping"), "give --cron EXPR or --every DURATION"),
         (("add", "x", "ping", "--cron", "@daily", "--every", "1m"), "give --cron EXPR or --every DURATION"),

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from jobs import db
-from jobs.errors import InvalidPayload, PayloadTooLarge, UnknownKind
+from jobs import db, ledger
+from jobs.errors import IdempotencyConflict, InvalidPayload, PayloadTooLarge, UnknownKind
 from jobs.producer import Producer
 from jobs.schema import jobs
 
@@ -52,12 +54,130 @@ def test_bad_input_leaves_no_row(producer, clean, broker):
 
 
 def test_idempotency_key_returns_the_existing_job(producer, clean):
-    first = producer.submit("ping", {}, idempotency_key="order-42")
-    second = producer.submit("ping", {"message": "other"}, idempotency_key="order-42")
+    first = producer.submit(
+        "test.anything", {"value": {"a": 1, "b": [1.0, 1e23]}}, idempotency_key="order-42"
+    )
+    # The same payload after validation: key order, and numbers as JSON compares them (1.0 is 1).
+    second = producer.submit("test.anything", {"value": {"b": [1, 1e23], "a": 1}}, idempotency_key="order-42")
     assert second == first
     assert second.duplicate
     assert not first.duplicate
     assert len(rows(clean)) == 1
+
+
+def test_reusing_a_key_with_another_payload_or_kind_is_a_conflict(producer, clean):
+    first = producer.submit("ping", {"message": "hi"}, idempotency_key="order-42")
+    with pytest.raises(IdempotencyConflict, match=f"bound to job {first}, whose payload differs"):
+        producer.submit("ping", {"message": "other"}, idempotency_key="order-42")
+    with pytest.raises(
+        IdempotencyConflict, match=f"bound to job {first} of kind 'ping', not 'test.anything'"
+    ):
+        producer.submit("test.anything", {"value": "hi"}, idempotency_key="order-42")
+    assert [r["id"] for r in rows(clean)] == [first]
+    # Payloads are compared as validated: for ping, {} is {"message": "pong"}.
+    pong = producer.submit("ping", {}, idempotency_key="pong")
+    assert producer.submit("ping", {"message": "pong"}, idempotency_key="pong") == pong
+    with pytest.raises(IdempotencyConflict):
+        producer.submit("ping", {"message": "hi"}, idempotency_key="pong")
+
+
+def test_a_key_conflict_in_the_callers_transaction_leaves_it_usable(producer, clean):
+    first = producer.submit("ping", {"message": "hi"}, idempotency_key="order-42")
+    with Session(db.engine(clean)) as session:
+        again = producer.submit("ping", {"message": "hi"}, idempotency_key="order-42", session=session)
+        assert again == first
+        assert again.duplicate
+        with pytest.raises(IdempotencyConflict, match=str(first)):
+            producer.submit("ping", {"message": "other"}, idempotency_key="order-42", session=session)
+        mine = producer.submit("ping", {"message": "mine"}, idempotency_key="order-43", session=session)
+        session.commit()
+    assert {r["id"] for r in rows(clean)} == {first, mine}
+
+
+def test_a_cancelled_jobs_key_stays_bound_to_it(producer, clean):
+    first = producer.submit("ping", {"message": "hi"}, idempotency_key="nightly", delay=3600)
+    with db.transaction(clean) as conn:
+        assert ledger.cancel(conn, first) == "scheduled"
+    again = producer.submit("ping", {"message": "hi"}, idempotency_key="nightly")
+    assert again == first
+    assert again.duplicate  # the cancelled job, which does not run again
+    assert rows(clean)[0]["state"] == "cancelled"
+
+
+@pytest.mark.parametrize("same", [True, False], ids=["same-payload", "different-payloads"])
+def test_two_concurrent_submitters_of_one_key_get_one_job(producer, clean, same):
+    """Both INSERTs race for the key; the loser waits on the winner's row, then compares with it."""
+    ready = threading.Barrier(2)
+    hold = threading.Event()
+    outcomes: dict[str, object] = {}
+
+    def first() -> None:
+        with Session(db.engine(clean)) as session:
+            outcomes["first"] = producer.submit(
+                "ping", {"message": "a"}, idempotency_key="k", session=session
+            )
+            ready.wait(timeout=10)
+            hold.wait(timeout=10)  # the second submitter is blocked on this uncommitted row meanwhile
+            session.commit()
+
+    def second() -> None:
+        ready.wait(timeout=10)
+        try:
+            outcomes["second"] = producer.submit(
+                "ping", {"message": "a" if same else "b"}, idempotency_key="k"
+            )
+        except IdempotencyConflict as error:
+            outcomes["second"] = error
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: blocked_on_a_lock(clean), timeout=10)
+    hold.set()
+    for thread in threads:
+        thread.join(timeout=20)
+    assert [r["id"] for r in rows(clean)] == [outcomes["first"]]
+    if same:
+        assert outcomes["second"] == outcomes["first"]
+        assert outcomes["second"].duplicate  # type: ignore[attr-defined]
+    else:
+        assert isinstance(outcomes["second"], IdempotencyConflict)
+        assert str(outcomes["first"]) in str(outcomes["second"])
+
+
+def blocked_on_a_lock(settings) -> bool:
+    with db.transaction(settings) as conn:
+        waiting = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO jobs%'"
+            )
+        ).scalar_one()
+    return bool(waiting)
+
+
+def wait_until(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_published_at_is_stamped_on_the_servers_clock(producer, clean):
+    """created_at is the server's now(); published_at was the producer's clock, and could precede it."""
+    producer.submit("ping", {})
+    with Session(db.engine(clean)) as session:
+        producer.submit("ping", {}, session=session)
+        producer.submit_many("ping", [{}, {}], session=session)
+        session.commit()
+    producer.submit_many("ping", [{}] * 3)
+    stamped = rows(clean)
+    assert len(stamped) == 7
+    for row in stamped:
+        assert row["published_at"] is not None
+        assert row["published_at"] >= row["created_at"], row
+    # Each transaction's rows share one now(): the COPY's rows too.
+    assert len({row["published_at"] for row in stamped}) == 3
 
 
 def test_session_joins_the_callers_transaction(producer, clean, broker):

@@ -53,6 +53,14 @@ class Sleep(BaseModel):
     steps: int = 4
 
 
+class Anything(BaseModel):
+    """Any JSON value (``value``), and a float that may be NaN or infinite (``number``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    value: Any = None
+    number: float | None = None
+
+
 class Secret(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     user: str
@@ -107,6 +115,12 @@ def hang(ctx: jobs.JobContext, payload: Sleep) -> None:
     while time.monotonic() < deadline:
         with contextlib.suppress(BaseException):  # deliberately swallows the soft limit
             time.sleep(0.1)
+
+
+@jobs.kind("test.anything", payload=Anything, max_attempts=1)
+def anything(ctx: jobs.JobContext, payload: Anything) -> dict[str, Any]:
+    """Accept any JSON payload (the property tests throw arbitrary values at submit)."""
+    return {"number": payload.number}
 
 
 @jobs.kind("test.secret", payload=Secret, max_attempts=1)

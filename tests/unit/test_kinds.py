@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from jobs import jsonsafe
 from jobs.errors import DuplicateKind, InvalidPayload, UnknownKind
 from jobs.kinds import Kind, Registry
 
@@ -78,6 +79,34 @@ def test_registry_names_known_kinds_when_one_is_unknown():
     assert [k.name for k in registry] == ["a.one", "b.two"]
     with pytest.raises(UnknownKind, match=r"unknown job kind 'c' \(known kinds: a.one, b.two\)"):
         registry.get("c")
+
+
+def test_registry_suggests_the_closest_name_for_a_typo():
+    registry = Registry()
+    for name in ("ping", "http.post", "pg.vacuum_analyze"):
+        registry.register(Kind(name, Resize))
+    with pytest.raises(UnknownKind, match=r"^unknown job kind 'pnig' \(did you mean 'ping'\?\)$"):
+        registry.get("pnig")
+    with pytest.raises(UnknownKind, match=r"\(did you mean 'http.post'\?\)"):
+        registry.get("http.pots")
+
+
+def test_a_field_path_from_the_input_is_shown_escaped():
+    kind = Kind("images.resize", Resize)
+    with pytest.raises(InvalidPayload) as caught:
+        kind.validate({"image_id": 1, "bad\x00key\n": 2})
+    assert "bad\\u0000key\\u000a: Extra inputs are not permitted" in caught.value.message
+    assert jsonsafe.unstorable(caught.value.message) is None  # a worker can record it as the job's error
+
+
+class Loose(BaseModel):
+    anything: object = None
+
+
+def test_a_surrogate_in_a_key_pydantic_cannot_serialize_is_invalid_payload():
+    kind = Kind("a.loose", Loose)
+    with pytest.raises(InvalidPayload, match=r'anything: the key "k\\udc80" contains the surrogate'):
+        kind.dump(kind.validate({"anything": {"k\udc80": 1}}))
 
 
 def test_implement_attaches_a_body_once():

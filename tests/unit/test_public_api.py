@@ -17,6 +17,7 @@ PUBLIC = {
     "ConfigError",
     "DuplicateKind",
     "Fail",
+    "IdempotencyConflict",
     "InfrastructureError",
     "InvalidJobOptions",
     "InvalidPayload",
@@ -64,6 +65,7 @@ def test_package_exports_exactly_the_public_names():
         "jobs.db",
         "jobs.migrate",
         "jobs.durations",
+        "jobs.jsonsafe",
     ],
 )
 def test_every_module_declares_all(module):
@@ -75,6 +77,7 @@ def test_every_module_declares_all(module):
 
 def test_exception_tree_maps_to_exit_codes():
     assert issubclass(jobs.InvalidPayload, jobs.BadInput)
+    assert issubclass(jobs.IdempotencyConflict, jobs.BadInput)
     assert issubclass(jobs.LedgerUnavailable, jobs.InfrastructureError)
     assert jobs.BadInput.exit_code == 2
     assert jobs.InfrastructureError.exit_code == 3

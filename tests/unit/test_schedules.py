@@ -544,6 +544,16 @@ def test_a_schedule_is_validated_when_saved(registry):
         (ScheduleSpec("bad name", "ping", every=5), InvalidSchedule, "invalid schedule name"),
         (ScheduleSpec("x", "nope", every=5), UnknownKind, "unknown job kind 'nope'"),
         (ScheduleSpec("x", "ping", {"foo": 1}, every=5), InvalidPayload, "foo: Extra inputs"),
+        (
+            ScheduleSpec("x", "ping", {"message": "a\x00b"}, every=5),
+            InvalidPayload,
+            "message: contains a NUL character (\\u0000), which the ledger cannot store",
+        ),
+        (
+            ScheduleSpec("x", "ping", every=5, queue="q\udcff"),
+            InvalidSchedule,
+            "schedule x: queue: contains the surrogate code point \\udcff",
+        ),
         (ScheduleSpec("x", "ping", every=5, timezone="Nowhere"), InvalidSchedule, "unknown time zone"),
         (ScheduleSpec("x", "ping", every=5, priority=10), InvalidSchedule, "priority 10"),
         (ScheduleSpec("x", "ping", every=5, misfire="later"), InvalidSchedule, "misfire"),  # type: ignore[arg-type]
