@@ -45,9 +45,13 @@ class LedgerRequest(Request):
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
     def cancel(self, pool: Any, signal: Any = None, emit_retry: bool = True) -> None:
-        """Celery stops this job (soft shutdown expired): let its redelivery be claimed at once."""
+        """Celery stops this job (cold shutdown): let its redelivery be claimed at once."""
         if self.time_start and isinstance(self.task, LedgerTask):
-            self.task.release_lease(self.id, self.hostname, "the worker stopped it (soft shutdown expired)")
+            self.task.release_lease(
+                self.id,
+                self.hostname,
+                "the worker's cold shutdown stopped it (soft shutdown expired, or SIGQUIT)",
+            )
         super().cancel(pool, signal=signal, emit_retry=emit_retry)
 
 

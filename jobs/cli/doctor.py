@@ -289,21 +289,30 @@ class _Doctor:
             )
 
     def flower(self) -> None:
+        """Probe ``/healthcheck`` (it needs no credentials), so a Flower that ``jobs dev`` started counts."""
         import httpx
 
-        if not self.settings.flower_user:
-            self.add("flower", "skip", "not configured (JOBS_FLOWER_USER is unset)")
-            return
+        configured = bool(self.settings.flower_user)
         url = f"http://{health._probe_host(self.settings.flower_address)}:{self.settings.flower_port}/healthcheck"
         try:
             response = httpx.get(url, timeout=self.timeout)
         except httpx.HTTPError as error:
-            self.add("flower", "fail", f"{url}: {_first_line(error)}", "start `jobs flower`")
+            if configured:
+                self.add("flower", "fail", f"{url}: {_first_line(error)}", "start `jobs flower`")
+            else:
+                self.add("flower", "skip", f"not running at {url} (none expected: JOBS_FLOWER_USER is unset)")
             return
         if response.status_code == 200:
             self.add("flower", "ok", f"{url} answered")
-        else:
+        elif configured:
             self.add("flower", "fail", f"{url} answered {response.status_code}", "check Flower's log")
+        else:
+            self.add(
+                "flower",
+                "warn",
+                f"{url} answered {response.status_code}: something other than Flower listens there?",
+                "set JOBS_FLOWER_PORT to Flower's port",
+            )
 
 
 def _skip(doctor: _Doctor, names: list[str], because: str) -> None:

@@ -44,7 +44,7 @@ COMMANDS = {
     "worker": "jobs.cli.processes:worker",
     "beat": "jobs.cli.processes:beat",
     "flower": "jobs.cli.processes:flower",
-    "dev": "jobs.cli.processes:dev",
+    "dev": "jobs.cli.dev:dev",
 }
 
 

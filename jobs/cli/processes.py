@@ -1,7 +1,7 @@
-"""``jobs worker``, ``beat``, ``flower`` and ``dev``: the platform's processes.
+"""``jobs worker``, ``beat`` and ``flower``: the platform's processes (``jobs dev`` runs all three).
 
-Each of the first three replaces itself with the Celery process (``exec``),
-so signals from a terminal, systemd or Docker reach Celery directly.
+Each replaces itself with the Celery process (``exec``), so signals from a
+terminal, systemd or Docker reach Celery directly.
 """
 
 from __future__ import annotations
@@ -9,28 +9,21 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
-import signal
-
-# bandit B404/B603/B606: these start the platform's own commands, never a shell or user input.
-import subprocess  # nosec B404
 import sys
-import time
-import uuid
-from collections.abc import Callable
 from typing import NoReturn
 
 import click
 
 from jobs.cli import context
-from jobs.cli.output import err, fail
-from jobs.errors import LedgerUnavailable
+from jobs.cli.output import fail
 from jobs.settings import Settings
 
-__all__ = ["beat", "dev", "flower", "worker"]
+__all__ = ["beat", "flower", "worker"]
 
 CELERY = [sys.executable, "-m", "celery"]
 
 
+# bandit B606: the platform's own commands, never a shell or user input.
 def _exec(argv: list[str], env: dict[str, str] | None = None) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
@@ -174,120 +167,3 @@ def flower(no_auth: bool, state_file: str, max_tasks: int) -> None:
         context.settings(), no_auth=no_auth, state_file=state_file, max_tasks=max_tasks
     )
     _exec(argv, env)
-
-
-POSTGRES_HINT = "docker run -d -p 127.0.0.1:5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust postgres:16"
-REDIS_HINT = "docker run -d -p 127.0.0.1:6379:6379 redis:7"
-
-
-def _check_servers(settings: Settings) -> None:
-    import redis
-
-    from jobs import migrate
-
-    try:
-        migrate.create_database(settings)
-    except LedgerUnavailable as error:
-        fail(f"{error.message}; start one, for example: {POSTGRES_HINT}", 3)
-    try:
-        redis.Redis.from_url(settings.broker_url, socket_connect_timeout=3).ping()
-    except (redis.RedisError, OSError) as error:
-        fail(
-            f"Redis is unreachable at {_safe_redis(settings.broker_url)} ({_first_line(error)}); "
-            f"start one, for example: {REDIS_HINT}",
-            3,
-        )
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
-def _safe_redis(url: str) -> str:
-    from kombu.utils.url import maybe_sanitize_url
-
-    return str(maybe_sanitize_url(url))
-
-
-@click.command()
-@click.option("--concurrency", type=click.IntRange(1), default=2, show_default=True)
-def dev(concurrency: int) -> None:
-    """Run the whole platform in the foreground: migrations, a worker, beat and Flower; Ctrl-C stops all."""
-    from jobs import migrate
-
-    settings = context.settings()
-    _check_servers(settings)
-    migrate.upgrade(settings)
-    err.print(f"ledger schema at {migrate.current(settings)}")
-    env = dict(os.environ)
-    user = settings.flower_user or "admin"
-    password = (
-        settings.flower_password.get_secret_value() if settings.flower_password else secrets.token_urlsafe(12)
-    )
-    env.update(JOBS_FLOWER_USER=user, JOBS_FLOWER_PASSWORD=password)
-    jobs_cmd = [sys.executable, "-m", "jobs"]
-    children = {
-        "worker": _spawn([*jobs_cmd, "worker", "-c", str(concurrency)], env),
-        "beat": _spawn([*jobs_cmd, "beat"], env),
-        "flower": _spawn([*jobs_cmd, "flower", "--state-file", ".flower-dev.db"], env),
-    }
-    stopping = False
-
-    def stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        job = context.producer().submit("ping", {"message": "hello from jobs dev"}, submitted_by="jobs dev")
-        err.print(f"submitted a ping job: {job}")
-        state = _await(
-            settings, job, lambda: stopping or any(p.poll() is not None for p in children.values())
-        )
-        err.print(f"job {job} {state}; see it with: jobs status {job}")
-        url = f"http://{settings.flower_address}:{settings.flower_port}"
-        err.print(f"Flower: {url}  (user {user}, password {password})")
-        err.print(
-            "the platform is running; submit jobs from another terminal (jobs submit ping); Ctrl-C stops it"
-        )
-        while not stopping:
-            for name, child in children.items():
-                if child.poll() is not None:
-                    err.print(f"[red]{name} exited with code {child.returncode}; stopping[/]")
-                    stopping = True
-            time.sleep(0.2)
-    finally:
-        _stop_all(children)
-    sys.exit(0 if all(c.returncode in (0, -signal.SIGTERM) for c in children.values()) else 1)
-
-
-def _spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(argv, env=env)  # nosec B603
-
-
-def _await(settings: Settings, job: uuid.UUID, give_up: Callable[[], bool]) -> str:
-    from jobs import inspect
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not give_up():
-        row = inspect.states_of(settings, [job]).get(job)
-        if row and row["state"] in ("succeeded", "failed", "cancelled"):
-            return str(row["state"])
-        time.sleep(0.3)
-    return "not finished yet"
-
-
-def _stop_all(children: dict[str, subprocess.Popen[bytes]], grace: float = 40.0) -> None:
-    for child in children.values():
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for name, child in children.items():
-        try:
-            child.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            err.print(f"{name} did not stop in {grace:g}s; killing it")
-            child.kill()
-            child.wait()
-    err.print("stopped worker, beat and Flower")

@@ -36,7 +36,8 @@ def redis_server() -> Iterator[RedisServer]:
 def healthy(
     ledger_db: Settings, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Processes, dict[str, str]]]:
-    env = {"JOBS_BROKER_URL": redis_server.url(14)}
+    # Doctor probes Flower's port even unconfigured (to find `jobs dev`'s): one nobody here listens on.
+    env = {"JOBS_BROKER_URL": redis_server.url(14), "JOBS_FLOWER_PORT": str(free_port())}
     # This leader meets a broker the shared test ledger has not seen: it publishes the ledger's queued
     # jobs there (a new broker is treated as one that lost its data). Start from an empty ledger.
     with db.transaction(ledger_db) as conn:
