@@ -1,10 +1,16 @@
-"""The worker's consumer: Celery's, except for messages of a kind this worker does not implement.
+"""The worker's consumer: Celery's, except that every message it cannot run leaves a ledger row.
 
-Celery's consumer rejects such a message and reports the task as failed;
-this one hands it to ``workers.unknown``, which hands the job back, adopts it
-to wait for a worker that has the kind, or records it as failed, and only
-then acknowledges the message. If PostgreSQL cannot be reached the message
-goes back to the broker after ``LEDGER_DOWN_PAUSE`` seconds instead.
+- A message of a kind this worker does not implement: Celery's consumer
+  rejects it and reports the task as failed; this one hands it to
+  ``workers.unknown``, which hands the job back, adopts it to wait for a
+  worker that has the kind, or records it as failed, and only then
+  acknowledges the message.
+- A message whose body cannot be decoded (not JSON) or whose content type is
+  refused (a pickle): Celery logs and acknowledges it; this one first records
+  it as ``failed`` with the reason, under its job id (when it carries one).
+
+If PostgreSQL cannot be reached the message goes back to the broker after
+``LEDGER_DOWN_PAUSE`` seconds instead, so nothing is lost.
 """
 
 from __future__ import annotations
@@ -74,6 +80,35 @@ class Consumer(CeleryConsumer):
             sender=self, message=message, exc=exc, name=foreign.kind, id=str(foreign.job_id)
         )
 
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        if self._refused(message, f"the message body cannot be decoded: {_first_line(exc)}"):
+            super().on_decode_error(message, exc)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        if self._refused(message, f"the message was refused: {_first_line(exc)}"):
+            super().on_invalid_task(body, message, exc)
+
+    def _refused(self, message: Any, reason: str) -> bool:
+        """Record a message that cannot run as a failed job; ``False`` if it was requeued instead."""
+        settings = get_settings()
+        foreign = unknown.parse(
+            message.headers, message.delivery_info, message.properties, None, settings.default_queue
+        )
+        if foreign is None:  # no job id: Celery's own log line is all there is
+            return True
+        try:
+            outcome = unknown.refuse(settings, foreign, {"type": "InvalidMessage", "message": reason})
+        except LedgerUnavailable as error:
+            unknown.unavailable(foreign, error)
+            self.timer.call_after(LEDGER_DOWN_PAUSE, self._requeue, (message,))
+            return False
+        unknown.log_outcome(foreign, outcome, str(self.hostname))
+        return True
+
     def _requeue(self, message: Any) -> None:
         errors: Any = getattr(self, "connection_errors", ())
         message.reject_log_error(log, errors, requeue=True)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]

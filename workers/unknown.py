@@ -84,7 +84,8 @@ def job_id_of(task_id: str) -> tuple[uuid.UUID, str | None]:
     try:
         return uuid.UUID(task_id), None
     except ValueError:
-        return uuid.uuid5(_NAMESPACE, task_id), task_id[:200]
+        # surrogatepass: any text a message can carry hashes (a lone surrogate included).
+        return uuid.uuid5(_NAMESPACE, task_id.encode("utf-8", "surrogatepass")), task_id[:200]
 
 
 def parse(headers: Any, delivery_info: Any, properties: Any, body: Any, default_queue: str) -> Foreign | None:
@@ -131,6 +132,7 @@ def _row(settings: Settings, message: Foreign) -> dict[str, Any]:
 
 def refuse(settings: Settings, message: Foreign, error: dict[str, Any]) -> Outcome:
     """Record a message that cannot run as a ``failed`` job with ``error`` (a copy is left alone)."""
+    error = jsonsafe.escaped(error)  # a reason may quote what was refused
     with db.autocommit(settings) as conn:
         if ledger.record_refused(conn, _row(settings, message), error):
             return Outcome("failed", error["message"], error)

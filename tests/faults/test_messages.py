@@ -50,8 +50,8 @@ def test_16_poison_messages_are_refused_and_the_worker_keeps_running(
         ),
         json.dumps(without_headers),
     ]
-    for job_id in (not_json, pickled, headless):
-        faults.workload.refuse(job_id)
+    faults.workload.refuse(headless)  # no task headers, no job id: nothing to record it under
+    faults.workload.accept(not_json, pickled)  # recorded as failed, with the reason
     mark = faults.log_mark("worker")
     faults.broker().lpush("default", *messages)
     wrong_types = faults.send_foreign("test.work", {"key": 16, "sleep": "long"})
@@ -68,6 +68,10 @@ def test_16_poison_messages_are_refused_and_the_worker_keeps_running(
     )
     after = faults.submit("ping")
     assert faults.wait(after)["state"] == "succeeded"
+    for refused, why in ((not_json, "cannot be decoded"), (pickled, "untrusted content of type pickle")):
+        row = faults.wait(refused)
+        assert (row["state"], row["attempt"], row["error"]["type"]) == ("failed", 0, "InvalidMessage")
+        assert why in row["error"]["message"]
     assert faults.pid_of("worker") == worker_pid
     assert faults.running("worker")
     assert not canary.exists(), "a pickle was loaded"
