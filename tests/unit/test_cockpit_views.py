@@ -85,6 +85,42 @@ def test_a_queued_job_nobody_consumes():
     assert "jobs worker -Q default" in found[0].action
 
 
+def test_a_job_whose_kind_no_live_worker_implements_waits_for_one() -> None:
+    found = explain.reasons(
+        facts(a_job("queued", kind="greetings.greet", published_at=None), implementers=[])
+    )
+    assert [reason.code for reason in found] == ["no_implementer"]
+    assert "no live worker implements kind 'greetings.greet'" in found[0].message
+    assert "no attempt is spent" in found[0].action
+
+
+def test_a_job_whose_kind_runs_only_on_other_queues_says_where() -> None:
+    found = explain.reasons(
+        facts(
+            a_job("queued", kind="greetings.greet", published_at=None),
+            implementers=[],
+            implemented_elsewhere=["worker-2@b"],
+        )
+    )
+    assert found[0].code == "no_implementer"
+    assert "on queue 'default' (it runs on worker-2@b" in found[0].message
+
+
+def test_without_the_roster_nothing_is_said_about_kinds() -> None:
+    assert [
+        reason.code
+        for reason in explain.reasons(facts(a_job("queued", kind="greetings.greet", published_at=None)))
+    ] == ["next"]
+
+
+def test_a_retrying_job_is_not_told_to_drop_a_delay_it_never_had() -> None:
+    job = a_job("retrying", attempt=1, not_before=NOW + timedelta(seconds=30))
+    (reason,) = explain.reasons(facts(job))
+    assert "retry backoff after attempt 1 of 3" in reason.message
+    assert "--delay" not in reason.action
+    assert "jobs cancel" in reason.action
+
+
 def test_a_queued_job_behind_others():
     found = explain.reasons(facts(a_job("queued"), ahead=7))
     assert [reason.code for reason in found] == ["waiting"]

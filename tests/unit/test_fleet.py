@@ -5,20 +5,17 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
-from jobs import broker, explain, fleet, observe, snapshot
+from jobs import broker, fleet, observe, snapshot
 from jobs.cli.processes import default_node_name
 from jobs.kinds import Kind
 from workers import transport, unknown
 
 pytestmark = pytest.mark.unit
-
-NOW = datetime(2026, 1, 31, 9, 0, tzinfo=UTC)
 
 
 def envelope(**changes: Any) -> dict[str, Any]:
@@ -148,60 +145,6 @@ def test_consumers_are_the_live_workers_started_with_the_queue() -> None:
     assert fleet.consumers(found) == {"default": ["a"], "images": ["d"]}
     assert fleet.implementers(found, "ping") == ["a"]
     assert fleet.implementers(found, "ping", "images") == []
-
-
-def a_job(state: str, **fields: Any) -> dict[str, Any]:
-    job: dict[str, Any] = {
-        "id": uuid.uuid4(),
-        "kind": "greetings.greet",
-        "queue": "default",
-        "state": state,
-        "attempt": 0,
-        "max_attempts": 3,
-        "not_before": None,
-        "published_at": None,
-        **fields,
-    }
-    return job
-
-
-def facts(job: dict[str, Any], **fields: Any) -> explain.Facts:
-    given: dict[str, Any] = {
-        "now": NOW,
-        "job": job,
-        "paused": False,
-        "leader": "jobs-leader:host:1",
-        "consumers": ["worker-1@a"],
-        "live_workers": ["worker-1@a"],
-        "ahead": 0,
-        **fields,
-    }
-    return explain.Facts(**given)
-
-
-def test_a_job_whose_kind_no_live_worker_implements_waits_for_one() -> None:
-    found = explain.reasons(facts(a_job("queued"), implementers=[]))
-    assert [reason.code for reason in found] == ["no_implementer"]
-    assert "no live worker implements kind 'greetings.greet'" in found[0].message
-    assert "no attempt is spent" in found[0].action
-
-
-def test_a_job_whose_kind_runs_only_on_other_queues_says_where() -> None:
-    found = explain.reasons(facts(a_job("queued"), implementers=[], implemented_elsewhere=["worker-2@b"]))
-    assert found[0].code == "no_implementer"
-    assert "on queue 'default' (it runs on worker-2@b" in found[0].message
-
-
-def test_without_the_roster_nothing_is_said_about_kinds() -> None:
-    assert [reason.code for reason in explain.reasons(facts(a_job("queued")))] == ["next"]
-
-
-def test_a_retrying_job_is_not_told_to_drop_a_delay_it_never_had() -> None:
-    job = a_job("retrying", attempt=1, not_before=NOW + timedelta(seconds=30))
-    (reason,) = explain.reasons(facts(job))
-    assert "retry backoff after attempt 1 of 3" in reason.message
-    assert "--delay" not in reason.action
-    assert "jobs cancel" in reason.action
 
 
 def view(
