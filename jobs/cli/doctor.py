@@ -210,10 +210,11 @@ class _Doctor:
 
     def kinds(self, found: list[fleet.Worker]) -> None:
         """Queued jobs that no live worker can run, and kinds the fleet runs at several versions."""
+        consuming = fleet.consumers(found)
         stranded = {
             (kind, queue): count
             for (kind, queue), count in self.kinds_waiting.items()
-            if fleet.consumers(found).get(queue) and not fleet.implementers(found, kind, queue)
+            if consuming.get(queue) and not fleet.implementers(found, kind, queue)
         }
         if stranded:
             listed = "; ".join(
