@@ -11,7 +11,7 @@ from jobs.app import get_app
 from jobs.kinds import load_kinds
 from jobs.settings import get_settings
 from workers import builtin as _builtin  # noqa: F401 - attaches the built-in bodies
-from workers import pauses, presence, redact, watchdog
+from workers import pauses, presence, redact, transport, watchdog
 from workers.task import register_kinds
 
 __all__ = ["app", "build"]
@@ -26,9 +26,7 @@ def build() -> Celery:
     register_kinds(celery_app, registry, settings)
     # Messages of kinds this worker lacks are handed back or recorded, not dropped (workers.unknown).
     celery_app.conf.worker_consumer = "workers.consumer:Consumer"
-    if settings.broker_url.startswith(("redis://", "rediss://")):
-        # A malformed item on a queue is quarantined instead of stopping the worker.
-        celery_app.conf.broker_transport = "workers.transport:Transport"
+    transport.install()  # a malformed item on a queue is quarantined instead of stopping the worker
     pauses.install(celery_app)  # paused queues (jobs queue pause) are not consumed, even after a restart
     presence.install(celery_app, registry)  # the roster: queues, kinds and heartbeat in the ledger
     watchdog.install(celery_app)  # a consumer that stops taking messages reconnects

@@ -29,7 +29,7 @@ from kombu.transport import redis as kombu_redis
 
 from jobs import broker
 
-__all__ = ["Channel", "Transport", "malformed"]
+__all__ = ["Channel", "Transport", "install", "malformed"]
 
 log = logging.getLogger("jobs.worker.transport")
 
@@ -124,3 +124,15 @@ class Transport(kombu_redis.Transport):
     """kombu's Redis transport with ``Channel`` above."""
 
     Channel = Channel
+
+
+def install() -> None:
+    """Make ``redis://`` and ``rediss://`` URLs use this transport in this process (the worker's).
+
+    kombu resolves a URL's scheme through its alias table, so every connection the worker makes
+    (consumer, events, remote control) gets it, and Celery's log still says ``redis://``.
+    """
+    from kombu.transport import TRANSPORT_ALIASES
+
+    for scheme in ("redis", "rediss"):
+        TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"
