@@ -11,17 +11,17 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
-import sqlalchemy as sa
 
-from jobs import broker, db, fleet, migrate, observe, pauses
 from jobs.cli import context, health
-from jobs.cli.output import console, emit_json
+from jobs.cli.output import emit_json
 from jobs.errors import InfrastructureError, JobsError
-from jobs.leader import current_leader
-from jobs.settings import Settings
+
+# Each check imports what it needs: completing a command line loads none of it.
+if TYPE_CHECKING:
+    from jobs.settings import Settings
 
 __all__ = ["Check", "doctor", "run"]
 
@@ -59,6 +59,10 @@ class _Doctor:
         return status != "fail"
 
     def postgres(self) -> bool:
+        import sqlalchemy as sa
+
+        from jobs import db
+
         url = db.safe_url(self.settings.database_url)
         try:
             with db.transaction(self.settings) as conn:
@@ -71,6 +75,10 @@ class _Doctor:
         return self.add("postgresql", "ok", f"reachable at {url} (server {version})")
 
     def migrations(self) -> bool:
+        import sqlalchemy as sa
+
+        from jobs import migrate
+
         head = migrate.head()
         try:
             current = migrate.current(self.settings)
@@ -87,6 +95,10 @@ class _Doctor:
 
     def autovacuum(self) -> None:
         """Every claim and finish leaves a dead row version: without autovacuum the ledger bloats."""
+        import sqlalchemy as sa
+
+        from jobs import db
+
         with db.transaction(self.settings) as conn:
             enabled = conn.execute(sa.text("SHOW autovacuum")).scalar_one()
         if enabled == "on":
@@ -100,6 +112,9 @@ class _Doctor:
             )
 
     def ledger_facts(self) -> str | None:
+        from jobs import db, observe, pauses
+        from jobs.leader import current_leader
+
         with db.transaction(self.settings) as conn:
             stats = observe.queue_stats(conn)
             self.paused = set(pauses.paused(conn))
@@ -120,6 +135,8 @@ class _Doctor:
             self.add("leader", "ok", f"{leader} leads")
 
     def redis(self) -> bool:
+        from jobs import broker
+
         try:
             found = broker.config(self.settings, timeout=self.timeout)
         except InfrastructureError as error:
@@ -162,6 +179,8 @@ class _Doctor:
         return True
 
     def workers(self) -> None:
+        from jobs import fleet
+
         try:
             found = fleet.workers(self.settings, timeout=self.timeout)
         except InfrastructureError as error:
@@ -208,11 +227,11 @@ class _Doctor:
             )
 
     def flower(self) -> None:
-        import httpx
-
         if not self.settings.flower_user:
             self.add("flower", "skip", "not configured (JOBS_FLOWER_USER is unset)")
             return
+        import httpx
+
         url = f"http://{health._probe_host(self.settings.flower_address)}:{self.settings.flower_port}/healthcheck"
         try:
             response = httpx.get(url, timeout=self.timeout)
@@ -263,6 +282,8 @@ MARKS = {"ok": "[green]✓[/]", "fail": "[bold red]✗[/]", "warn": "[yellow]![/
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def doctor(timeout: float, as_json: bool) -> None:
     """Check PostgreSQL, migrations, Redis, the leader, workers and Flower; exit 0 only if none fails."""
+    from jobs.cli.output import console
+
     checks = run(context.settings(), timeout=timeout)
     healthy = all(check.status != "fail" for check in checks)
     if as_json:

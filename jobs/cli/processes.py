@@ -17,14 +17,17 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from jobs.cli import context
-from jobs.cli.output import err, fail
+from jobs.cli.completion import queue_lists
+from jobs.cli.output import fail
 from jobs.errors import LedgerUnavailable
-from jobs.settings import Settings
+
+if TYPE_CHECKING:
+    from jobs.settings import Settings
 
 __all__ = ["beat", "dev", "flower", "worker"]
 
@@ -47,7 +50,9 @@ def worker_queues(settings: Settings) -> list[str]:
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
-@click.option("-Q", "--queues", help="Comma-separated queues (default: every kind's queue).")
+@click.option(
+    "-Q", "--queues", help="Comma-separated queues (default: every kind's queue).", shell_complete=queue_lists
+)
 @click.option("-c", "--concurrency", type=click.IntRange(1), help="Pool size (default: CPU count).")
 @click.option(
     "-P",
@@ -199,6 +204,7 @@ def _safe_redis(url: str) -> str:
 def dev(concurrency: int) -> None:
     """Run the whole platform in the foreground: migrations, a worker, beat and Flower; Ctrl-C stops all."""
     from jobs import migrate
+    from jobs.cli.output import err
 
     settings = context.settings()
     _check_servers(settings)
@@ -264,6 +270,8 @@ def _await(settings: Settings, job: uuid.UUID, give_up: Callable[[], bool]) -> s
 
 
 def _stop_all(children: dict[str, subprocess.Popen[bytes]], grace: float = 40.0) -> None:
+    from jobs.cli.output import err
+
     for child in children.values():
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)

@@ -5,12 +5,9 @@ from __future__ import annotations
 import time
 
 import click
-from rich.markup import escape
-from rich.table import Table
 
-from jobs import fleet, observe
 from jobs.cli import context, options
-from jobs.cli.output import console, emit_json, err
+from jobs.cli.output import emit_json
 
 __all__ = ["workers"]
 
@@ -20,6 +17,13 @@ __all__ = ["workers"]
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def workers(timeout: float, as_json: bool) -> None:
     """Workers that answer within the timeout: queues, pool type and size, running jobs, uptime."""
+    # Imported here, not at the top: completing a command line loads none of them.
+    from rich.markup import escape
+    from rich.table import Table
+
+    from jobs import fleet, observe
+    from jobs.cli.output import console, err
+
     found = fleet.workers(context.settings(), timeout=timeout)
     if as_json:
         emit_json({"workers": [worker.as_dict() for worker in found]})
