@@ -1,7 +1,8 @@
 """``python -m tests.bench.cli`` (``make bench-cli``): how long the ``jobs`` command takes, as a user runs it.
 
 Each command runs as a subprocess of the installed ``jobs`` script, with a
-warm bytecode cache (one untimed run first), ``--runs`` times; the table shows
+warm bytecode cache (one untimed run first), once per round for ``--runs``
+rounds (so a burst of other people's load hits every command alike); the table shows
 the median and min-max wall clock of the whole process, start-up included, and
 its median CPU time (user + system), which other people's load disturbs less.
 Targets and latest numbers: ``docs/performance.md`` ("Command start-up").
@@ -81,7 +82,9 @@ def cases(job_id: str) -> list[Case]:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.cli", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=10, help="timed runs per command (default: %(default)s)")
+    parser.add_argument(
+        "--runs", type=int, default=10, help="rounds, each runs every command once (default: %(default)s)"
+    )
     parser.add_argument(
         "--only",
         default="",
@@ -91,7 +94,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--quiet-below",
         type=float,
         default=50.0,
-        help="before each command, wait until the CPUs are less than this %% busy (default: %(default)s)",
+        help="before each round, wait until the CPUs are less than this %% busy (default: %(default)s)",
     )
     parser.add_argument(
         "--quiet-wait", type=float, default=30.0, help="wait at most this many seconds (default: %(default)s)"
@@ -139,30 +142,44 @@ def await_quiet(below: float, wait: float) -> float:
     return busy
 
 
-def time_case(script: str, case: Case, env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
-    _, _, warm = run(script, case, env)  # writes the bytecode cache, as any earlier use would have
-    if warm.returncode not in case.exit_codes:
-        sys.exit(f"jobs {' '.join(case.argv)} exited {warm.returncode}: {warm.stderr.decode()[-500:]}")
-    busy = await_quiet(args.quiet_below, args.quiet_wait)
-    times, cpus = [], []
-    for _ in range(args.runs):
-        seconds, cpu, done = run(script, case, env)
-        if done.returncode not in case.exit_codes:
-            sys.exit(f"jobs {' '.join(case.argv)} exited {done.returncode}: {done.stderr.decode()[-500:]}")
-        times.append(seconds)
-        cpus.append(cpu)
-    return {
-        "command": case.name,
-        "argv": list(case.argv),
-        "median": statistics.median(times),
-        "min": min(times),
-        "max": max(times),
-        "target": case.target,
-        "busy_percent_before": busy,
-        "cpu_median": statistics.median(cpus),
-        "times": times,
-        "cpu_times": cpus,
-    }
+def checked(script: str, case: Case, env: dict[str, str]) -> tuple[float, float]:
+    seconds, cpu, done = run(script, case, env)
+    if done.returncode not in case.exit_codes:
+        sys.exit(f"jobs {' '.join(case.argv)} exited {done.returncode}: {done.stderr.decode()[-500:]}")
+    return seconds, cpu
+
+
+def time_cases(
+    script: str, chosen: list[Case], env: dict[str, str], args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Every command once per round, so that a burst of other people's load hits all of them alike."""
+    for case in chosen:
+        checked(script, case, env)  # writes the bytecode cache, as any earlier use would have
+    times: dict[str, list[float]] = {case.name: [] for case in chosen}
+    cpus: dict[str, list[float]] = {case.name: [] for case in chosen}
+    busy = []
+    for number in range(1, args.runs + 1):
+        busy.append(await_quiet(args.quiet_below, args.quiet_wait))
+        console.print(f"round {number}/{args.runs} (machine {busy[-1]:.0f}% busy before it)")
+        for case in chosen:
+            seconds, cpu = checked(script, case, env)
+            times[case.name].append(seconds)
+            cpus[case.name].append(cpu)
+    return [
+        {
+            "command": case.name,
+            "argv": list(case.argv),
+            "median": statistics.median(times[case.name]),
+            "min": min(times[case.name]),
+            "max": max(times[case.name]),
+            "cpu_median": statistics.median(cpus[case.name]),
+            "target": case.target,
+            "times": times[case.name],
+            "cpu_times": cpus[case.name],
+            "busy_percent_before_rounds": busy,
+        }
+        for case in chosen
+    ]
 
 
 def render(results: list[dict[str, Any]]) -> Table:
@@ -219,10 +236,7 @@ def main(argv: list[str] | None = None) -> None:
             if unknown:
                 sys.exit(f"unknown command(s): {', '.join(sorted(unknown))}")
             chosen = [case for case in chosen if case.name in wanted]
-        results = []
-        for case in chosen:
-            console.print(f"timing jobs {' '.join(case.argv) or '<completion>'} ({args.runs} runs)")
-            results.append(time_case(script, case, env, args))
+        results = time_cases(script, chosen, env, args)
     finally:
         servers.clear(settings, client)
     Console().print(render(results))
