@@ -17,12 +17,16 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.shell_completion import CompletionItem
 
 from jobs.cli import context
+from jobs.states import STATES, TERMINAL_STATES
+
+if TYPE_CHECKING:
+    from jobs.kinds import Kind
 
 __all__ = ["LEDGER_BUDGET", "kind_names", "queue_lists", "queue_names", "schedule_names"]
 
@@ -30,7 +34,7 @@ __all__ = ["LEDGER_BUDGET", "kind_names", "queue_lists", "queue_names", "schedul
 LEDGER_BUDGET = 1.0
 STATEMENT_TIMEOUT_MS = 400
 
-LIVE_STATES = ("scheduled", "queued", "running", "retrying")
+LIVE_STATES = [state for state in STATES if state not in TERMINAL_STATES]
 
 # Cheapest first: a huge jobs table may not answer the last one within the statement timeout.
 QUEUE_QUERIES = (
@@ -42,7 +46,7 @@ QUEUE_QUERIES = (
 SCHEDULE_QUERY = "SELECT name, kind FROM schedules WHERE starts_with(name, %(prefix)s) ORDER BY name"
 
 
-def _kinds() -> list[Any]:
+def _kinds() -> list[Kind]:
     """The registered kinds; if a kind module fails to import, those registered before it."""
     with contextlib.suppress(Exception):
         context.registry()
@@ -98,7 +102,7 @@ def _queues(prefix: str) -> list[str]:
     with contextlib.suppress(Exception):
         found.add(context.settings().default_queue)
     found.update(declared.queue for declared in _kinds() if declared.queue)
-    params = {"prefix": prefix, "live": list(LIVE_STATES)}
+    params = {"prefix": prefix, "live": LIVE_STATES}
     found.update(str(row[0]) for row in _read_ledger(QUEUE_QUERIES, params) if row[0])
     return sorted(name for name in found if name.startswith(prefix))
 

@@ -64,6 +64,7 @@ def test_package_exports_exactly_the_public_names():
         "jobs.db",
         "jobs.migrate",
         "jobs.durations",
+        "jobs.states",
     ],
 )
 def test_every_module_declares_all(module):
