@@ -85,6 +85,11 @@ bench: install ## Compare bare Celery and the platform (BENCH_ARGS="--rounds 1")
 	JOBS_DATABASE_URL=$(BENCH_DATABASE_URL) JOBS_BROKER_URL=$(BENCH_BROKER_URL) \
 		$(RUN) python -m tests.bench $(BENCH_ARGS)
 
+.PHONY: bench-cli
+bench-cli: install ## Time the jobs command's start-up (--help, completion, status, list, submit...); BENCH_ARGS="--runs 20"
+	JOBS_DATABASE_URL=$(BENCH_DATABASE_URL) JOBS_BROKER_URL=$(BENCH_BROKER_URL) \
+		$(RUN) python -m tests.bench.cli $(BENCH_ARGS)
+
 # The soak runs on private servers it starts and stops itself (never the shared ones).
 SOAK_MINUTES ?= 5
 

@@ -8,31 +8,40 @@ The public surface for producers and for teams that declare kinds::
     def resize(ctx: jobs.JobContext, p: Resize) -> dict[str, int]: ...
 
     job_id = jobs.submit("images.resize", {"image_id": 7, "width": 640})
+
+Each name is imported on first use (PEP 562): ``import jobs``, and so every
+``jobs`` command, loads neither SQLAlchemy nor pydantic nor Celery until needed.
 """
 
-from jobs.backoff import Backoff
-from jobs.context import JobContext
-from jobs.errors import (
-    BadInput,
-    BrokerUnavailable,
-    ConfigError,
-    DuplicateKind,
-    Fail,
-    IdempotencyConflict,
-    InfrastructureError,
-    InvalidJobOptions,
-    InvalidPayload,
-    InvalidTransition,
-    JobNotFound,
-    JobsError,
-    LedgerUnavailable,
-    PayloadTooLarge,
-    RetryLater,
-    UnknownKind,
-)
-from jobs.kinds import Kind, declare, kind, registry
-from jobs.producer import JobId, Producer, submit, submit_many
-from jobs.settings import Settings, get_settings, load_settings
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jobs.backoff import Backoff
+    from jobs.context import JobContext
+    from jobs.errors import (
+        BadInput,
+        BrokerUnavailable,
+        ConfigError,
+        DuplicateKind,
+        Fail,
+        IdempotencyConflict,
+        InfrastructureError,
+        InvalidJobOptions,
+        InvalidPayload,
+        InvalidTransition,
+        JobNotFound,
+        JobsError,
+        LedgerUnavailable,
+        PayloadTooLarge,
+        RetryLater,
+        UnknownKind,
+    )
+    from jobs.kinds import Kind, declare, kind, registry
+    from jobs.producer import JobId, Producer, submit, submit_many
+    from jobs.settings import Settings, get_settings, load_settings
 
 __all__ = [
     "Backoff",
@@ -65,3 +74,33 @@ __all__ = [
     "submit",
     "submit_many",
 ]
+
+_ERRORS = (
+    "BadInput BrokerUnavailable ConfigError DuplicateKind Fail IdempotencyConflict InfrastructureError "
+    "InvalidJobOptions "
+    "InvalidPayload InvalidTransition JobNotFound JobsError LedgerUnavailable PayloadTooLarge RetryLater "
+    "UnknownKind"
+)
+
+#: Where each public name lives.
+_HOMES = {
+    "Backoff": "jobs.backoff",
+    "JobContext": "jobs.context",
+    **dict.fromkeys(_ERRORS.split(), "jobs.errors"),
+    **dict.fromkeys(("Kind", "declare", "kind", "registry"), "jobs.kinds"),
+    **dict.fromkeys(("JobId", "Producer", "submit", "submit_many"), "jobs.producer"),
+    **dict.fromkeys(("Settings", "get_settings", "load_settings"), "jobs.settings"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'jobs' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # the next access is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

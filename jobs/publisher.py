@@ -17,8 +17,6 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 
-from kombu.utils.url import maybe_sanitize_url
-
 from jobs import db, ledger, wire
 from jobs.errors import BrokerUnavailable, JobsError
 from jobs.kinds import Registry
@@ -91,4 +89,6 @@ def _shown(registry: Registry, item: ledger.Published) -> str:
 
 
 def _safe(url: str) -> str:
+    from kombu.utils.url import maybe_sanitize_url  # here: only error messages need kombu (0.05 s to load)
+
     return str(maybe_sanitize_url(url))

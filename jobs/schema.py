@@ -16,6 +16,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
+from jobs.states import STATES, TERMINAL_STATES
+
 __all__ = [
     "STATES",
     "TERMINAL_STATES",
@@ -39,9 +41,6 @@ metadata = sa.MetaData(
         "pk": "pk_%(table_name)s",
     }
 )
-
-STATES = ("scheduled", "queued", "running", "retrying", "succeeded", "failed", "cancelled")
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 
 _TZ = sa.DateTime(timezone=True)
 _state_list = ", ".join(f"'{state}'" for state in STATES)

@@ -14,18 +14,21 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from jobs import control, inspect
 from jobs.cli import context
-from jobs.cli.output import console, emit_json, err, humanize, state
+from jobs.cli.completion import kind_names, queue_names
+from jobs.cli.output import emit_json, humanize, state
 from jobs.cli.submit import SINCE
 from jobs.errors import BadInput, InvalidTransition, JobNotFound
-from jobs.schema import STATES
+from jobs.states import STATES
+
+# The ledger, Celery and rich are imported in the functions that use them: completing a
+# command line (``jobs cancel --queue <TAB>``) loads none of them.
+if TYPE_CHECKING:
+    from jobs import control, inspect
 
 __all__ = ["cancel", "retry"]
 
@@ -37,8 +40,10 @@ def _filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--state", "states", multiple=True, type=click.Choice(STATES), help="Jobs in this state."
         ),
-        click.option("--kind", "kinds", multiple=True, help="Jobs of this kind."),
-        click.option("--queue", "queues", multiple=True, help="Jobs on this queue."),
+        click.option("--kind", "kinds", multiple=True, help="Jobs of this kind.", shell_complete=kind_names),
+        click.option(
+            "--queue", "queues", multiple=True, help="Jobs on this queue.", shell_complete=queue_names
+        ),
         click.option("--since", type=SINCE, help="Created at or after (ISO time, or a duration ago: 1h)."),
         click.option("--until", type=SINCE, help="Created before (ISO time, or a duration ago)."),
         click.option("--yes", is_flag=True, help="Act on every job the filters select."),
@@ -51,6 +56,8 @@ def _filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _unique_ids(texts: Sequence[str]) -> list[uuid.UUID]:
+    from jobs import inspect
+
     return list(dict.fromkeys(inspect.parse_id(text) for text in texts))
 
 
@@ -58,6 +65,8 @@ def _select(
     action: str, job_ids: Sequence[str], filters: inspect.Filters, yes: bool, dry_run: bool
 ) -> tuple[list[control.Match], bool]:
     """The jobs to act on, and whether they came from filters."""
+    from jobs import control, inspect
+
     filtered = bool(filters.states or filters.kinds or filters.queues or filters.since or filters.until)
     if yes and dry_run:
         raise BadInput("--yes and --dry-run exclude each other")
@@ -87,6 +96,8 @@ def _gate(
     action: str, matches: list[control.Match], filtered: bool, yes: bool, dry_run: bool, as_json: bool
 ) -> bool:
     """Report the match; True when the action should go ahead."""
+    from jobs.cli.output import err
+
     if filtered and not as_json and matches and (yes or dry_run):
         err.print(f"{len(matches)} job(s) match")
     if dry_run:
@@ -118,6 +129,10 @@ def _match_json(match: control.Match) -> dict[str, Any]:
 
 
 def _match_table(matches: list[control.Match]) -> None:
+    from rich.table import Table
+
+    from jobs.cli.output import console
+
     table = Table(box=None, pad_edge=False)
     for column in ("id", "kind", "state", "queue", "created"):
         table.add_column(column, no_wrap=True)
@@ -129,6 +144,10 @@ def _match_table(matches: list[control.Match]) -> None:
 @contextmanager
 def _progress(label: str, total: int, shown: bool) -> Iterator[Callable[[int], None]]:
     """A progress bar on stderr (only on a terminal, and not with --json); yields ``advance(n)``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from jobs.cli.output import err
+
     bar = Progress(
         TextColumn(label),
         BarColumn(),
@@ -162,7 +181,9 @@ def cancel(
     Queued, delayed and retrying jobs are cancelled at once; running ones are
     cancelled and their workers told to stop them.
     """
+    from jobs import control, inspect
     from jobs.app import get_app  # Celery is needed only to tell workers to stop running jobs
+    from jobs.cli.output import err
 
     filters = inspect.Filters(states, kinds, queues, since, until)
     matches, filtered = _select("cancel", job_ids, filters, yes, dry_run)
@@ -220,6 +241,9 @@ def retry(
     A job is retried once: a job that already has a retry is skipped (retry
     the retry to run it again), so running the same command twice is safe.
     """
+    from jobs import control, inspect
+    from jobs.cli.output import err
+
     filters = inspect.Filters(states, kinds, queues, since, until)
     matches, filtered = _select("retry", job_ids, filters, yes, dry_run)
     if not _gate("retry", matches, filtered, yes, dry_run, as_json):

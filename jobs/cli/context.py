@@ -1,25 +1,37 @@
-"""Lazily built settings, kinds and producer shared by the CLI's commands."""
+"""Lazily built settings, kinds and producer shared by the CLI's commands.
+
+Nothing is imported until a command asks: loading this module costs nothing,
+so commands (and their shell completion) start fast.
+"""
 
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
-from jobs.kinds import Registry, load_kinds
-from jobs.producer import Producer
-from jobs.settings import Settings, get_settings
+if TYPE_CHECKING:
+    from jobs.kinds import Registry
+    from jobs.producer import Producer
+    from jobs.settings import Settings
 
 __all__ = ["producer", "registry", "settings"]
 
 
 def settings() -> Settings:
+    from jobs.settings import get_settings
+
     return get_settings()
 
 
 @functools.cache
 def registry() -> Registry:
+    from jobs.kinds import load_kinds
+
     return load_kinds(settings().kind_modules)
 
 
 @functools.cache
 def producer() -> Producer:
+    from jobs.producer import Producer
+
     return Producer(settings(), registry=registry())

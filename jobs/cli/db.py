@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from jobs.cli import context
-from jobs.cli.output import emit_json, err
+from jobs.cli import context, output
+from jobs.cli.output import emit_json
 
 __all__ = ["db"]
 
@@ -27,12 +27,12 @@ def upgrade(create_database: bool, as_json: bool) -> None:
     settings = context.settings()
     created = bool(create_database and migrate.create_database(settings))
     if created and not as_json:
-        err.print("created the database")
+        output.err.print("created the database")
     migrate.upgrade(settings)
     if as_json:
         emit_json({"created_database": created, "revision": migrate.current(settings), "newest": True})
         return
-    err.print(f"ledger schema at {migrate.current(settings)} (newest)")
+    output.err.print(f"ledger schema at {migrate.current(settings)} (newest)")
 
 
 @db.command()
@@ -46,7 +46,7 @@ def downgrade(revision: str, as_json: bool) -> None:
     if as_json:
         emit_json({"revision": migrate.current(context.settings())})
         return
-    err.print(f"ledger schema at {migrate.current(context.settings()) or 'base (empty)'}")
+    output.err.print(f"ledger schema at {migrate.current(context.settings()) or 'base (empty)'}")
 
 
 @db.command()
@@ -73,4 +73,4 @@ def check(as_json: bool) -> None:
     if as_json:
         emit_json({"agree": True})
         return
-    err.print("models and migrations agree")
+    output.err.print("models and migrations agree")

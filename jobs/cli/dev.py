@@ -26,15 +26,18 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import sqlalchemy as sa
 
-from jobs.cli import context
-from jobs.cli.output import err, fail
+from jobs.cli import context, output
+from jobs.cli.output import fail
 from jobs.cli.supervisor import Step, Supervisor
 from jobs.errors import JobsError, LedgerUnavailable
-from jobs.settings import Settings
+
+# Imported where used: completing a command line loads neither SQLAlchemy nor rich.
+if TYPE_CHECKING:
+    from jobs.settings import Settings
 
 __all__ = ["CREDENTIALS_FILE", "STATE_FILE", "dev", "flower_login", "jobs_command"]
 
@@ -155,6 +158,12 @@ def _safe_redis(url: str) -> str:
     return str(maybe_sanitize_url(url))
 
 
+def _sa_error() -> type[Exception]:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return SQLAlchemyError
+
+
 def _running_on(settings: Settings, node: str) -> int | None:
     """Jobs the ledger says run on worker ``node`` (None: the ledger did not answer)."""
     from jobs import db, observe
@@ -162,7 +171,7 @@ def _running_on(settings: Settings, node: str) -> int | None:
     try:
         with db.transaction(settings) as conn:
             return sum(job.worker == node for job in observe.running_jobs(conn, limit=1000))
-    except (JobsError, sa.exc.SQLAlchemyError):
+    except (JobsError, _sa_error()):
         return None
 
 
@@ -171,7 +180,7 @@ def _finished(settings: Settings, job: uuid.UUID) -> str | None:
 
     try:
         row = inspect.states_of(settings, [job]).get(job)
-    except (JobsError, sa.exc.SQLAlchemyError):
+    except (JobsError, _sa_error()):
         return None
     if row and row["state"] in ("succeeded", "failed", "cancelled"):
         return str(row["state"])
@@ -211,7 +220,7 @@ def dev(concurrency: int) -> None:
     migrate.upgrade(settings)
     processes = Supervisor()
     processes.catch_signals()  # from now on a Ctrl-C stops the children in order, never midway
-    err.print(f"ledger schema at {migrate.current(settings)}")
+    output.err.print(f"ledger schema at {migrate.current(settings)}")
     login = flower_login(settings, Path(CREDENTIALS_FILE))
     node = f"dev-{os.getpid()}@{socket.gethostname()}"
     _remove_flower_leftovers()
@@ -221,9 +230,9 @@ def dev(concurrency: int) -> None:
     command = jobs_command(sys.executable, sys.prefix != sys.base_prefix, shutil.which("jobs"))
     ping_deadline = time.monotonic() + PING_TIMEOUT
     while not processes.finished():
-        processes.advance(lambda step: err.print(_stopping_line(settings, step, node), markup=False))
+        processes.advance(lambda step: output.err.print(_stopping_line(settings, step, node), markup=False))
         for child in processes.exited_unasked():
-            err.print(f"[red]{child.name} exited with code {child.process.returncode}; stopping[/]")
+            output.err.print(f"[red]{child.name} exited with code {child.process.returncode}; stopping[/]")
             processes.request(Step.GRACEFUL)
         if ping is not None and not processes.stopping:
             state = _finished(settings, ping)
@@ -234,7 +243,7 @@ def dev(concurrency: int) -> None:
                 ping = None
         time.sleep(0.2)
     _remove_flower_leftovers()
-    err.print("stopped worker, beat and Flower")
+    output.err.print("stopped worker, beat and Flower")
     troubled = [child for child in processes.children if child.unexpected or child.killed]
     sys.exit(1 if troubled else 0)
 
@@ -259,18 +268,19 @@ def _submit_ping(processes: Supervisor) -> uuid.UUID | None:
     try:
         job = context.producer().submit("ping", {"message": "hello from jobs dev"}, submitted_by="jobs dev")
     except JobsError as error:
-        err.print(f"[red]could not submit a ping job: {error.message}; stopping[/]")
+        output.err.print(f"[red]could not submit a ping job: {error.message}; stopping[/]")
         processes.request(Step.GRACEFUL)
         return None
-    err.print(f"submitted a ping job: {job}")
+    output.err.print(f"submitted a ping job: {job}")
     return job
 
 
 def _say_running(settings: Settings, ping: uuid.UUID, state: str, login: Login, command: str) -> None:
     url = f"http://{settings.flower_address}:{settings.flower_port}"
-    err.print(f"job {ping} {state}; see it with: {command} status {ping}", markup=False)
-    err.print(f"Flower: {url}  (user {login.user}, password {login.password}; {login.source})", markup=False)
-    err.print(
+    output.err.print(f"job {ping} {state}; see it with: {command} status {ping}", markup=False)
+    credentials = f"user {login.user}, password {login.password}; {login.source}"
+    output.err.print(f"Flower: {url}  ({credentials})", markup=False)
+    output.err.print(
         f"the platform is running; submit jobs from another terminal ({command} submit ping);"
         " Ctrl-C stops it (running jobs finish first)",
         markup=False,

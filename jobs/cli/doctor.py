@@ -11,17 +11,18 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
-import sqlalchemy as sa
 
-from jobs import broker, db, fleet, migrate, observe, pauses
 from jobs.cli import context, health
-from jobs.cli.output import console, emit_json
+from jobs.cli.output import emit_json
 from jobs.errors import InfrastructureError, JobsError
-from jobs.leader import current_leader
-from jobs.settings import Settings
+
+# Each check imports what it needs: completing a command line loads none of it.
+if TYPE_CHECKING:
+    from jobs import fleet
+    from jobs.settings import Settings
 
 __all__ = ["Check", "doctor", "run"]
 
@@ -61,6 +62,10 @@ class _Doctor:
         return status != "fail"
 
     def postgres(self) -> bool:
+        import sqlalchemy as sa
+
+        from jobs import db
+
         url = db.safe_url(self.settings.database_url)
         try:
             with db.transaction(self.settings) as conn:
@@ -73,6 +78,10 @@ class _Doctor:
         return self.add("postgresql", "ok", f"reachable at {url} (server {version})")
 
     def migrations(self) -> bool:
+        import sqlalchemy as sa
+
+        from jobs import migrate
+
         head = migrate.head()
         try:
             current = migrate.current(self.settings)
@@ -89,6 +98,10 @@ class _Doctor:
 
     def autovacuum(self) -> None:
         """Every claim and finish leaves a dead row version: without autovacuum the ledger bloats."""
+        import sqlalchemy as sa
+
+        from jobs import db
+
         with db.transaction(self.settings) as conn:
             enabled = conn.execute(sa.text("SHOW autovacuum")).scalar_one()
         if enabled == "on":
@@ -102,6 +115,9 @@ class _Doctor:
             )
 
     def ledger_facts(self) -> str | None:
+        from jobs import db, observe, pauses
+        from jobs.leader import current_leader
+
         with db.transaction(self.settings) as conn:
             stats = observe.queue_stats(conn)
             self.kinds_waiting = observe.queued_by_kind(conn)
@@ -123,6 +139,8 @@ class _Doctor:
             self.add("leader", "ok", f"{leader} leads")
 
     def redis(self) -> bool:
+        from jobs import broker
+
         try:
             found = broker.config(self.settings, timeout=self.timeout)
         except InfrastructureError as error:
@@ -165,6 +183,8 @@ class _Doctor:
         return True
 
     def workers(self) -> None:
+        from jobs import fleet
+
         try:
             found = fleet.workers(self.settings, timeout=self.timeout)
         except InfrastructureError as error:
@@ -210,6 +230,8 @@ class _Doctor:
 
     def kinds(self, found: list[fleet.Worker]) -> None:
         """Queued jobs that no live worker can run, and kinds the fleet runs at several versions."""
+        from jobs import fleet
+
         consuming = fleet.consumers(found)
         stranded = {
             (kind, queue): count
@@ -254,6 +276,8 @@ class _Doctor:
 
     def broker_queues(self) -> None:
         """Queues in Redis that hold messages no worker of the platform takes, and the quarantine."""
+        from jobs import broker, fleet
+
         found = self.found
         try:
             client = broker.client(self.settings, self.timeout)
@@ -358,6 +382,8 @@ MARKS = {"ok": "[green]✓[/]", "fail": "[bold red]✗[/]", "warn": "[yellow]![/
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def doctor(timeout: float, as_json: bool) -> None:
     """Check PostgreSQL, migrations, Redis, the leader, workers and Flower; exit 0 only if none fails."""
+    from jobs.cli.output import console
+
     checks = run(context.settings(), timeout=timeout)
     healthy = all(check.status != "fail" for check in checks)
     if as_json:

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import click
-from rich.markup import escape
 
-from jobs import explain as explaining
-from jobs import inspect
 from jobs.cli import context, options
-from jobs.cli.output import console, emit_json, state
+from jobs.cli.output import emit_json, state
 
 __all__ = ["explain"]
 
@@ -19,6 +16,13 @@ __all__ = ["explain"]
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def explain(job_id: str, timeout: float, as_json: bool) -> None:
     """Why the job is not running (or what it is doing), one reason per line, each with what to do."""
+    # Imported here, not at the top: completing a command line loads none of them.
+    from rich.markup import escape
+
+    from jobs import explain as explaining
+    from jobs import inspect
+    from jobs.cli.output import console
+
     facts = explaining.gather(context.settings(), inspect.parse_id(job_id), timeout=timeout)
     found = explaining.reasons(facts)
     job = facts.job

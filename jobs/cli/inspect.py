@@ -8,14 +8,12 @@ from datetime import datetime
 from typing import Any
 
 import click
-from rich.table import Table
 
-from jobs import inspect
 from jobs.cli import context
-from jobs.cli.output import console, emit_json, err, humanize, state
+from jobs.cli.completion import kind_names, queue_names
+from jobs.cli.output import emit_json, humanize, state
 from jobs.cli.submit import DURATION, SINCE
-from jobs.cli.waiting import wait_for
-from jobs.schema import STATES
+from jobs.states import STATES
 
 __all__ = ["list_", "status", "wait"]
 
@@ -27,6 +25,12 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON."
 @json_option
 def status(job_id: str, as_json: bool) -> None:
     """Show a job: state, attempts with their errors, timings, worker, result."""
+    # Imported here, as in every command: completing a command line loads none of it.
+    from rich.table import Table
+
+    from jobs import inspect
+    from jobs.cli.output import console
+
     job = inspect.get_job(context.settings(), context.registry(), inspect.parse_id(job_id))
     if as_json:
         emit_json(job)
@@ -88,8 +92,8 @@ def _progress(report: dict[str, Any]) -> str:
 
 @click.command("list")
 @click.option("--state", "states", multiple=True, type=click.Choice(STATES), help="Only jobs in this state.")
-@click.option("--kind", "kinds", multiple=True, help="Only jobs of this kind.")
-@click.option("--queue", "queues", multiple=True, help="Only jobs on this queue.")
+@click.option("--kind", "kinds", multiple=True, help="Only jobs of this kind.", shell_complete=kind_names)
+@click.option("--queue", "queues", multiple=True, help="Only jobs on this queue.", shell_complete=queue_names)
 @click.option("--since", type=SINCE, help="Created at or after (ISO time, or a duration ago: 1h).")
 @click.option("--until", type=SINCE, help="Created before (ISO time, or a duration ago).")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
@@ -106,6 +110,11 @@ def list_(
     as_json: bool,
 ) -> None:
     """List jobs, newest first."""
+    from rich.table import Table
+
+    from jobs import inspect
+    from jobs.cli.output import console, err
+
     filters = inspect.Filters(states, kinds, queues, since, until)
     rows, total = inspect.list_jobs(context.settings(), filters, limit=limit, offset=(page - 1) * limit)
     if as_json:
@@ -136,4 +145,7 @@ def list_(
 @json_option
 def wait(job_id: str, timeout: float | None, as_json: bool) -> None:
     """Wait for a job to finish: exit 0 if it succeeded, 1 if it failed or was cancelled."""
+    from jobs import inspect
+    from jobs.cli.waiting import wait_for
+
     sys.exit(wait_for(inspect.parse_id(job_id), timeout=timeout, as_json=as_json))

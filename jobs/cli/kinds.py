@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.table import Table
 
 from jobs.cli import context
-from jobs.cli.output import console, emit_json
-from jobs.kinds import Kind
+from jobs.cli.completion import kind_names
+from jobs.cli.output import emit_json
+
+if TYPE_CHECKING:
+    from jobs.kinds import Kind
 
 __all__ = ["kinds"]
 
@@ -44,6 +46,10 @@ def kinds(ctx: click.Context, as_json: bool) -> None:
     """List the job kinds this installation knows."""
     if ctx.invoked_subcommand is not None:
         return
+    from rich.table import Table
+
+    from jobs.cli.output import console
+
     known = list(context.registry())
     if as_json:
         emit_json([describe(k) for k in known])
@@ -58,10 +64,12 @@ def kinds(ctx: click.Context, as_json: bool) -> None:
 
 
 @kinds.command()
-@click.argument("name")
+@click.argument("name", shell_complete=kind_names)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def show(name: str, as_json: bool) -> None:
     """Print a kind's payload JSON Schema and its options."""
+    from jobs.cli.output import console
+
     info = describe(context.registry().get(name))
     if as_json:
         emit_json(info)

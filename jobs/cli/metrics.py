@@ -6,11 +6,9 @@ import signal
 import threading
 
 import click
-from prometheus_client import generate_latest
 
-from jobs import metrics as ledger_metrics
 from jobs.cli import context
-from jobs.cli.output import emit_json, err
+from jobs.cli.output import emit_json
 
 __all__ = ["metrics"]
 
@@ -24,6 +22,12 @@ __all__ = ["metrics"]
 @click.option("--json", "as_json", is_flag=True, help="With --once: print the samples as JSON.")
 def metrics(address: str | None, port: int | None, once: bool, as_json: bool) -> None:
     """Serve the ledger's metrics on http://ADDRESS:PORT/metrics until stopped (SIGTERM or Ctrl-C)."""
+    # Imported here, not at the top: completing a command line loads none of them.
+    from prometheus_client import generate_latest
+
+    from jobs import metrics as ledger_metrics
+    from jobs.cli.output import err
+
     settings = context.settings()
     if once or as_json:
         registry = ledger_metrics.registry(settings)

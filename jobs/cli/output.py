@@ -1,4 +1,8 @@
-"""Output for people (rich, on stderr unless it is the data) and for scripts (``--json`` on stdout)."""
+"""Output for people (rich, on stderr unless it is the data) and for scripts (``--json`` on stdout).
+
+``console`` and ``err`` are made on first use (PEP 562): rich is not loaded by
+commands that print nothing through it, nor by shell completion.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,32 @@ import json
 import sys
 import uuid
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-from rich.console import Console
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    console: Console
+    err: Console
 
 __all__ = ["console", "emit_json", "err", "fail", "humanize"]
 
-# Piped output is not cut to 80 columns: tables stay one row per job (scripts should use --json).
-console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+def __getattr__(name: str) -> Any:
+    if name not in ("console", "err"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    made = globals()
+    if name not in made:
+        from rich.console import Console
+
+        if name == "console":
+            # Piped output is not cut to 80 columns: tables stay one row per job (scripts should use --json).
+            made[name] = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+        else:
+            made[name] = Console(stderr=True, highlight=False, soft_wrap=True)
+    return made[name]
 
 
 def _default(value: Any) -> Any:
@@ -33,7 +53,7 @@ def emit_json(data: Any) -> None:
 
 def fail(message: str, code: int) -> NoReturn:
     """One line on stderr, then exit with ``code``; never a traceback."""
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    __getattr__("err").print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
     sys.exit(code)
 
 

@@ -10,13 +10,16 @@ import ipaddress
 import os
 import secrets
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from jobs.cli import context
+from jobs.cli.completion import queue_lists
 from jobs.cli.output import fail
-from jobs.settings import Settings
+
+if TYPE_CHECKING:
+    from jobs.settings import Settings
 
 __all__ = ["beat", "flower", "worker"]
 
@@ -52,7 +55,9 @@ def default_node_name() -> str:
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
-@click.option("-Q", "--queues", help="Comma-separated queues (default: every kind's queue).")
+@click.option(
+    "-Q", "--queues", help="Comma-separated queues (default: every kind's queue).", shell_complete=queue_lists
+)
 @click.option("-c", "--concurrency", type=click.IntRange(1), help="Pool size (default: CPU count).")
 @click.option(
     "-P",

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import getpass
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from jobs import db, pauses
 from jobs.cli import context
-from jobs.cli.output import emit_json, err, humanize
+from jobs.cli.completion import queue_names
+from jobs.cli.output import emit_json, humanize
 from jobs.cli.processes import worker_queues
 from jobs.errors import BadInput
+
+# The ledger and rich are imported in the functions that use them: completing a command line
+# (``jobs queue pause <TAB>``) loads neither.
+if TYPE_CHECKING:
+    from jobs import pauses
 
 __all__ = ["queue"]
 
@@ -72,6 +77,8 @@ def _pause_json(pause: pauses.Pause | None) -> dict[str, Any]:
 
 
 def _current(name: str) -> pauses.Pause | None:
+    from jobs import db, pauses
+
     with db.transaction(context.settings()) as conn:
         return pauses.paused(conn).get(name)
 
@@ -82,11 +89,14 @@ def queue() -> None:
 
 
 @queue.command()
-@click.argument("name")
+@click.argument("name", shell_complete=queue_names)
 @click.option("--reason", help="Why, for whoever looks later.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def pause(name: str, reason: str | None, as_json: bool) -> None:
     """Pause queue NAME: its jobs wait, queued, until it is resumed; the pause survives restarts."""
+    from jobs import pauses
+    from jobs.cli.output import err
+
     name = _checked(name)
     settings = context.settings()
     changed = pauses.pause(settings, name, by=_who(), reason=reason)
@@ -108,10 +118,13 @@ def pause(name: str, reason: str | None, as_json: bool) -> None:
 
 
 @queue.command()
-@click.argument("name")
+@click.argument("name", shell_complete=queue_names)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def resume(name: str, as_json: bool) -> None:
     """Resume queue NAME: workers take its jobs again."""
+    from jobs import pauses
+    from jobs.cli.output import err
+
     name = _checked(name)
     changed = pauses.resume(context.settings(), name)
     told = _tell_workers() if changed else 0

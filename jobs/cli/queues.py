@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
-import click
-from rich.markup import escape
-from rich.table import Table
+from typing import TYPE_CHECKING
 
-from jobs import observe, snapshot
+import click
+
 from jobs.cli import context, options
-from jobs.cli.output import console, emit_json, err
+from jobs.cli.output import emit_json
 from jobs.cli.processes import worker_queues
+
+# Imported in the functions, not here: completing a command line loads none of them.
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from jobs import snapshot
 
 __all__ = ["queues", "queues_table"]
 
 
 def queues_table(views: list[snapshot.QueueView]) -> Table:
     """Queues as rows; a ledger/Redis mismatch is marked ``≠`` in red."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from jobs import observe
+
     table = Table(box=None, header_style="bold", pad_edge=False)
     table.add_column("queue", overflow="fold")
     table.add_column("queued", justify="right")
@@ -56,6 +66,11 @@ def queues_table(views: list[snapshot.QueueView]) -> Table:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def queues(timeout: float, as_json: bool) -> None:
     """Per queue: jobs queued in the ledger and messages in Redis, running, consumers, oldest wait."""
+    from rich.markup import escape
+
+    from jobs import snapshot
+    from jobs.cli.output import console, err
+
     settings = context.settings()
     taken = snapshot.take(settings, worker_queues(settings), timeout=timeout)
     if as_json:

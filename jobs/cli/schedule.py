@@ -12,18 +12,23 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import click
-from rich.table import Table
 
-from jobs import schedules
 from jobs.cli import context
-from jobs.cli.output import console, emit_json, err, humanize, state
+from jobs.cli.completion import kind_names, queue_names, schedule_names
+from jobs.cli.output import emit_json, humanize, state
 from jobs.cli.submit import _param, _who
-from jobs.schedules import MISFIRE_POLICIES, OVERLAP_POLICIES, InvalidSchedule, ScheduleSpec
+
+# jobs.schedules (Celery, SQLAlchemy) and rich are imported in the functions that use them:
+# completing a command line (``jobs schedule show <TAB>``) loads none of them.
 
 __all__ = ["schedule"]
 
+#: As jobs.schedules.MISFIRE_POLICIES and OVERLAP_POLICIES (a unit test keeps them equal).
+MISFIRE_POLICIES = ("skip", "once", "all")
+OVERLAP_POLICIES = ("allow", "skip")
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-name_argument = click.argument("name")
+name_argument = click.argument("name", shell_complete=schedule_names)
 
 
 def _timing_options(command: Any) -> Any:
@@ -57,7 +62,9 @@ def _timing_options(command: Any) -> Any:
                 type=click.Choice(OVERLAP_POLICIES),
                 help="skip: do not fire while the previous firing is still queued or running.",
             ),
-            click.option("--queue", help="Queue to run on (default: the kind's)."),
+            click.option(
+                "--queue", help="Queue to run on (default: the kind's).", shell_complete=queue_names
+            ),
             click.option(
                 "--priority", type=click.IntRange(0, 9), help="0 first … 9 last (default: the kind's)."
             ),
@@ -69,6 +76,8 @@ def _timing_options(command: Any) -> Any:
 
 
 def _payload(payload_json: str | None, params: tuple[str, ...]) -> dict[str, Any] | None:
+    from jobs.schedules import InvalidSchedule
+
     data: dict[str, Any] | None = None
     if payload_json is not None:
         try:
@@ -116,6 +125,10 @@ def _status(view: dict[str, Any]) -> str:
 
 
 def _show(view: dict[str, Any], *, firings: list[dict[str, Any]] | None = None) -> None:
+    from rich.table import Table
+
+    from jobs.cli.output import console
+
     view = _masked(view)
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -176,8 +189,8 @@ def schedule() -> None:
 
 
 @schedule.command()
-@name_argument
-@click.argument("kind")
+@click.argument("name")
+@click.argument("kind", shell_complete=kind_names)
 @_timing_options
 @click.option("--paused", is_flag=True, help="Save it paused (resume it later).")
 def add(
@@ -196,6 +209,10 @@ def add(
     paused: bool,
 ) -> None:
     """Add schedule NAME firing jobs of KIND (give --cron or --every)."""
+    from jobs import schedules
+    from jobs.cli.output import err
+    from jobs.schedules import InvalidSchedule, ScheduleSpec
+
     if (cron is None) == (every is None):
         raise InvalidSchedule("give --cron EXPR or --every DURATION (one of them)")
     spec = ScheduleSpec(
@@ -223,6 +240,9 @@ def add(
 @json_option
 def list_(as_json: bool) -> None:
     """List the schedules (next three firings in each one's zone, last firing) and the maintenance loops."""
+    from jobs import schedules
+    from jobs.cli.output import err
+
     settings = context.settings()
     views = [_masked(view) for view in schedules.list_schedules(settings)]
     loops = schedules.maintenance_loops(settings)
@@ -242,6 +262,10 @@ def list_(as_json: bool) -> None:
 
 
 def _print_schedules(views: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    from jobs.cli.output import console, err
+
     if not views:
         err.print("no schedules yet (jobs schedule add NAME KIND --cron EXPR)")
         return
@@ -268,6 +292,10 @@ def _print_schedules(views: list[dict[str, Any]]) -> None:
 
 
 def _print_loops(loops: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    from jobs.cli.output import console, err
+
     if not loops:
         err.print("no maintenance loop has run yet (they run on the leader: jobs beat)")
         return
@@ -298,6 +326,8 @@ def _leader() -> str | None:
 @json_option
 def show(name: str, as_json: bool) -> None:
     """Show a schedule: its definition, next five firings, last skip or error, recent firings."""
+    from jobs import schedules
+
     settings = context.settings()
     view = schedules.get(settings, name)
     view = {**view, "next": view["next"] + _more(view)}
@@ -309,6 +339,8 @@ def show(name: str, as_json: bool) -> None:
 
 
 def _more(view: dict[str, Any]) -> list[datetime]:
+    from jobs import schedules
+
     if not view["next"]:
         return []
     timing = schedules.timing_of(_Row(view))
@@ -327,7 +359,9 @@ class _Row:
 
 @schedule.command()
 @name_argument
-@click.option("--kind", help="Fire jobs of this kind instead (the payload must fit it).")
+@click.option(
+    "--kind", help="Fire jobs of this kind instead (the payload must fit it).", shell_complete=kind_names
+)
 @_timing_options
 def edit(
     name: str,
@@ -348,6 +382,10 @@ def edit(
     Changing when it fires (--cron, --every, --tz) starts it afresh: it fires
     from the first slot after now.
     """
+    from jobs import schedules
+    from jobs.cli.output import err
+    from jobs.schedules import InvalidSchedule
+
     changes: dict[str, Any] = {
         "kind": kind,
         "cron": cron,
@@ -389,6 +427,9 @@ def resume(name: str, as_json: bool) -> None:
 
 
 def _set_enabled(name: str, enabled: bool, as_json: bool) -> None:
+    from jobs import schedules
+    from jobs.cli.output import err
+
     view, changed = schedules.set_enabled(context.settings(), name, enabled, by=_who())
     if as_json:
         emit_json({**_masked(view), "changed": changed})
@@ -406,6 +447,9 @@ def _set_enabled(name: str, enabled: bool, as_json: bool) -> None:
 @json_option
 def trigger(name: str, as_json: bool) -> None:
     """Fire a schedule now, once, marked as manual (also when paused); prints the job id."""
+    from jobs import schedules
+    from jobs.cli.output import err
+
     job, slot = schedules.trigger(context.producer(), name, by=_who())
     if as_json:
         emit_json({"id": job, "schedule": name, "slot": slot, "manual": True})
@@ -419,6 +463,9 @@ def trigger(name: str, as_json: bool) -> None:
 @json_option
 def remove(name: str, as_json: bool) -> None:
     """Delete a schedule; the jobs it already fired stay in the ledger."""
+    from jobs import schedules
+    from jobs.cli.output import err
+
     view = schedules.remove(context.settings(), name)
     if as_json:
         emit_json({"removed": name, "schedule": _masked(view)})

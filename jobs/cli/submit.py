@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import IO, Any
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from jobs.cli import context
-from jobs.cli.output import emit_json, err, fail
-from jobs.cli.waiting import wait_for
+from jobs.cli import context, output
+from jobs.cli.completion import kind_names, queue_names
+from jobs.cli.output import emit_json, fail
 from jobs.durations import parse_duration, parse_instant
 from jobs.errors import BadInput
 from jobs.jsonsafe import MAX_INT_DIGITS
@@ -107,7 +106,7 @@ def _payload(
 
 
 @click.command()
-@click.argument("kind")
+@click.argument("kind", shell_complete=kind_names)
 @click.option(
     "-p",
     "--param",
@@ -126,7 +125,11 @@ def _payload(
     type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
     help="Submit one job per line of a JSON-lines file, all or nothing.",
 )
-@click.option("--queue", help="Queue to run on (default: the kind's, else JOBS_DEFAULT_QUEUE).")
+@click.option(
+    "--queue",
+    help="Queue to run on (default: the kind's, else JOBS_DEFAULT_QUEUE).",
+    shell_complete=queue_names,
+)
 @click.option("--priority", type=click.IntRange(0, 9), help="0 runs first, 9 last (default: the kind's).")
 @click.option("--delay", type=DURATION, help="Run no earlier than this from now (30s, 10m, 2h).")
 @click.option("--at", "at", type=INSTANT, help="Run no earlier than this ISO 8601 time.")
@@ -185,13 +188,15 @@ def submit(
     elif not as_json:
         click.echo(str(job))
     if job.duplicate:
-        err.print(f"the key {idempotency_key!r} is already in use: this is the existing job")
+        output.err.print(f"the key {idempotency_key!r} is already in use: this is the existing job")
     elif not job.published and not _delayed(delay, at):
-        err.print(
+        output.err.print(
             "[yellow]warning:[/] the broker (Redis) is unreachable; the job is saved in the ledger "
             "and will be published when Redis returns"
         )
     if wait:
+        from jobs.cli.waiting import wait_for
+
         sys.exit(wait_for(job, timeout=timeout, as_json=as_json))
 
 
@@ -207,6 +212,10 @@ def _who() -> str:
 
 
 def _submit_file(kind: str, path: Path, options: dict[str, Any], as_json: bool) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from jobs.cli.output import err
+
     lines = _read_lines(path)
     producer = context.producer()
     payloads: list[dict[str, Any]] = []

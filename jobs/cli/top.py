@@ -20,20 +20,23 @@ import threading
 import time
 import tty
 from collections.abc import Iterator
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import click
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 
-from jobs import fleet, observe, snapshot
 from jobs.cli import context, options
 from jobs.cli.output import emit_json
 from jobs.cli.processes import worker_queues
-from jobs.settings import Settings
+
+# rich and the ledger are imported in the functions that use them: completing a command line
+# (``jobs top --<TAB>``) loads none of them.
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+    from rich.table import Table
+    from rich.text import Text
+
+    from jobs import fleet, snapshot
+    from jobs.settings import Settings
 
 __all__ = ["render", "top"]
 
@@ -42,6 +45,8 @@ FIXED_LINES = 8  # header, three section titles, three table headers, one spare
 
 
 def _table(*columns: tuple[str, str, int | None]) -> Table:
+    from rich.table import Table
+
     table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 1), expand=False)
     for name, justify, width in columns:
         table.add_column(
@@ -80,6 +85,8 @@ def _budget(rows: int | None, queues: int, running: int, failures: int) -> tuple
 
 
 def _header(taken: snapshot.Snapshot) -> Text:
+    from rich.text import Text
+
     ledger = taken.ledger
     line = Text()
     line.append("jobs top ", style="bold")
@@ -107,6 +114,12 @@ def render(taken: snapshot.Snapshot, height: int | None) -> RenderableType:
 
     The busiest queues come first, then the longest-running jobs, then the latest failures.
     """
+    from rich.console import Group
+    from rich.markup import escape
+    from rich.text import Text
+
+    from jobs import observe
+
     ledger = taken.ledger
     rows = None if height is None else height - FIXED_LINES
     n_queues, n_running, n_failures = _budget(
@@ -180,6 +193,8 @@ def render(taken: snapshot.Snapshot, height: int | None) -> RenderableType:
 
 
 def _title(name: str, total: int, shown: int) -> Text:
+    from rich.text import Text
+
     more = f" ({total - shown} more)" if shown < total else ""
     return Text(f"{name}: {total}{more}", style="bold cyan", no_wrap=True)
 
@@ -195,6 +210,8 @@ class _Workers:
         self.thread = threading.Thread(target=self._run, name="jobs-top-workers", daemon=True)
 
     def _run(self) -> None:
+        from jobs import snapshot
+
         while not self.stop.is_set():
             self.latest = snapshot.ask_workers(self.settings, self.timeout)
             self.stop.wait(WORKERS_EVERY)
@@ -224,6 +241,11 @@ def _quit_pressed(fd: int, wait: float) -> bool:
 
 
 def _interactive(settings: Settings, interval: float, timeout: float) -> None:
+    from rich.console import Console
+    from rich.live import Live
+
+    from jobs import snapshot
+
     known = worker_queues(settings)
     asker = _Workers(settings, timeout)
     asker.thread.start()
@@ -253,6 +275,10 @@ def _interactive(settings: Settings, interval: float, timeout: float) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one snapshot as JSON and exit.")
 def top(once: bool, interval: float, timeout: float, as_json: bool) -> None:
     """Live view: queues, running jobs, recent failures, leader and workers (q quits)."""
+    from rich.console import Console
+
+    from jobs import snapshot
+
     settings = context.settings()
     if as_json or once or not (sys.stdin.isatty() and sys.stdout.isatty()):
         taken = snapshot.take(settings, worker_queues(settings), timeout=timeout)

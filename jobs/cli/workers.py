@@ -5,12 +5,9 @@ from __future__ import annotations
 import time
 
 import click
-from rich.markup import escape
-from rich.table import Table
 
-from jobs import fleet, observe
 from jobs.cli import context, options
-from jobs.cli.output import console, emit_json, err
+from jobs.cli.output import emit_json
 
 __all__ = ["workers"]
 
@@ -27,8 +24,15 @@ STATES = {
 @click.option("--all", "show_all", is_flag=True, help="Also list workers that stopped in the last hour.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def workers(timeout: float, show_all: bool, as_json: bool) -> None:
-    """Workers in the roster (alive, or silent within the last hour) and any that answer within the
-    timeout: state, queues, pool type and size, running jobs, kinds, uptime."""
+    """Workers in the roster (alive, or silent in the last hour) and any that answer: state, queues,
+    pool type and size, running jobs, kinds, uptime."""
+    # Imported here, not at the top: completing a command line loads none of them.
+    from rich.markup import escape
+    from rich.table import Table
+
+    from jobs import fleet, observe
+    from jobs.cli.output import console, err
+
     found = fleet.workers(context.settings(), timeout=timeout, stopped=show_all)
     if as_json:
         emit_json({"workers": [worker.as_dict() for worker in found]})

@@ -66,6 +66,7 @@ def test_package_exports_exactly_the_public_names():
         "jobs.migrate",
         "jobs.durations",
         "jobs.jsonsafe",
+        "jobs.states",
     ],
 )
 def test_every_module_declares_all(module):

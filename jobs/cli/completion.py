@@ -1,0 +1,125 @@
+"""Shell completion of the names operators type: kinds, queues and schedules.
+
+click completes the commands and options (``eval "$(_JOBS_COMPLETE=bash_source jobs)"``,
+see docs/operations.md); the arguments and options that take a name use these
+callbacks as their ``shell_complete=``. Kind names come from the registry (the
+built-ins and ``JOBS_KIND_MODULES``); queue names from the kinds, the default
+queue and the ledger (paused queues, schedules' queues, jobs' queues); schedule
+names from the ledger.
+
+Completion never fails and never hangs: what cannot be read (a kind module that
+does not import, an invalid setting, PostgreSQL down or slow) is left out, and
+the ledger gets at most ``LEDGER_BUDGET`` seconds, connecting included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import click
+from click.shell_completion import CompletionItem
+
+from jobs.cli import context
+from jobs.states import STATES, TERMINAL_STATES
+
+if TYPE_CHECKING:
+    from jobs.kinds import Kind
+
+__all__ = ["LEDGER_BUDGET", "kind_names", "queue_lists", "queue_names", "schedule_names"]
+
+#: Seconds completion waits for the ledger before suggesting what it has without it.
+LEDGER_BUDGET = 1.0
+STATEMENT_TIMEOUT_MS = 400
+
+LIVE_STATES = [state for state in STATES if state not in TERMINAL_STATES]
+
+# Cheapest first: a huge jobs table may not answer the last one within the statement timeout.
+QUEUE_QUERIES = (
+    "SELECT queue FROM queue_pauses WHERE starts_with(queue, %(prefix)s)"
+    " UNION SELECT queue FROM schedules WHERE starts_with(queue, %(prefix)s)",
+    "SELECT DISTINCT queue FROM jobs WHERE state = ANY(%(live)s) AND starts_with(queue, %(prefix)s)",
+    "SELECT DISTINCT queue FROM jobs WHERE starts_with(queue, %(prefix)s)",
+)
+SCHEDULE_QUERY = "SELECT name, kind FROM schedules WHERE starts_with(name, %(prefix)s) ORDER BY name"
+
+
+def _kinds() -> list[Kind]:
+    """The registered kinds; if a kind module fails to import, those registered before it."""
+    with contextlib.suppress(Exception):
+        context.registry()
+    from jobs.kinds import registry
+
+    return list(registry)
+
+
+def _read_ledger(queries: tuple[str, ...], params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Rows of read-only queries, as many as the ledger returns within ``LEDGER_BUDGET`` seconds.
+
+    psycopg alone, not ``jobs.db``: importing SQLAlchemy takes longer than the
+    whole completion should. Each query runs in its own transaction with a
+    ``SET LOCAL`` timeout (safe behind PgBouncer); one that fails is skipped.
+    """
+    rows: list[tuple[Any, ...]] = []
+
+    def read() -> None:
+        import psycopg
+
+        url = "postgresql://" + context.settings().database_url.partition("://")[2]
+        with psycopg.connect(url, connect_timeout=2, application_name="jobs-completion") as conn:
+            for query in queries:
+                with contextlib.suppress(psycopg.Error), conn.transaction():
+                    conn.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}")
+                    rows.extend(conn.execute(query, params).fetchall())
+
+    def quietly(target: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            with contextlib.suppress(Exception):  # never a traceback in the user's shell
+                target()
+
+        return run
+
+    # A daemon thread, so that a ledger that does not answer cannot keep the shell waiting.
+    reader = threading.Thread(target=quietly(read), name="jobs-completion", daemon=True)
+    reader.start()
+    reader.join(LEDGER_BUDGET)
+    return list(rows)
+
+
+def kind_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Kinds whose name starts with ``incomplete``, each with its description."""
+    return [
+        CompletionItem(declared.name, help=declared.description or None)
+        for declared in _kinds()
+        if declared.name.startswith(incomplete)
+    ]
+
+
+def _queues(prefix: str) -> list[str]:
+    found: set[str] = set()
+    with contextlib.suppress(Exception):
+        found.add(context.settings().default_queue)
+    found.update(declared.queue for declared in _kinds() if declared.queue)
+    params = {"prefix": prefix, "live": LIVE_STATES}
+    found.update(str(row[0]) for row in _read_ledger(QUEUE_QUERIES, params) if row[0])
+    return sorted(name for name in found if name.startswith(prefix))
+
+
+def queue_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Queues whose name starts with ``incomplete``: the kinds', the default one and the ledger's."""
+    return [CompletionItem(name) for name in _queues(incomplete)]
+
+
+def queue_lists(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """The last queue of a comma-separated list (``-Q default,images``), leaving out those given."""
+    given, comma, last = incomplete.rpartition(",")
+    chosen = set(given.split(",")) if comma else set()
+    return [CompletionItem(given + comma + name) for name in _queues(last) if name not in chosen]
+
+
+def schedule_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Schedules in the ledger whose name starts with ``incomplete``, each with its kind."""
+    rows = _read_ledger((SCHEDULE_QUERY,), {"prefix": incomplete})
+    return [CompletionItem(str(name), help=str(kind)) for name, kind in rows]
