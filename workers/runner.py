@@ -282,7 +282,7 @@ def log_failure(
             state="retrying",
             **fields,
         )
-    elif recorded.state == "retrying":
+    elif recorded.state == "retrying" and recorded.not_before is not None:
         at, wait = next_run(recorded.not_before)
         _log(
             logging.WARNING,
