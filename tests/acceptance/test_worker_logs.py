@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from jobs import db
 from jobs.producer import Producer
 from jobs.schema import job_attempts
-from tests.support.fixtures import Processes, wait_for_state
+from tests.support.fixtures import Processes, run_jobs, wait_for_state
 
 pytestmark = pytest.mark.acceptance
 
@@ -125,6 +125,12 @@ def test_a_retry_warns_once_with_its_next_run_time_and_a_final_failure_is_one_er
     for line in text_lines(stack, flaky) + lines:
         assert not any(word in line["message"] for word in FORBIDDEN), line
     assert not any(word in stack.log("text") for word in FORBIDDEN)
+
+    status = run_jobs("status", str(failing))  # where the traceback is
+    assert status.returncode == 0, status.stderr
+    assert "traceback of the last error:" in status.stdout
+    assert "Traceback (most recent call last)" in status.stdout
+    assert "RuntimeError: boom on attempt 3" in status.stdout.split("traceback of the last error:")[1]
 
 
 def test_the_main_process_lines_for_hard_time_limits_and_lost_pool_processes(stack, clean, registry):
