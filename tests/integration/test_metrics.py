@@ -209,9 +209,12 @@ def test_counters_and_histograms_follow_the_ledger_and_outlive_pruning_and_resta
     flaky_labels = (("kind", "test.flaky"), ("queue", "default"))
     assert found["jobs_run_seconds_bucket", (*flaky_labels[:1], ("le", "+Inf"), *flaky_labels[1:])] == 2
     assert 0 < found["jobs_run_seconds_sum", flaky_labels] < 5
-    # The retry waited its 0.2 s backoff (and the stager's round) before its claim.
-    assert 0.2 <= found["jobs_queue_wait_seconds_sum", flaky_labels] < 10
-    assert found["jobs_queue_wait_seconds_bucket", (*flaky_labels[:1], ("le", "0.1"), *flaky_labels[1:])] <= 1
+    # Queue wait counts from when each attempt could run (the retry: its not_before, after the
+    # backoff), so it is the stager's and the worker's delay only.
+    assert 0 < found["jobs_queue_wait_seconds_sum", flaky_labels] < 5
+    assert (
+        found["jobs_queue_wait_seconds_bucket", (*flaky_labels[:1], ("le", "+Inf"), *flaky_labels[1:])] == 2
+    )
 
     # Pruned jobs and a new exporter (any replica, any restart): the totals stay.
     with db.transaction(clean) as conn:
