@@ -79,7 +79,8 @@ class LedgerRequest(Request):
             )
             if lost and self._lost_child(task, exc):
                 return
-        if isinstance(exc, Revoked):
+        if isinstance(exc, Revoked) and not getattr(self, "_already_revoked", False):
+            # (Celery sent task-revoked already if the cancel's revoke terminated the child first.)
             self.send_event("task-revoked", terminated=False, signum=None, expired=False)
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
