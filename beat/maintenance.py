@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from celery import Celery
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from jobs import db, ledger, publisher, roster
+from jobs import counters, db, ledger, publisher, roster
 from jobs.kinds import Registry
 from jobs.schema import maintenance_runs
 from jobs.settings import Settings
@@ -149,8 +149,10 @@ class Rescuer:
     name: str = "rescuer"
 
     def run(self, env: Maintenance) -> int:
+        tally = counters.Tally()
         with db.transaction(env.settings) as conn:
-            rescued = ledger.rescue_expired(conn, limit=BATCH)
+            rescued = ledger.rescue_expired(conn, limit=BATCH, tally=tally)
+            counters.write(conn, tally.take())  # the counts commit with the rescue
         for job_id, state in rescued:
             log.warning("rescuer: job %s lost its worker; now %s", job_id, state)
         return len(rescued)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from jobs import db, ledger
+from jobs import counters, db, ledger
 from jobs.errors import BadInput, InvalidTransition, JobNotFound
 from jobs.inspect import Filters
 from jobs.producer import JobId, Producer
@@ -130,13 +130,15 @@ def cancel_many(
     results: list[Cancelled] = []
     for chunk in _chunks(ids, batch):
         done: dict[uuid.UUID, str] = {}
+        tally = counters.Tally()
         with db.transaction(settings) as conn:
             for job_id in chunk:
-                previous = ledger.cancel(conn, job_id)
+                previous = ledger.cancel(conn, job_id, tally=tally)
                 if previous is not None:
                     done[job_id] = previous
             left = [job_id for job_id in chunk if job_id not in done]
             now = _states(conn, left) if left else {}
+            counters.write(conn, tally.take())  # the counts commit with the cancellations
         running = [str(job_id) for job_id, was in done.items() if was == "running"]
         if running:
             _revoke(app, running)

@@ -58,6 +58,7 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from jobs import roster
+from jobs.counters import ATTEMPTS, FINISHED, Tally
 from jobs.schema import TERMINAL_STATES, job_attempts, jobs, queue_pauses
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "TRANSITIONS",
     "Claimed",
     "Executor",
+    "Finished",
     "KeyHolder",
     "Published",
     "adopt",
@@ -144,6 +146,22 @@ class Claimed:
     attempt: int
     max_attempts: int
     queue: str = ""
+    waited: float = 0.0
+    """Seconds from when the job could run (created, or due after a delay, a retry or a lost
+    lease) to this claim."""
+    lost: bool = False
+    """This claim took over a job whose previous attempt lost its lease (now recorded ``lost``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """What a finishing transition recorded: the job's kind and queue, its next run time
+    (``retrying`` only) and the attempt's run time in seconds, from claim to this transition."""
+
+    kind: str
+    queue: str
+    not_before: datetime | None
+    ran: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,8 +212,19 @@ def _claim_statement() -> sa.Select[Any]:
             lease_until=_now() + _param("w_lease", sa.Interval),
             started_at=_now(),
             worker=_param("w_worker", sa.Text),
+            # A job taken over after its lease expired was due again from then (SET reads the
+            # old row): the queue wait below starts there, as it does after a rescue.
+            not_before=sa.case((jobs.c.state == "running", jobs.c.lease_until), else_=jobs.c.not_before),
         )
-        .returning(jobs.c.id, jobs.c.kind, jobs.c.payload, jobs.c.attempt, jobs.c.max_attempts, jobs.c.queue)
+        .returning(
+            jobs.c.id,
+            jobs.c.kind,
+            jobs.c.payload,
+            jobs.c.attempt,
+            jobs.c.max_attempts,
+            jobs.c.queue,
+            _seconds_since(sa.func.greatest(jobs.c.created_at, jobs.c.not_before), _now()).label("waited"),
+        )
         .cte("claimed")
     )
     lost = (
@@ -206,6 +235,7 @@ def _claim_statement() -> sa.Select[Any]:
             job_attempts.c.outcome.is_(None),
         )
         .values(outcome="lost", finished_at=_now(), error=_LOST_ERROR)
+        .returning(job_attempts.c.job_id)
         .cte("lost")
     )
     attempt = (
@@ -216,7 +246,12 @@ def _claim_statement() -> sa.Select[Any]:
         )
         .cte("attempt")
     )
-    return sa.select(claimed).add_cte(lost, attempt)
+    lost_count = sa.select(sa.func.count()).select_from(lost).scalar_subquery().label("lost")
+    return sa.select(claimed, lost_count).add_cte(attempt)
+
+
+def _seconds_since(start: Any, end: Any) -> sa.ColumnElement[float]:
+    return sa.cast(sa.func.extract("epoch", end - start), sa.Float)
 
 
 #: Where a transition runs: a SQLAlchemy connection, or for the worker's hot path a psycopg
@@ -274,7 +309,16 @@ def claim(conn: Executor, job_id: uuid.UUID, *, worker: str, lease: float) -> Cl
     row = _execute(conn, _claim_statement(), params)
     if row is None:
         return None
-    return Claimed(row.id, row.kind, row.payload, row.attempt, row.max_attempts, row.queue)
+    return Claimed(
+        row.id,
+        row.kind,
+        row.payload,
+        row.attempt,
+        row.max_attempts,
+        row.queue,
+        waited=max(row.waited or 0.0, 0.0),
+        lost=bool(row.lost),
+    )
 
 
 _LOST_ERROR = {"type": "WorkerLost", "message": "worker lost: its lease expired before it finished"}
@@ -301,7 +345,15 @@ def _finish_statement(event: str) -> sa.Select[Any]:
             sa.or_(*(jobs.c.state == source for source in sources(event))).self_group().is_(sa.true()),
         )
         .values(**values)
-        .returning(jobs.c.id, jobs.c.attempt)
+        .returning(
+            jobs.c.id,
+            jobs.c.attempt,
+            jobs.c.kind,
+            jobs.c.queue,
+            jobs.c.not_before,
+            # clock_timestamp(): a success recorded in the body's own transaction has now() = its start.
+            _seconds_since(jobs.c.started_at, sa.func.clock_timestamp()).label("ran"),
+        )
         .cte("finished")
     )
     history = (
@@ -314,33 +366,44 @@ def _finish_statement(event: str) -> sa.Select[Any]:
         )
         .cte("history")
     )
-    return sa.select(finished.c.id).add_cte(history)
+    return sa.select(
+        finished.c.id, finished.c.kind, finished.c.queue, finished.c.not_before, finished.c.ran
+    ).add_cte(history)
 
 
-def _finish(conn: Executor, event: str, params: dict[str, Any]) -> bool:
-    return _execute(conn, _finish_statement(event), params) is not None
+def _finish(conn: Executor, event: str, params: dict[str, Any]) -> Finished | None:
+    row = _execute(conn, _finish_statement(event), params)
+    if row is None:
+        return None
+    return Finished(row.kind, row.queue, row.not_before if event == "retry" else None, row.ran)
 
 
-def succeed(conn: Executor, job_id: uuid.UUID, attempt: int, result: Any) -> bool:
-    """Record success of this attempt; ``False`` if the job is no longer ours."""
+def succeed(conn: Executor, job_id: uuid.UUID, attempt: int, result: Any) -> Finished | None:
+    """Record success of this attempt; ``None`` if the job is no longer ours."""
     return _finish(conn, "succeed", {"w_job_id": job_id, "w_attempt": attempt, "w_result": result})
 
 
-def retry(conn: Executor, job_id: uuid.UUID, attempt: int, error: dict[str, Any], delay: float) -> bool:
-    """Record a failed attempt that will be retried after ``delay`` seconds."""
+def retry(
+    conn: Executor, job_id: uuid.UUID, attempt: int, error: dict[str, Any], delay: float
+) -> Finished | None:
+    """Record a failed attempt that will be retried after ``delay`` seconds; the result's
+    ``not_before`` is when the leader publishes it again. ``None`` if the job is no longer ours."""
     params = {"w_job_id": job_id, "w_attempt": attempt, "w_error": error, "w_delay": timedelta(seconds=delay)}
     return _finish(conn, "retry", params)
 
 
-def fail(conn: Executor, job_id: uuid.UUID, attempt: int, error: dict[str, Any]) -> bool:
-    """Record the final failure of a job."""
+def fail(conn: Executor, job_id: uuid.UUID, attempt: int, error: dict[str, Any]) -> Finished | None:
+    """Record the final failure of a job; ``None`` if the job is no longer ours."""
     return _finish(conn, "fail", {"w_job_id": job_id, "w_attempt": attempt, "w_error": error})
 
 
 def rescue_expired(
-    conn: sa.Connection, *, limit: int = 500, only: uuid.UUID | None = None
+    conn: sa.Connection, *, limit: int = 500, only: uuid.UUID | None = None, tally: Tally | None = None
 ) -> list[tuple[uuid.UUID, str]]:
-    """Move running jobs whose lease expired to ``retrying`` (or ``failed`` when out of attempts)."""
+    """Move running jobs whose lease expired to ``retrying`` (or ``failed`` when out of attempts).
+
+    ``tally``: counts each lost attempt, and each job that failed, into it.
+    """
     assert _targets("rescue") == {"retrying", "failed"}
     due = sa.select(jobs.c.id).where(jobs.c.state == "running", jobs.c.lease_until < _now())
     if only is not None:
@@ -357,7 +420,7 @@ def rescue_expired(
             lease_until=None,
             error=_LOST_ERROR,
         )
-        .returning(jobs.c.id, jobs.c.attempt, jobs.c.state)
+        .returning(jobs.c.id, jobs.c.attempt, jobs.c.state, jobs.c.kind, jobs.c.queue)
         .cte("rescued")
     )
     history = (
@@ -370,14 +433,24 @@ def rescue_expired(
         .values(outcome="lost", finished_at=_now(), error=_LOST_ERROR)
         .cte("history")
     )
-    rows = conn.execute(sa.select(rescued.c.id, rescued.c.state).add_cte(history)).all()
+    rows = conn.execute(
+        sa.select(rescued.c.id, rescued.c.state, rescued.c.kind, rescued.c.queue).add_cte(history)
+    ).all()
+    if tally is not None:
+        for row in rows:
+            tally.attempt_ended(
+                row.kind, row.queue, "lost", state="failed" if row.state == "failed" else None
+            )
     return [(row.id, row.state) for row in rows]
 
 
-def cancel(conn: sa.Connection, job_id: uuid.UUID) -> str | None:
-    """Cancel a job that is not finished; returns the state it was in, or ``None``."""
+def cancel(conn: sa.Connection, job_id: uuid.UUID, *, tally: Tally | None = None) -> str | None:
+    """Cancel a job that is not finished; returns the state it was in, or ``None``.
+
+    ``tally``: counts the cancelled job (and its attempt, if it was running) into it.
+    """
     previous = (
-        sa.select(jobs.c.id, jobs.c.state, jobs.c.attempt)
+        sa.select(jobs.c.id, jobs.c.state, jobs.c.attempt, jobs.c.kind, jobs.c.queue)
         .where(jobs.c.id == job_id, jobs.c.state.in_(sources("cancel")))
         .with_for_update()
         .cte("previous")
@@ -401,9 +474,17 @@ def cancel(conn: sa.Connection, job_id: uuid.UUID) -> str | None:
         .cte("history")
     )
     row = conn.execute(
-        sa.select(previous.c.state).join(cancelled, cancelled.c.id == previous.c.id).add_cte(history)
+        sa.select(previous.c.state, previous.c.kind, previous.c.queue)
+        .join(cancelled, cancelled.c.id == previous.c.id)
+        .add_cte(history)
     ).first()
-    return None if row is None else str(row.state)
+    if row is None:
+        return None
+    if tally is not None:
+        tally.count(FINISHED, row.kind, row.queue, "cancelled")
+        if row.state == "running":
+            tally.count(ATTEMPTS, row.kind, row.queue, "cancelled")
+    return str(row.state)
 
 
 def _take_for_publish(conn: sa.Connection, due: sa.Select[Any], values: dict[str, Any]) -> list[Published]:

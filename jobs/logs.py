@@ -1,8 +1,13 @@
 """Log lines: text for people, or one JSON object per line (``JOBS_LOG_FORMAT=json``).
 
 Job transitions are logged with ``extra`` fields (``job_id``, ``kind``,
-``attempt``, ``queue``, ``state``, ``duration``) that the JSON format keeps as
-keys, so a log pipeline can follow one job by its id.
+``attempt``, ``queue``, ``state``, ``duration``, ``next_run_at``) that the JSON
+format keeps as keys, so a log pipeline can follow one job by its id.
+
+In a worker, Celery's own INFO line per task ("Task x[id] received",
+"succeeded in", "retry:", "raised expected", "ignored") is demoted to DEBUG
+(``CeleryTaskLines``): the platform logs one line per attempt outcome
+(``workers.runner``). Celery's warnings and errors are kept as they are.
 """
 
 from __future__ import annotations
@@ -16,9 +21,21 @@ from celery import signals
 
 from jobs.settings import Settings
 
-__all__ = ["JOB_FIELDS", "JsonFormatter", "install"]
+__all__ = [
+    "CELERY_TASK_LOGGERS",
+    "JOB_FIELDS",
+    "CeleryTaskLines",
+    "JsonFormatter",
+    "install",
+    "quiet_celery_tasks",
+]
 
-JOB_FIELDS = ("job_id", "kind", "attempt", "max_attempts", "queue", "state", "duration", "worker")
+JOB_FIELDS = (
+    "job_id", "kind", "attempt", "max_attempts", "queue", "state", "duration", "next_run_at", "worker",
+)  # fmt: skip
+
+#: Celery's loggers that write one INFO line per task.
+CELERY_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.worker.request")
 
 
 class JsonFormatter(logging.Formatter):
@@ -39,6 +56,24 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
         return json.dumps(data, default=str)
+
+
+class CeleryTaskLines(logging.Filter):
+    """Demotes Celery's per-task INFO lines to DEBUG (shown only when DEBUG is on)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def quiet_celery_tasks() -> None:
+    """Attach ``CeleryTaskLines`` to Celery's per-task loggers (once per process)."""
+    for name in CELERY_TASK_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, CeleryTaskLines) for existing in logger.filters):
+            logger.addFilter(CeleryTaskLines())
 
 
 def _use_json(logger: logging.Logger, **_: Any) -> None:

@@ -2,9 +2,12 @@
 
 The collector runs a few aggregate queries (``jobs.observe``) on each scrape
 and keeps no state, so any number of exporters can run, on any host, and a
-restart loses nothing. The ledger prunes finished jobs, so totals of finished
-jobs would go down; throughput and failures are therefore gauges over the
-last minute (``..._last_minute``), not counters.
+restart loses nothing. Gauges say what the ledger holds now (jobs by queue and
+state, the oldest wait, pauses, the leader, the last minute's throughput).
+Counters and histograms (jobs finished, attempts, queue wait, run time) come
+from the ``counters`` table, which the processes that end attempts add to
+(``jobs.counters``): the ledger prunes finished jobs, so totals cannot be
+counted from its rows, and these only ever go up.
 
 Flower's own ``/metrics`` covers what Celery's events say (tasks received,
 started, succeeded per worker, runtimes); these cover what the ledger says
@@ -17,10 +20,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from jobs import db, observe, pauses
+from jobs import broker, counters, db, observe, pauses, roster
 from jobs.errors import LedgerUnavailable
 from jobs.leader import current_leader
 from jobs.settings import Settings
@@ -45,6 +48,8 @@ class LedgerCollector(Collector):
                 kinds = observe.kind_activity(conn)
                 attempts = observe.attempt_outcomes(conn)
                 leader = current_leader(conn)
+                totals = counters.read(conn)
+                fleet = roster.members(conn, dead_after=self.settings.worker_dead_after, include_dead=True)
         except LedgerUnavailable:
             up.add_metric([], 0)
             yield up
@@ -92,6 +97,8 @@ class LedgerCollector(Collector):
             tried.add_metric([kind, outcome], count)
         yield tried
 
+        yield from _totals(totals)
+
         leads = GaugeMetricFamily("jobs_leader_up", "1 if a beat process holds the leader lock.")
         leads.add_metric([], 1 if leader else 0)
         yield leads
@@ -99,6 +106,82 @@ class LedgerCollector(Collector):
             info = GaugeMetricFamily("jobs_leader_info", "The leading beat process.", labels=["leader"])
             info.add_metric([leader], 1)
             yield info
+
+        live = GaugeMetricFamily(
+            "jobs_workers",
+            "Workers in the roster: alive (recent heartbeat) or silent (no heartbeat for three periods"
+            " and no clean stop).",
+            labels=["state"],
+        )
+        live.add_metric(["alive"], sum(member.alive for member in fleet))
+        live.add_metric(["silent"], sum(not member.alive and member.stopped_at is None for member in fleet))
+        yield live
+        yield from _quarantine(self.settings)
+
+
+def _quarantine(settings: Settings) -> Iterator[Metric]:
+    """Malformed items workers took off the queues (``workers.transport``), read from Redis."""
+    up = GaugeMetricFamily("jobs_broker_up", "1 if the broker (Redis) answered this scrape.")
+    try:
+        held = broker.quarantined(broker.client(settings, timeout=settings.publish_timeout))
+    except Exception:  # Redis is away: say so, and leave its numbers out
+        up.add_metric([], 0)
+        yield up
+        return
+    up.add_metric([], 1)
+    yield up
+    total = CounterMetricFamily(
+        "jobs_quarantined",
+        "Malformed items workers took off the queues and quarantined (since Redis last lost its data).",
+    )
+    total.add_metric([], held.total)
+    yield total
+    kept = GaugeMetricFamily(
+        "jobs_quarantine_items", f"Items kept in the Redis list {broker.QUARANTINE} (the newest 1,000)."
+    )
+    kept.add_metric([], held.kept)
+    yield kept
+
+
+def _totals(rows: list[counters.Row]) -> Iterator[Metric]:
+    """The counters and histograms of the ``counters`` table."""
+    finished = CounterMetricFamily(
+        "jobs_finished",
+        "Jobs that reached a terminal state, by kind, queue and state (succeeded, failed, cancelled).",
+        labels=["kind", "queue", "state"],
+    )
+    attempts = CounterMetricFamily(
+        "jobs_attempts",
+        "Attempts that ended, by kind, queue and outcome (succeeded, error, lost, cancelled).",
+        labels=["kind", "queue", "outcome"],
+    )
+    plain = {counters.FINISHED: finished, counters.ATTEMPTS: attempts}
+    histograms = {
+        counters.QUEUE_WAIT: HistogramMetricFamily(
+            "jobs_queue_wait_seconds",
+            "Seconds from when a job could run (created, or due after a delay, a retry or a lost"
+            " lease) to its claim by a worker, by kind and queue; one observation per attempt.",
+            labels=["kind", "queue"],
+        ),
+        counters.RUN_TIME: HistogramMetricFamily(
+            "jobs_run_seconds",
+            "Seconds from claim to recorded outcome of the attempts workers finished"
+            " (succeeded or error), by kind and queue.",
+            labels=["kind", "queue"],
+        ),
+    }
+    grouped: dict[tuple[str, str, str], list[counters.Row]] = {}
+    for row in rows:
+        if row.metric in plain:
+            plain[row.metric].add_metric([row.kind, row.queue, row.outcome], row.value)
+        elif row.metric in histograms:
+            grouped.setdefault((row.metric, row.kind, row.queue), []).append(row)
+    yield finished
+    yield attempts
+    for (metric, kind, queue), found in grouped.items():
+        buckets, total = counters.histogram(found)
+        histograms[metric].add_metric([kind, queue], buckets, total)
+    yield from histograms.values()
 
 
 def registry(settings: Settings) -> CollectorRegistry:

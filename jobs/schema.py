@@ -8,7 +8,8 @@ are explained in ``docs/architecture.md``; the state machine lives in
 ``queue_pauses`` the queues an operator paused (``docs/operations.md``).
 ``workers`` is the fleet's roster (each worker's queues, kinds and heartbeat) and
 ``fleet_kinds`` every kind a worker ever implemented (``jobs.roster``);
-``broker_epochs`` the brokers this ledger has met (``beat.redrive``).
+``broker_epochs`` the brokers this ledger has met (``beat.redrive``);
+``counters`` the totals behind the Prometheus counters and histograms (``jobs.counters``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = [
     "STATES",
     "TERMINAL_STATES",
     "broker_epochs",
+    "counters",
     "fleet_kinds",
     "job_attempts",
     "jobs",
@@ -225,4 +227,20 @@ broker_epochs = sa.Table(
     sa.Column("broker", sa.Text, primary_key=True),
     sa.Column("established_at", _TZ, nullable=False, server_default=sa.func.now()),
     sa.Column("established_by", sa.Text),
+)
+
+# Totals for Prometheus (jobs.counters): every process that ends attempts adds what it counted,
+# so the totals outlive the pruner, restarts and any exporter. One row per metric and labels;
+# a histogram keeps one row per bucket (``le``: its upper bound, non-cumulative) and one for the
+# sum of its observations (``le`` = 'sum'); plain counters have ``le`` = ''.
+counters = sa.Table(
+    "counters",
+    metadata,
+    sa.Column("metric", sa.Text, primary_key=True),
+    sa.Column("kind", sa.Text, primary_key=True),
+    sa.Column("queue", sa.Text, primary_key=True),
+    sa.Column("outcome", sa.Text, primary_key=True),
+    sa.Column("le", sa.Text, primary_key=True),
+    sa.Column("value", sa.Float, nullable=False),
+    sa.Column("updated_at", _TZ, nullable=False, server_default=sa.func.now()),
 )

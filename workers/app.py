@@ -6,7 +6,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from jobs import db, logs
+from jobs import counters, db, logs
 from jobs.app import get_app
 from jobs.kinds import load_kinds
 from jobs.settings import get_settings
@@ -31,6 +31,7 @@ def build() -> Celery:
     presence.install(celery_app, registry)  # the roster: queues, kinds and heartbeat in the ledger
     watchdog.install(celery_app)  # a consumer that stops taking messages reconnects
     redact.install()  # Celery's DEBUG line per task would print the payload, secrets included
+    logs.quiet_celery_tasks()  # one line per attempt outcome: the platform's (workers.runner)
     return celery_app
 
 
@@ -38,6 +39,12 @@ def build() -> Celery:
 def _after_fork(**_: Any) -> None:
     # A pool child must not share the parent's pooled connections.
     db.dispose_after_fork()
+
+
+@signals.worker_process_shutdown.connect
+def _before_exit(**_: Any) -> None:
+    # A pool child ends with os._exit (no atexit): write what it counted for Prometheus first.
+    counters.flush_process()
 
 
 app = build()

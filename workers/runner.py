@@ -3,6 +3,12 @@
 This module knows the ledger and the kinds, not Celery: ``workers.task`` wraps
 it in a Celery task. Every outcome is one compare-and-set in the ledger; the
 body's own database work commits in the same transaction as its success.
+
+Each attempt logs one line when it ends, with the job's fields as ``extra``:
+INFO when it succeeded (or was cancelled), WARNING when it will be retried
+(with the time of the next run), ERROR when the job failed for good. The
+traceback is in the ledger (``jobs status``); the log has it only at DEBUG.
+Each attempt is also counted for Prometheus (``jobs.counters``).
 """
 
 from __future__ import annotations
@@ -12,20 +18,31 @@ import time
 import traceback
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.orm import Session
 
-from jobs import db, jsonsafe, ledger
+from jobs import counters, db, jsonsafe, ledger
 from jobs.context import JobContext
 from jobs.errors import Fail, InvalidPayload, RetryLater
 from jobs.kinds import Kind, Registry, lease_for
 from jobs.schema import jobs
 from jobs.settings import Settings
 
-__all__ = ["AttemptFailed", "Delivery", "error_record", "record_failure", "run"]
+__all__ = [
+    "AttemptFailed",
+    "Delivery",
+    "NotRun",
+    "Recorded",
+    "error_record",
+    "log_failure",
+    "next_run",
+    "record_failure",
+    "run",
+]
 
 log = logging.getLogger("jobs.worker")
 
@@ -33,16 +50,49 @@ MAX_TRACEBACK = 8000
 
 
 class AttemptFailed(Exception):
-    """The attempt did not succeed, and the ledger already says so (``retrying``, ``failed``,
-    ``cancelled``, or '' when the job was no longer this attempt's).
+    """The attempt did not succeed, and the ledger already says so.
 
-    Raised to Celery so that its events, and Flower, show the task as failed;
-    the task declares it in ``throws``, so Celery logs one line, no traceback.
+    ``state`` is what the ledger recorded: ``retrying`` (``not_before`` says
+    when it runs again), ``failed``, ``cancelled``, or '' when the job was no
+    longer this attempt's. ``error_type`` and ``message`` are the error as the
+    ledger stores it. ``workers.task`` turns it into Celery's outcome (retry,
+    failure, revoked). Its arguments are its fields, so it survives the trip
+    from a pool process to the worker's main process (pickle); its ``repr`` is
+    the error's, which Celery's events (and Flower) show.
     """
 
-    def __init__(self, state: str, message: str) -> None:
-        super().__init__(f"{state or 'not recorded'}: {message}" if message else state or "not recorded")
+    def __init__(
+        self, state: str, error_type: str = "", message: str = "", not_before: datetime | None = None
+    ) -> None:
+        super().__init__(state, error_type, message, not_before)
         self.state = state
+        self.error_type = error_type
+        self.message = message
+        self.not_before = not_before
+
+    def __str__(self) -> str:
+        return f"{self.error_type}: {self.message}" if self.error_type else self.message or self.state
+
+    def __repr__(self) -> str:
+        return f"{self.error_type or 'AttemptFailed'}({self.message!r})"
+
+
+class NotRun(Exception):
+    """The delivery ran nothing: a duplicate or stale copy of a job that another attempt holds or
+    that is finished (``state``: the job's state in the ledger)."""
+
+    def __init__(self, state: str | None = None) -> None:
+        super().__init__(state)
+        self.state = state
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """The state a failed attempt left the job in ('' if the job was no longer the attempt's),
+    and when a ``retrying`` job runs again."""
+
+    state: str
+    not_before: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +120,9 @@ def error_record(error: BaseException, *, reason: str | None = None) -> dict[str
 def run(settings: Settings, registry: Registry, delivery: Delivery) -> Any:
     """Run one delivered message through the ledger; returns the job's result.
 
-    ``None`` when there was nothing to run (a duplicate delivery, a finished job);
-    ``AttemptFailed`` when the attempt ran (or was refused) and did not succeed.
+    Raises ``NotRun`` when there was nothing to run (a duplicate delivery, a
+    finished job), ``AttemptFailed`` when the attempt ran (or was refused) and
+    did not succeed.
     """
     declared = registry.get(delivery.kind) if delivery.kind in registry else None
     with db.direct(settings) as direct:
@@ -81,8 +132,10 @@ def run(settings: Settings, registry: Registry, delivery: Delivery) -> Any:
     if claimed is None:
         with db.autocommit(settings) as conn:
             claimed = _unclaimed(conn, settings, registry, delivery)
-    if claimed is None:
-        return None
+    tally = counters.process_tally(settings)
+    tally.observe(counters.QUEUE_WAIT, claimed.kind, claimed.queue, claimed.waited)
+    if claimed.lost:
+        tally.count(counters.ATTEMPTS, claimed.kind, claimed.queue, "lost")
     # Only kinds with a body are tasks of this worker (workers.task.register_kinds).
     assert declared is not None
     assert declared.body is not None
@@ -91,8 +144,12 @@ def run(settings: Settings, registry: Registry, delivery: Delivery) -> Any:
 
 def _unclaimed(
     conn: sa.Connection, settings: Settings, registry: Registry, delivery: Delivery
-) -> ledger.Claimed | None:
-    """The claim found nothing: a duplicate, a stale redelivery, or a message from outside."""
+) -> ledger.Claimed:
+    """The claim found nothing: a duplicate, a stale redelivery, or a message from outside.
+
+    Returns the job claimed after adopting a message from outside; raises ``NotRun`` or
+    ``AttemptFailed`` otherwise.
+    """
     row = conn.execute(
         sa.select(jobs.c.state, jobs.c.attempt, jobs.c.max_attempts, jobs.c.lease_until).where(
             jobs.c.id == delivery.job_id
@@ -101,22 +158,29 @@ def _unclaimed(
     if row is None:
         return _adopt(conn, settings, registry, delivery)
     if row.state == "running" and row.attempt >= row.max_attempts:
-        rescued = ledger.rescue_expired(conn, only=delivery.job_id)
+        rescued = ledger.rescue_expired(conn, only=delivery.job_id, tally=counters.process_tally(settings))
         if rescued:
-            log.warning("job %s failed: worker lost on its last attempt", delivery.job_id)
-            return None
+            message = "worker lost on its last attempt"
+            log.error(
+                "job %s %s attempt %d/%d failed: %s",
+                delivery.job_id,
+                delivery.kind,
+                row.attempt,
+                row.max_attempts,
+                message,
+                extra={"job_id": str(delivery.job_id), "kind": delivery.kind, "state": "failed"},
+            )
+            raise AttemptFailed("failed", "WorkerLost", message)
     log.info(
         "job %s (%s) delivered again while %s; ignored (duplicate delivery)",
         delivery.job_id,
         delivery.kind,
         row.state,
     )
-    return None
+    raise NotRun(row.state)
 
 
-def _adopt(
-    conn: sa.Connection, settings: Settings, registry: Registry, delivery: Delivery
-) -> ledger.Claimed | None:
+def _adopt(conn: sa.Connection, settings: Settings, registry: Registry, delivery: Delivery) -> ledger.Claimed:
     """A message sent by a plain Celery producer: record it in the ledger, then claim it.
 
     A payload that fails the kind's model, or that the ledger cannot store as it came (a NUL
@@ -139,16 +203,30 @@ def _adopt(
     except InvalidPayload as refused:
         error = {"type": "InvalidPayload", "message": refused.message}
         row["payload"] = jsonsafe.escaped(delivery.kwargs)
-        if ledger.record_refused(conn, row, error):
-            log.error("job %s (%s) refused: %s", delivery.job_id, delivery.kind, refused.message)
-        return None
+        if not ledger.record_refused(conn, row, error):
+            raise NotRun(ledger.state_of(conn, delivery.job_id)) from None
+        counters.process_tally(settings).count(counters.FINISHED, row["kind"], row["queue"], "failed")
+        log.error("job %s (%s) refused: %s", delivery.job_id, delivery.kind, refused.message)
+        raise AttemptFailed("failed", "InvalidPayload", refused.message) from None
     if ledger.adopt(conn, row):
         log.info("job %s (%s) adopted into the ledger", delivery.job_id, delivery.kind)
-    return ledger.claim(conn, delivery.job_id, worker=delivery.worker, lease=lease_for(settings, declared))
+    claimed = ledger.claim(conn, delivery.job_id, worker=delivery.worker, lease=lease_for(settings, declared))
+    if claimed is None:
+        raise NotRun(ledger.state_of(conn, delivery.job_id))
+    return claimed
 
 
-def _log(level: int, claimed: ledger.Claimed, declared: Kind, what: str, *args: Any, **fields: Any) -> None:
-    """One line per transition, with the job's fields as ``extra`` (kept as keys by the JSON format)."""
+def _log(
+    level: int,
+    claimed: ledger.Claimed,
+    declared: Kind,
+    what: str,
+    *args: Any,
+    error: BaseException | None = None,
+    **fields: Any,
+) -> None:
+    """One line per attempt outcome, with the job's fields as ``extra`` (kept as keys by the JSON
+    format); with ``error``, its traceback when DEBUG is on (else only in the ledger)."""
     prefix = "job %s %s attempt %d/%d on queue %s "
     log.log(
         level,
@@ -159,6 +237,7 @@ def _log(level: int, claimed: ledger.Claimed, declared: Kind, what: str, *args: 
         claimed.max_attempts,
         claimed.queue,
         *args,
+        exc_info=error if error is not None and log.isEnabledFor(logging.DEBUG) else None,
         extra={
             "job_id": str(claimed.id),
             "kind": declared.name,
@@ -170,18 +249,163 @@ def _log(level: int, claimed: ledger.Claimed, declared: Kind, what: str, *args: 
     )
 
 
+def next_run(not_before: datetime) -> tuple[str, float]:
+    """When a retrying job runs again, as an ISO time (UTC) and seconds from now."""
+    at = not_before.astimezone(UTC)
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z"), max(
+        (at - datetime.now(UTC)).total_seconds(), 0.0
+    )
+
+
+def log_failure(
+    claimed: ledger.Claimed,
+    declared: Kind,
+    recorded: Recorded,
+    duration: float,
+    message: str,
+    *,
+    error: BaseException | None = None,
+    worker: str | None = None,
+) -> None:
+    """The one line for an attempt that did not succeed: WARNING when it will be retried (with
+    the next run time), ERROR when the job failed for good, INFO when it was cancelled."""
+    fields: dict[str, Any] = {"duration": duration, "worker": worker}
+    if recorded.state == "retrying" and recorded.not_before is None:  # its message is delivered again
+        _log(
+            logging.WARNING,
+            claimed,
+            declared,
+            "failed after %.3fs; retrying now: %s",
+            duration,
+            message,
+            error=error,
+            state="retrying",
+            **fields,
+        )
+    elif recorded.state == "retrying" and recorded.not_before is not None:
+        at, wait = next_run(recorded.not_before)
+        _log(
+            logging.WARNING,
+            claimed,
+            declared,
+            "failed after %.3fs; retrying at %s (in %.1fs): %s",
+            duration,
+            at,
+            wait,
+            message,
+            error=error,
+            state="retrying",
+            next_run_at=at,
+            **fields,
+        )
+    elif recorded.state == "failed":
+        why = "no attempts left" if claimed.attempt >= claimed.max_attempts else "not retryable"
+        _log(
+            logging.ERROR,
+            claimed,
+            declared,
+            "failed after %.3fs (%s): %s",
+            duration,
+            why,
+            message,
+            error=error,
+            state="failed",
+            **fields,
+        )
+    elif recorded.state == "cancelled":
+        _log(
+            logging.INFO,
+            claimed,
+            declared,
+            "cancelled while running (after %.3fs); its work is rolled back",
+            duration,
+            state="cancelled",
+            **fields,
+        )
+    else:
+        _log(
+            logging.WARNING,
+            claimed,
+            declared,
+            "ended after %.3fs, but the job is no longer this attempt's (%s); nothing recorded",
+            duration,
+            message,
+            **fields,
+        )
+
+
 def _attempt(settings: Settings, declared: Kind, claimed: ledger.Claimed, worker: str) -> Any:
     assert declared.body is not None
     started = time.monotonic()
-    _log(logging.INFO, claimed, declared, "running on %s", worker, state="running", worker=worker)
+    _log(logging.DEBUG, claimed, declared, "running on %s", worker, state="running", worker=worker)
     try:
         payload = declared.validate(claimed.payload)
     except InvalidPayload as bad:
-        state = _finish_error(settings, claimed, bad, retryable=False)
-        _log(logging.ERROR, claimed, declared, "failed: %s", bad.message, state="failed")
-        raise AttemptFailed(state, bad.message) from None
+        recorded = _finish_error(settings, claimed, bad, retryable=False)
+        log_failure(claimed, declared, recorded, 0.0, f"InvalidPayload: {bad.message}", worker=worker)
+        raise AttemptFailed(recorded.state, "InvalidPayload", bad.message) from None
 
-    ctx = JobContext(
+    ctx = _context(settings, declared, claimed)
+    recorded = Recorded("")
+    error_type = ""
+    message = ""
+    failure: BaseException | None = None
+    try:
+        value = declared.body(ctx, payload)
+        result = declared.dump_result(value)
+        if _succeed(settings, ctx.session_opened, claimed, result):
+            duration = round(time.monotonic() - started, 6)
+            _log(
+                logging.INFO,
+                claimed,
+                declared,
+                "succeeded in %.3fs",
+                duration,
+                state="succeeded",
+                duration=duration,
+                worker=worker,
+            )
+            return result
+        now = _state(settings, claimed.id)
+        if now == "cancelled":
+            recorded = Recorded("cancelled")
+        else:
+            message = f"now {now or 'gone'}: taken over by another attempt"
+    except Exception as error:  # SoftTimeLimitExceeded too
+        _rollback(ctx)
+        recorded, error_type, message, failure = _record_error(settings, declared, claimed, error)
+    finally:
+        if ctx.session_opened is not None:
+            ctx.session_opened.close()
+    duration = round(time.monotonic() - started, 6)
+    shown = f"{error_type}: {message}" if error_type else message
+    log_failure(claimed, declared, recorded, duration, shown, error=failure, worker=worker)
+    raise AttemptFailed(recorded.state, error_type, message, recorded.not_before)
+
+
+def _record_error(
+    settings: Settings, declared: Kind, claimed: ledger.Claimed, error: Exception
+) -> tuple[Recorded, str, str, BaseException | None]:
+    """Record what the body raised; returns the outcome, the error's type and message as logged,
+    and the exception whose traceback DEBUG shows (none for the bodies' signals)."""
+    if isinstance(error, RetryLater):
+        recorded = _finish_error(
+            settings, claimed, error, retryable=True, delay=error.delay, declared=declared
+        )
+        return recorded, "RetryLater", error.reason, None
+    if isinstance(error, Fail):
+        return _finish_error(settings, claimed, error, retryable=False), "Fail", str(error), None
+    if isinstance(error, SoftTimeLimitExceeded):
+        reason = "time limit: the soft time limit was exceeded"
+        recorded = _finish_error(settings, claimed, error, retryable=True, declared=declared, reason=reason)
+        return recorded, "SoftTimeLimitExceeded", "the soft time limit was exceeded", error
+    retryable = isinstance(error, declared.retry_on)
+    recorded = _finish_error(settings, claimed, error, retryable=retryable, declared=declared)
+    return recorded, type(error).__name__, str(error), error
+
+
+def _context(settings: Settings, declared: Kind, claimed: ledger.Claimed) -> JobContext:
+    return JobContext(
         job_id=claimed.id,
         kind=declared.name,
         attempt=claimed.attempt,
@@ -191,54 +415,6 @@ def _attempt(settings: Settings, declared: Kind, claimed: ledger.Claimed, worker
         _report=lambda report: _progress(settings, claimed, report),
         _state=lambda: _state(settings, claimed.id),
     )
-    outcome = ""
-    message = ""
-    try:
-        value = declared.body(ctx, payload)
-        result = declared.dump_result(value)
-        if _succeed(settings, ctx.session_opened, claimed, result):
-            outcome = "succeeded"
-            return result
-        outcome, message = (
-            "cancelled",
-            "the job was cancelled or taken over while running; its work is rolled back",
-        )
-    except RetryLater as signal:
-        _rollback(ctx)
-        outcome = _finish_error(
-            settings, claimed, signal, retryable=True, delay=signal.delay, declared=declared
-        )
-        message = signal.reason
-    except Fail as signal:
-        _rollback(ctx)
-        outcome = _finish_error(settings, claimed, signal, retryable=False)
-        message = str(signal)
-    except SoftTimeLimitExceeded as error:
-        _rollback(ctx)
-        message = "time limit: the soft time limit was exceeded"
-        outcome = _finish_error(settings, claimed, error, retryable=True, declared=declared, reason=message)
-    except Exception as error:
-        _rollback(ctx)
-        retryable = isinstance(error, declared.retry_on)
-        outcome = _finish_error(settings, claimed, error, retryable=retryable, declared=declared)
-        message = f"{type(error).__name__}: {error}"
-    finally:
-        if ctx.session_opened is not None:
-            ctx.session_opened.close()
-        duration = round(time.monotonic() - started, 6)
-        level = logging.INFO if outcome == "succeeded" else logging.WARNING
-        _log(
-            level,
-            claimed,
-            declared,
-            "%s in %.3fs%s",
-            outcome or "unrecorded",
-            duration,
-            f": {message}" if message else "",
-            state=outcome or None,
-            duration=duration,
-        )
-    raise AttemptFailed(outcome, message)
 
 
 def _rollback(ctx: JobContext) -> None:
@@ -250,12 +426,19 @@ def _succeed(settings: Settings, session: Session | None, claimed: ledger.Claime
     """Record success: in the body's transaction if it used its session, else as one statement."""
     if session is None or not session.in_transaction():
         with db.direct(settings) as direct:
-            return ledger.succeed(direct, claimed.id, claimed.attempt, result)
-    if ledger.succeed(session.connection(), claimed.id, claimed.attempt, result):
-        session.commit()
-        return True
-    session.rollback()
-    return False
+            finished = ledger.succeed(direct, claimed.id, claimed.attempt, result)
+    else:
+        finished = ledger.succeed(session.connection(), claimed.id, claimed.attempt, result)
+        if finished:
+            session.commit()
+        else:
+            session.rollback()
+    if finished is None:
+        return False
+    counters.process_tally(settings).attempt_ended(
+        finished.kind, finished.queue, "succeeded", state="succeeded", ran=finished.ran
+    )
+    return True
 
 
 def _finish_error(
@@ -267,7 +450,7 @@ def _finish_error(
     declared: Kind | None = None,
     delay: float | None = None,
     reason: str | None = None,
-) -> str:
+) -> Recorded:
     """Record a failed attempt: ``retrying`` if it may run again, else ``failed``."""
     record = error_record(error, reason=reason)
     return record_failure(
@@ -292,13 +475,22 @@ def record_failure(
     retryable: bool,
     declared: Kind | None = None,
     delay: float | None = None,
-) -> str:
-    """Store a failed attempt's outcome; returns the state the job moved to ('' if it was not ours)."""
+) -> Recorded:
+    """Store a failed attempt's outcome (and count it); returns the state the job moved to."""
     with db.autocommit(settings) as conn:
         if retryable and attempt < max_attempts:
             wait = delay if delay is not None else (declared.backoff.delay(attempt) if declared else 0.0)
-            return "retrying" if ledger.retry(conn, job_id, attempt, record, wait) else ""
-        return "failed" if ledger.fail(conn, job_id, attempt, record) else ""
+            finished = ledger.retry(conn, job_id, attempt, record, wait)
+            state, final = "retrying", None
+        else:
+            finished = ledger.fail(conn, job_id, attempt, record)
+            state, final = "failed", "failed"
+    if finished is None:
+        return Recorded("")
+    counters.process_tally(settings).attempt_ended(
+        finished.kind, finished.queue, "error", state=final, ran=finished.ran
+    )
+    return Recorded(state, finished.not_before)
 
 
 def _progress(settings: Settings, claimed: ledger.Claimed, report: dict[str, Any]) -> None:

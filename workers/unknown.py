@@ -34,7 +34,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from jobs import db, jsonsafe, ledger, roster
+from jobs import counters, db, jsonsafe, ledger, roster
 from jobs.errors import LedgerUnavailable
 from jobs.settings import Settings
 
@@ -133,8 +133,10 @@ def _row(settings: Settings, message: Foreign) -> dict[str, Any]:
 def refuse(settings: Settings, message: Foreign, error: dict[str, Any]) -> Outcome:
     """Record a message that cannot run as a ``failed`` job with ``error`` (a copy is left alone)."""
     error = jsonsafe.escaped(error)  # a reason may quote what was refused
+    row = _row(settings, message)
     with db.autocommit(settings) as conn:
-        if ledger.record_refused(conn, _row(settings, message), error):
+        if ledger.record_refused(conn, row, error):
+            counters.process_tally(settings).count(counters.FINISHED, row["kind"], row["queue"], "failed")
             return Outcome("failed", error["message"], error)
     return Outcome("stale", "a copy of a job that is already recorded; ignored")
 

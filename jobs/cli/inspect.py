@@ -82,6 +82,17 @@ def status(job_id: str, as_json: bool) -> None:
                 f"{error.get('type')}: {error.get('message')}" if error else "",
             )
         console.print(table)
+    _traceback(job["error"])
+
+
+def _traceback(error: dict[str, Any] | None) -> None:
+    """The last error's traceback: the worker logs it only at DEBUG, the ledger keeps it."""
+    from jobs.cli.output import console
+
+    trace = (error or {}).get("traceback")
+    if trace:
+        console.print("traceback of the last error:", style="bold")
+        console.print(trace.rstrip(), markup=False, highlight=False, style="dim", soft_wrap=True)
 
 
 def _progress(report: dict[str, Any]) -> str:

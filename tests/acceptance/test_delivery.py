@@ -38,15 +38,18 @@ def publish_again(row: dict[str, Any]) -> None:
 
 
 def wait_deliveries(platform: Any, row: dict[str, Any], count: int, timeout: float = 20.0) -> None:
-    """Until the worker has run ``count`` messages of this job through the task (Celery logs each)."""
-    marker = f"Task {row['kind']}[{row['id']}] succeeded in"
+    """Until the worker has handled ``count`` messages of this job (one line each: the attempt's
+    outcome, or the duplicate ignored)."""
+    markers = (
+        f"job {row['id']} {row['kind']} attempt 1/{row['max_attempts']} on queue {row['queue']} succeeded in",
+        f"job {row['id']} ({row['kind']}) delivered again while",
+    )
     deadline = time.monotonic() + timeout
-    while platform.log("worker").count(marker) < count:
+    while sum(platform.log("worker").count(marker) for marker in markers) < count:
         if time.monotonic() > deadline:
             log = platform.log("worker")
-            raise AssertionError(
-                f"{log.count(marker)} of {count} deliveries handled; worker log:\n{log[-3000:]}"
-            )
+            handled = sum(log.count(marker) for marker in markers)
+            raise AssertionError(f"{handled} of {count} deliveries handled; worker log:\n{log[-3000:]}")
         time.sleep(0.1)
 
 

@@ -2,7 +2,8 @@
 
 Through Flower's HTTP API, then through a real browser (headless Chromium):
 the screenshots are kept under ``test-artifacts/flower/`` (not in git) and
-their paths are printed.
+their paths are printed. Flower's states and counters are compared with the
+ledger for a mixed set of jobs (retried, failed, cancelled, foreign).
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
+from jobs import db
+from jobs.app import get_app
+from jobs.schema import fleet_kinds, job_attempts, jobs
 from tests.support.fixtures import ROOT, Processes, run_jobs, wait_for_state
 
 pytestmark = pytest.mark.acceptance
@@ -60,7 +65,8 @@ class Flower:
 
 @pytest.fixture(scope="module")
 def flower(ledger_db, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flower]:
-    """A worker and ``jobs flower`` (basic auth, state file in a temp dir) on a free port."""
+    """A worker, a leader (it publishes retries) and ``jobs flower`` (basic auth, state file in a
+    temp dir) on a free port."""
     port = free_port()
     logs = tmp_path_factory.mktemp("flower")
     env = {"JOBS_FLOWER_USER": USER, "JOBS_FLOWER_PASSWORD": PASSWORD, "JOBS_FLOWER_PORT": str(port)}
@@ -68,7 +74,9 @@ def flower(ledger_db, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flow
     try:
         started.start("worker", "worker", "-c", "1", "-n", NODE, "-l", "INFO")
         started.start("flower", "flower", "--state-file", str(logs / "flower.db"), env=env)
+        started.start("beat", "beat")
         started.wait_log("worker", "ready.", timeout=60)
+        started.wait_log("beat", "is now the leader", timeout=60)
         view = Flower(port)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -182,3 +190,94 @@ def test_a_browser_sees_the_worker_online_and_the_job(flower, clean):
     assert "SUCCESS" in tasks
     screenshot(flower, "workers")
     screenshot(flower, "tasks")
+
+
+FLOWER_STATE = {"succeeded": "SUCCESS", "failed": "FAILURE", "cancelled": "REVOKED"}
+COUNTED = ("task-succeeded", "task-failed", "task-retried", "task-revoked")
+
+
+def counters(flower: Flower) -> dict[str, int]:
+    """The worker's event counters as Flower's Workers page shows them (Succeeded, Failed, Retried)."""
+    for worker in flower.get("/workers?json=1").json()["data"]:
+        if worker.get("hostname") == NODE:
+            return {name: int(worker.get(name, 0)) for name in COUNTED}
+    return dict.fromkeys(COUNTED, 0)
+
+
+def ledger_view(settings, ids: list[uuid.UUID]) -> tuple[dict[uuid.UUID, str], int]:
+    """Each job's state, and the attempts the ledger says were retried (errors before the last)."""
+    with db.transaction(settings) as conn:
+        states = dict(conn.execute(sa.select(jobs.c.id, jobs.c.state).where(jobs.c.id.in_(ids))).all())
+        rows = conn.execute(
+            sa.select(job_attempts.c.job_id, job_attempts.c.attempt, job_attempts.c.outcome).where(
+                job_attempts.c.job_id.in_(ids)
+            )
+        ).all()
+    last = {row.job_id: max(r.attempt for r in rows if r.job_id == row.job_id) for row in rows}
+    retried = sum(
+        1
+        for row in rows
+        if row.outcome == "error" and (row.attempt < last[row.job_id] or states[row.job_id] == "retrying")
+    )
+    return states, retried
+
+
+def test_flower_agrees_with_the_ledger_on_a_mixed_set_of_jobs(flower, clean):
+    """Retried attempts are RETRY (not FAILURE), a cancelled job REVOKED, only final failures
+    FAILURE; a foreign message of a kind nobody implements has its name; a job handed back by a
+    worker that lacks its kind is no failure. Flower's counters match the ledger's counts."""
+    before = counters(flower)
+    with db.transaction(clean) as conn:  # a kind the fleet implements elsewhere: its job waits
+        conn.execute(sa.delete(fleet_kinds).where(fleet_kinds.c.kind == "flowertest.elsewhere"))
+        conn.execute(sa.insert(fleet_kinds).values(kind="flowertest.elsewhere", version="1"))
+    try:
+        succeeded = submit("ping", "-p", "message=mixed")
+        retried = submit("test.flaky", "-p", "succeed_on=2")
+        failed = submit("test.fail")
+        cancelled = submit("test.effect", "-p", "key=flower-cancel", "-p", "sleep=30")
+        unknown, elsewhere = uuid.uuid4(), uuid.uuid4()
+        get_app().send_task("flowertest.nobody", kwargs={"x": 1}, task_id=str(unknown), queue="default")
+        assert wait_for_state(clean, cancelled, states=("running",))["state"] == "running"
+        result = run_jobs("cancel", str(cancelled))
+        assert result.returncode == 0, result.stderr
+        get_app().send_task("flowertest.elsewhere", kwargs={}, task_id=str(elsewhere), queue="default")
+        ids = [succeeded, retried, failed, cancelled, unknown]
+        for job_id in ids:
+            wait_for_state(clean, job_id, timeout=30)
+        assert wait_for_state(clean, elsewhere, states=("queued",))["handed_back_at"] is not None
+    finally:
+        with db.transaction(clean) as conn:
+            conn.execute(sa.delete(fleet_kinds).where(fleet_kinds.c.kind == "flowertest.elsewhere"))
+
+    states, retries = ledger_view(clean, [*ids, elsewhere])
+    assert states == {
+        succeeded: "succeeded",
+        retried: "succeeded",
+        failed: "failed",
+        cancelled: "cancelled",
+        unknown: "failed",
+        elsewhere: "queued",
+    }
+    for job_id in ids:
+        task = flower.task(job_id, FLOWER_STATE[states[job_id]])
+        assert task["name"], task
+    assert flower.task(unknown, "FAILURE")["name"] == "flowertest.nobody"
+    assert flower.task(failed, "FAILURE")["exception"] == "RuntimeError('boom on attempt 3')"
+
+    expected = {
+        "task-succeeded": sum(state == "succeeded" for state in states.values()),
+        "task-failed": sum(state == "failed" for state in states.values()),
+        "task-retried": retries,
+        "task-revoked": sum(state == "cancelled" for state in states.values()),
+    }
+    assert expected == {"task-succeeded": 2, "task-failed": 2, "task-retried": 3, "task-revoked": 1}
+    deadline = time.monotonic() + 20
+    while True:
+        now = counters(flower)
+        delta = {name: now[name] - before[name] for name in COUNTED}
+        if delta == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert delta == expected
+    shown = flower.get(f"/api/task/info/{elsewhere}")
+    assert shown.status_code == 404 or shown.json().get("state") != "FAILURE"

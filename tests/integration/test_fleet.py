@@ -184,7 +184,8 @@ def test_a_foreign_message_the_ledger_cannot_store_is_kept_escaped(fresh_roster)
 def test_a_foreign_message_of_a_known_kind_with_a_nul_is_recorded_not_dropped(clean, registry):
     job_id = uuid.uuid4()
     delivery = runner.Delivery(job_id, "ping", {"message": "a\x00b"}, "default", 5, "w@h")
-    assert runner.run(clean, registry, delivery) is None
+    with pytest.raises(runner.AttemptFailed):  # Flower shows it failed, as the ledger does
+        runner.run(clean, registry, delivery)
     refused = row(clean, job_id)
     assert (refused["state"], refused["payload"]) == ("failed", {"message": "a\\u0000b"})
     assert "payload.message: contains a NUL character" in refused["error"]["message"]

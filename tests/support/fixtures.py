@@ -108,7 +108,9 @@ def clean(ledger_db: Settings, broker: redis.Redis) -> Settings:
     clear_broker(broker)  # first: lets a worker finish what it holds from the previous test
     with db.transaction(ledger_db) as conn:
         # The roster (workers, fleet_kinds) stays: module-scoped workers enlisted once.
-        conn.execute(sa.text("TRUNCATE jobs, job_attempts, test_effects, queue_pauses, broker_epochs"))
+        conn.execute(
+            sa.text("TRUNCATE jobs, job_attempts, test_effects, queue_pauses, broker_epochs, counters")
+        )
     return ledger_db
 
 
