@@ -1,9 +1,10 @@
-"""Submitting jobs: validate, insert into the ledger, publish after commit (design §4).
+"""Submitting jobs: validate, insert into the ledger, publish after commit.
 
 ``submit`` returns only once the job's row is committed: from then on the job
 is durable even if Redis is down (the leader's relay publishes it later).
 With ``session=`` the row is written in the caller's transaction and published
 after that transaction commits: the job exists only if the caller's data does.
+The steps are drawn in docs/architecture.md, "Submit path".
 """
 
 from __future__ import annotations
