@@ -176,10 +176,10 @@ def _running_on(settings: Settings, node: str) -> int | None:
 
 
 def _finished(settings: Settings, job: uuid.UUID) -> str | None:
-    from jobs import inspect
+    from jobs import lookup
 
     try:
-        row = inspect.states_of(settings, [job]).get(job)
+        row = lookup.states_of(settings, [job]).get(job)
     except (JobsError, _sa_error()):
         return None
     if row and row["state"] in ("succeeded", "failed", "cancelled"):

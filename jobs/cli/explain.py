@@ -20,10 +20,10 @@ def explain(job_id: str, timeout: float, as_json: bool) -> None:
     from rich.markup import escape
 
     from jobs import explain as explaining
-    from jobs import inspect
+    from jobs import lookup
     from jobs.cli.output import console
 
-    facts = explaining.gather(context.settings(), inspect.parse_id(job_id), timeout=timeout)
+    facts = explaining.gather(context.settings(), lookup.parse_id(job_id), timeout=timeout)
     found = explaining.reasons(facts)
     job = facts.job
     if as_json:

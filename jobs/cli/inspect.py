@@ -28,10 +28,10 @@ def status(job_id: str, as_json: bool) -> None:
     # Imported here, as in every command: completing a command line loads none of it.
     from rich.table import Table
 
-    from jobs import inspect
+    from jobs import lookup
     from jobs.cli.output import console
 
-    job = inspect.get_job(context.settings(), context.registry(), inspect.parse_id(job_id))
+    job = lookup.get_job(context.settings(), context.registry(), lookup.parse_id(job_id))
     if as_json:
         emit_json(job)
         return
@@ -112,11 +112,11 @@ def list_(
     """List jobs, newest first."""
     from rich.table import Table
 
-    from jobs import inspect
+    from jobs import lookup
     from jobs.cli.output import console, err
 
-    filters = inspect.Filters(states, kinds, queues, since, until)
-    rows, total = inspect.list_jobs(context.settings(), filters, limit=limit, offset=(page - 1) * limit)
+    filters = lookup.Filters(states, kinds, queues, since, until)
+    rows, total = lookup.list_jobs(context.settings(), filters, limit=limit, offset=(page - 1) * limit)
     if as_json:
         emit_json({"total": total, "page": page, "limit": limit, "jobs": rows})
         return
@@ -145,7 +145,7 @@ def list_(
 @json_option
 def wait(job_id: str, timeout: float | None, as_json: bool) -> None:
     """Wait for a job to finish: exit 0 if it succeeded, 1 if it failed or was cancelled."""
-    from jobs import inspect
+    from jobs import lookup
     from jobs.cli.waiting import wait_for
 
-    sys.exit(wait_for(inspect.parse_id(job_id), timeout=timeout, as_json=as_json))
+    sys.exit(wait_for(lookup.parse_id(job_id), timeout=timeout, as_json=as_json))
