@@ -20,8 +20,8 @@ import click
 
 from jobs.cli import context
 from jobs.cli.completion import kind_names, queue_names
+from jobs.cli.options import SINCE, json_output
 from jobs.cli.output import emit_json, humanize, state
-from jobs.cli.submit import SINCE
 from jobs.errors import BadInput, InvalidTransition, JobNotFound
 from jobs.states import STATES
 
@@ -48,7 +48,7 @@ def _filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--until", type=SINCE, help="Created before (ISO time, or a duration ago)."),
         click.option("--yes", is_flag=True, help="Act on every job the filters select."),
         click.option("--dry-run", is_flag=True, help="List the jobs the filters select; change nothing."),
-        click.option("--json", "as_json", is_flag=True, help="Print JSON."),
+        json_output(),
     ]
     for option in reversed(options):
         command = option(command)

@@ -13,7 +13,7 @@ __all__ = ["explain"]
 @click.command()
 @click.argument("job_id")
 @options.worker_timeout
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.json_output()
 def explain(job_id: str, timeout: float, as_json: bool) -> None:
     """Why the job is not running (or what it is doing), one reason per line, each with what to do."""
     # Imported here, not at the top: completing a command line loads none of them.

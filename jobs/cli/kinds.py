@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from jobs.cli import context
+from jobs.cli import context, options
 from jobs.cli.completion import kind_names
 from jobs.cli.output import emit_json
 
@@ -40,7 +40,7 @@ def describe(declared: Kind) -> dict[str, Any]:
 
 
 @click.group(invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.json_output()
 @click.pass_context
 def kinds(ctx: click.Context, as_json: bool) -> None:
     """List the job kinds this installation knows."""
@@ -65,7 +65,7 @@ def kinds(ctx: click.Context, as_json: bool) -> None:
 
 @kinds.command()
 @click.argument("name", shell_complete=kind_names)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.json_output()
 def show(name: str, as_json: bool) -> None:
     """Print a kind's payload JSON Schema and its options."""
     from jobs.cli.output import console

@@ -9,20 +9,17 @@ from typing import Any
 
 import click
 
-from jobs.cli import context
+from jobs.cli import context, options
 from jobs.cli.completion import kind_names, queue_names
 from jobs.cli.output import emit_json, humanize, state
-from jobs.cli.submit import DURATION, SINCE
 from jobs.states import STATES
 
 __all__ = ["list_", "status", "wait"]
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-
 
 @click.command()
 @click.argument("job_id")
-@json_option
+@options.json_output()
 def status(job_id: str, as_json: bool) -> None:
     """Show a job: state, attempts with their errors, timings, worker, result."""
     # Imported here, as in every command: completing a command line loads none of it.
@@ -94,11 +91,11 @@ def _progress(report: dict[str, Any]) -> str:
 @click.option("--state", "states", multiple=True, type=click.Choice(STATES), help="Only jobs in this state.")
 @click.option("--kind", "kinds", multiple=True, help="Only jobs of this kind.", shell_complete=kind_names)
 @click.option("--queue", "queues", multiple=True, help="Only jobs on this queue.", shell_complete=queue_names)
-@click.option("--since", type=SINCE, help="Created at or after (ISO time, or a duration ago: 1h).")
-@click.option("--until", type=SINCE, help="Created before (ISO time, or a duration ago).")
+@click.option("--since", type=options.SINCE, help="Created at or after (ISO time, or a duration ago: 1h).")
+@click.option("--until", type=options.SINCE, help="Created before (ISO time, or a duration ago).")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @click.option("--page", type=click.IntRange(1), default=1, show_default=True)
-@json_option
+@options.json_output()
 def list_(
     states: tuple[str, ...],
     kinds: tuple[str, ...],
@@ -141,8 +138,8 @@ def list_(
 
 @click.command()
 @click.argument("job_id")
-@click.option("--timeout", type=DURATION, help="Give up after this long (exit 124).")
-@json_option
+@click.option("--timeout", type=options.DURATION, help="Give up after this long (exit 124).")
+@options.json_output()
 def wait(job_id: str, timeout: float | None, as_json: bool) -> None:
     """Wait for a job to finish: exit 0 if it succeeded, 1 if it failed or was cancelled."""
     from jobs import lookup
