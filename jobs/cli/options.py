@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
@@ -22,8 +22,6 @@ __all__ = [
     "payload_params",
     "worker_timeout",
 ]
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class DurationType(click.ParamType[float]):
@@ -68,7 +66,7 @@ INSTANT = InstantType()
 SINCE = SinceType()
 
 
-def json_output(help: str = "Print JSON.") -> Callable[[F], F]:
+def json_output[F: Callable[..., Any]](help: str = "Print JSON.") -> Callable[[F], F]:
     """``--json``: the command prints one JSON document on stdout (its ``as_json`` argument)."""
     return click.option("--json", "as_json", is_flag=True, help=help)
 
