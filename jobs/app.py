@@ -1,4 +1,4 @@
-"""The one Celery app, configured from the settings (design §7).
+"""The one Celery app, configured from the settings (docs/architecture.md, "Celery settings").
 
 Every choice here is tested in ``tests/integration/test_celery_settings.py``.
 """

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from jobs import counters, db, ledger
 from jobs.errors import BadInput, InvalidTransition, JobNotFound
-from jobs.inspect import Filters
+from jobs.lookup import Filters
 from jobs.producer import JobId, Producer
 from jobs.schema import jobs
 from jobs.settings import Settings

@@ -175,21 +175,21 @@ class Registry:
     def __init__(self) -> None:
         self._kinds: dict[str, Kind] = {}
 
-    def register(self, declared: Kind) -> Kind:
-        existing = self._kinds.get(declared.name)
-        if existing is not None and existing != declared:
-            raise DuplicateKind(f"job kind {declared.name!r} is already registered")
-        self._kinds[declared.name] = declared
-        return declared
+    def register(self, kind: Kind) -> Kind:
+        existing = self._kinds.get(kind.name)
+        if existing is not None and existing != kind:
+            raise DuplicateKind(f"job kind {kind.name!r} is already registered")
+        self._kinds[kind.name] = kind
+        return kind
 
     def implement(self, name: str) -> Callable[[Body], Body]:
         """Attach a body to a kind declared without one."""
 
         def attach(body: Body) -> Body:
-            declared = self.get(name)
-            if declared.body is not None and declared.body is not body:
+            kind = self.get(name)
+            if kind.body is not None and kind.body is not body:
                 raise DuplicateKind(f"job kind {name!r} already has a body")
-            self._kinds[name] = dataclasses.replace(declared, body=body)
+            self._kinds[name] = dataclasses.replace(kind, body=body)
             return body
 
         return attach
@@ -223,9 +223,9 @@ class Registry:
 registry = Registry()
 
 
-def lease_for(settings: Settings, declared: Kind | None) -> float:
+def lease_for(settings: Settings, kind: Kind | None) -> float:
     """Seconds a claim holds a job: its hard limit plus the margin (expires only if the worker is gone)."""
-    hard = (declared.hard_time_limit if declared else None) or settings.hard_time_limit
+    hard = (kind.hard_time_limit if kind else None) or settings.hard_time_limit
     return hard + settings.lease_margin
 
 

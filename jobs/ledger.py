@@ -278,7 +278,7 @@ class _Prepared:
 def _prepared(statement: sa.Select[Any]) -> _Prepared:
     from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 
-    dialect = PGDialect_psycopg()  # type: ignore[no-untyped-call]
+    dialect = PGDialect_psycopg()  # type: ignore[no-untyped-call]  # SQLAlchemy: __init__ unannotated
     compiled = statement.compile(dialect=dialect)
     json_names = frozenset(
         name for name, bind in compiled.binds.items() if isinstance(bind.type, sa.JSON | pg.JSONB)

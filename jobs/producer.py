@@ -1,9 +1,10 @@
-"""Submitting jobs: validate, insert into the ledger, publish after commit (design §4).
+"""Submitting jobs: validate, insert into the ledger, publish after commit.
 
 ``submit`` returns only once the job's row is committed: from then on the job
 is durable even if Redis is down (the leader's relay publishes it later).
 With ``session=`` the row is written in the caller's transaction and published
 after that transaction commits: the job exists only if the caller's data does.
+The steps are drawn in docs/architecture.md, "Submit path".
 """
 
 from __future__ import annotations
@@ -106,9 +107,9 @@ class Producer:
         options = _Options(
             queue, priority, delay, at, max_attempts, submitted_by, retry_of, schedule_name, schedule_slot
         )
-        declared = self.registry.get(kind)
+        definition = self.registry.get(kind)
         _check_texts(options, idempotency_key)
-        row = self._row(declared, payload or {}, options, idempotency_key)
+        row = self._row(definition, payload or {}, options, idempotency_key)
         if session is not None:
             return self._submit_in(session, [row], key=idempotency_key)[0]
         with db.autocommit(self.settings) as conn:
@@ -140,14 +141,14 @@ class Producer:
         """
         report = progress or (lambda phase, count: None)
         options = _Options(queue, priority, delay, at, max_attempts, submitted_by)
-        declared = self.registry.get(kind)
+        definition = self.registry.get(kind)
         _check_texts(options, None)
         rows: list[dict[str, Any]] = []
 
         def checked() -> Iterator[dict[str, Any]]:
             for number, payload in enumerate(payloads, start=1):
                 try:
-                    row = self._row(declared, payload, options, None)
+                    row = self._row(definition, payload, options, None)
                 except BadInput as error:
                     raise type(error)(f"item {number}: {error.message}") from None
                 rows.append(row)
@@ -177,23 +178,23 @@ class Producer:
 
     def _row(
         self,
-        declared: Kind,
+        kind: Kind,
         payload: Mapping[str, Any],
         options: _Options,
         key: str | None,
     ) -> dict[str, Any]:
-        data = declared.dump(declared.validate(payload))
-        data_json = declared.to_json(data)
+        data = kind.dump(kind.validate(payload))
+        data_json = kind.to_json(data)
         size = len(data_json.encode())
         if size > self.settings.max_payload_bytes:
             raise PayloadTooLarge(
                 f"payload of {size} bytes is over the limit of {self.settings.max_payload_bytes} "
                 "bytes (JOBS_MAX_PAYLOAD_BYTES); store large data elsewhere and pass its id"
             )
-        priority = declared.priority if options.priority is None else options.priority
+        priority = kind.priority if options.priority is None else options.priority
         if not 0 <= priority <= 9:
             raise InvalidJobOptions(f"priority {priority} is out of range: use 0 (first) to 9 (last)")
-        attempts = options.max_attempts or declared.max_attempts or self.settings.max_attempts
+        attempts = options.max_attempts or kind.max_attempts or self.settings.max_attempts
         if attempts < 1:
             raise InvalidJobOptions("max attempts must be at least 1")
         if key is not None and not 0 < len(key) <= 255:
@@ -201,8 +202,8 @@ class Producer:
         not_before = _due(options.delay, options.at)
         row: dict[str, Any] = {
             "id": uuid.uuid4(),
-            "kind": declared.name,
-            "queue": options.queue or declared.queue or self.settings.default_queue,
+            "kind": kind.name,
+            "queue": options.queue or kind.queue or self.settings.default_queue,
             "priority": priority,
             "payload": data,
             "payload_json": data_json,  # not a column: serialized once for COPY and the broker

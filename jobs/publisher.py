@@ -82,9 +82,9 @@ def publish_committed(
 
 def _shown(registry: Registry, item: ledger.Published) -> str:
     if item.kind in registry:
-        declared = registry.get(item.kind)
-        if declared.has_secrets:
-            return repr(declared.display(item.payload))
+        kind = registry.get(item.kind)
+        if kind.has_secrets:
+            return repr(kind.display(item.payload))
     return repr(item.payload)
 
 

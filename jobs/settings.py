@@ -8,7 +8,7 @@ platform reads the environment.
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -184,10 +184,14 @@ def _explain(error: ValidationError) -> str:
     return f"JOBS_{field.upper()}={first.get('input')!s:.60}: {message}"
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Read and validate the settings, or raise ``ConfigError`` with one clear line."""
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the settings, or raise ``ConfigError`` with one clear line.
+
+    ``overrides`` are validated as the environment's values are, so they may be
+    given as text (``"30"``) or as their own types.
+    """
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(**overrides)
     except ValidationError as error:
         raise ConfigError(f"invalid setting {_explain(error)}") from None
 

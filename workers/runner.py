@@ -1,4 +1,4 @@
-"""One attempt of one job: claim, run the body, finish (design §5).
+"""One attempt of one job: claim, run the body, finish (docs/architecture.md, "Run path").
 
 This module knows the ledger and the kinds, not Celery: ``workers.task`` wraps
 it in a Celery task. Every outcome is one compare-and-set in the ledger; the

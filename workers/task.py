@@ -297,19 +297,19 @@ def register_kinds(app: Celery, registry: Registry, settings: Settings) -> None:
     A kind declared without a body here (its body lives in another team's workers) is not a task
     of this worker: its messages are handed back (``workers.unknown``).
     """
-    for declared in registry:
-        if declared.body is None:
+    for kind in registry:
+        if kind.body is None:
             continue
         task_class = type(
-            f"Job_{declared.name.replace('.', '_')}",
+            f"Job_{kind.name.replace('.', '_')}",
             (LedgerTask,),
             {
-                "name": declared.name,
-                "kind": declared,
+                "name": kind.name,
+                "kind": kind,
                 "settings": settings,
                 "registry": registry,
-                "soft_time_limit": declared.soft_time_limit or settings.soft_time_limit,
-                "time_limit": declared.hard_time_limit or settings.hard_time_limit,
+                "soft_time_limit": kind.soft_time_limit or settings.soft_time_limit,
+                "time_limit": kind.hard_time_limit or settings.hard_time_limit,
                 "__module__": __name__,
             },
         )

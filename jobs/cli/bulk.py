@@ -20,15 +20,15 @@ import click
 
 from jobs.cli import context
 from jobs.cli.completion import kind_names, queue_names
+from jobs.cli.options import SINCE, json_output
 from jobs.cli.output import emit_json, humanize, state
-from jobs.cli.submit import SINCE
 from jobs.errors import BadInput, InvalidTransition, JobNotFound
 from jobs.states import STATES
 
 # The ledger, Celery and rich are imported in the functions that use them: completing a
 # command line (``jobs cancel --queue <TAB>``) loads none of them.
 if TYPE_CHECKING:
-    from jobs import control, inspect
+    from jobs import control, lookup
 
 __all__ = ["cancel", "retry"]
 
@@ -48,7 +48,7 @@ def _filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--until", type=SINCE, help="Created before (ISO time, or a duration ago)."),
         click.option("--yes", is_flag=True, help="Act on every job the filters select."),
         click.option("--dry-run", is_flag=True, help="List the jobs the filters select; change nothing."),
-        click.option("--json", "as_json", is_flag=True, help="Print JSON."),
+        json_output(),
     ]
     for option in reversed(options):
         command = option(command)
@@ -56,16 +56,16 @@ def _filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _unique_ids(texts: Sequence[str]) -> list[uuid.UUID]:
-    from jobs import inspect
+    from jobs import lookup
 
-    return list(dict.fromkeys(inspect.parse_id(text) for text in texts))
+    return list(dict.fromkeys(lookup.parse_id(text) for text in texts))
 
 
 def _select(
-    action: str, job_ids: Sequence[str], filters: inspect.Filters, yes: bool, dry_run: bool
+    action: str, job_ids: Sequence[str], filters: lookup.Filters, yes: bool, dry_run: bool
 ) -> tuple[list[control.Match], bool]:
     """The jobs to act on, and whether they came from filters."""
-    from jobs import control, inspect
+    from jobs import control, lookup
 
     filtered = bool(filters.states or filters.kinds or filters.queues or filters.since or filters.until)
     if yes and dry_run:
@@ -77,7 +77,7 @@ def _select(
     if filtered:
         return control.matching(context.settings(), filters, action), True
     ids = _unique_ids(job_ids)
-    found = inspect.states_of(context.settings(), ids)
+    found = lookup.states_of(context.settings(), ids)
     allowed = control.ACTIONS[action]
     for job_id in ids:
         if job_id not in found:
@@ -181,11 +181,11 @@ def cancel(
     Queued, delayed and retrying jobs are cancelled at once; running ones are
     cancelled and their workers told to stop them.
     """
-    from jobs import control, inspect
+    from jobs import control, lookup
     from jobs.app import get_app  # Celery is needed only to tell workers to stop running jobs
     from jobs.cli.output import err
 
-    filters = inspect.Filters(states, kinds, queues, since, until)
+    filters = lookup.Filters(states, kinds, queues, since, until)
     matches, filtered = _select("cancel", job_ids, filters, yes, dry_run)
     if not _gate("cancel", matches, filtered, yes, dry_run, as_json):
         return
@@ -241,10 +241,10 @@ def retry(
     A job is retried once: a job that already has a retry is skipped (retry
     the retry to run it again), so running the same command twice is safe.
     """
-    from jobs import control, inspect
+    from jobs import control, lookup
     from jobs.cli.output import err
 
-    filters = inspect.Filters(states, kinds, queues, since, until)
+    filters = lookup.Filters(states, kinds, queues, since, until)
     matches, filtered = _select("retry", job_ids, filters, yes, dry_run)
     if not _gate("retry", matches, filtered, yes, dry_run, as_json):
         return

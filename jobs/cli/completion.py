@@ -91,9 +91,9 @@ def _read_ledger(queries: tuple[str, ...], params: dict[str, Any]) -> list[tuple
 def kind_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
     """Kinds whose name starts with ``incomplete``, each with its description."""
     return [
-        CompletionItem(declared.name, help=declared.description or None)
-        for declared in _kinds()
-        if declared.name.startswith(incomplete)
+        CompletionItem(kind.name, help=kind.description or None)
+        for kind in _kinds()
+        if kind.name.startswith(incomplete)
     ]
 
 
@@ -101,7 +101,7 @@ def _queues(prefix: str) -> list[str]:
     found: set[str] = set()
     with contextlib.suppress(Exception):
         found.add(context.settings().default_queue)
-    found.update(declared.queue for declared in _kinds() if declared.queue)
+    found.update(kind.queue for kind in _kinds() if kind.queue)
     params = {"prefix": prefix, "live": LIVE_STATES}
     found.update(str(row[0]) for row in _read_ledger(QUEUE_QUERIES, params) if row[0])
     return sorted(name for name in found if name.startswith(prefix))

@@ -1,4 +1,4 @@
-"""Lazily built settings, kinds and producer shared by the CLI's commands.
+"""Lazily built settings, kinds and producer shared by the CLI's commands, and who runs them.
 
 Nothing is imported until a command asks: loading this module costs nothing,
 so commands (and their shell completion) start fast.
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from jobs.producer import Producer
     from jobs.settings import Settings
 
-__all__ = ["producer", "registry", "settings"]
+__all__ = ["producer", "registry", "settings", "who"]
 
 
 def settings() -> Settings:
@@ -35,3 +35,13 @@ def producer() -> Producer:
     from jobs.producer import Producer
 
     return Producer(settings(), registry=registry())
+
+
+def who() -> str:
+    """Who acts, as the ledger records it (``submitted_by``, ``paused_by``…): ``cli:USER``."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import click
 
-from jobs.cli import context, output
+from jobs.cli import context, options, output
 from jobs.cli.output import emit_json
 
 __all__ = ["db"]
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
 @click.group()
@@ -19,7 +17,7 @@ def db() -> None:
 
 @db.command()
 @click.option("--create-database", is_flag=True, help="Create the database first if it does not exist.")
-@json_option
+@options.json_output()
 def upgrade(create_database: bool, as_json: bool) -> None:
     """Migrate the ledger to the newest schema."""
     from jobs import migrate
@@ -37,7 +35,7 @@ def upgrade(create_database: bool, as_json: bool) -> None:
 
 @db.command()
 @click.argument("revision", default="-1")
-@json_option
+@options.json_output()
 def downgrade(revision: str, as_json: bool) -> None:
     """Take the schema back to REVISION (default: one step)."""
     from jobs import migrate
@@ -50,7 +48,7 @@ def downgrade(revision: str, as_json: bool) -> None:
 
 
 @db.command()
-@json_option
+@options.json_output()
 def current(as_json: bool) -> None:
     """Print the schema revision of the database and the newest one."""
     from jobs import migrate
@@ -64,7 +62,7 @@ def current(as_json: bool) -> None:
 
 
 @db.command()
-@json_option
+@options.json_output()
 def check(as_json: bool) -> None:
     """Fail if the code's tables and the migrations disagree (alembic check)."""
     from jobs import migrate

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import click
 
 from jobs.cli import context, output
-from jobs.cli.output import fail
+from jobs.cli.output import fail, first_line
 from jobs.cli.supervisor import Step, Supervisor
 from jobs.errors import JobsError, LedgerUnavailable
 
@@ -142,14 +142,10 @@ def _check_servers(settings: Settings) -> None:
         redis.Redis.from_url(settings.broker_url, socket_connect_timeout=3).ping()
     except (redis.RedisError, OSError) as error:
         fail(
-            f"Redis is unreachable at {_safe_redis(settings.broker_url)} ({_first_line(error)}); "
+            f"Redis is unreachable at {_safe_redis(settings.broker_url)} ({first_line(error)}); "
             f"start one, for example: {REDIS_HINT}",
             3,
         )
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _safe_redis(url: str) -> str:
@@ -176,10 +172,10 @@ def _running_on(settings: Settings, node: str) -> int | None:
 
 
 def _finished(settings: Settings, job: uuid.UUID) -> str | None:
-    from jobs import inspect
+    from jobs import lookup
 
     try:
-        row = inspect.states_of(settings, [job]).get(job)
+        row = lookup.states_of(settings, [job]).get(job)
     except (JobsError, _sa_error()):
         return None
     if row and row["state"] in ("succeeded", "failed", "cancelled"):

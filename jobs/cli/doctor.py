@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
-from jobs.cli import context, health
-from jobs.cli.output import emit_json
+from jobs.cli import context, health, options
+from jobs.cli.output import emit_json, first_line
 from jobs.errors import InfrastructureError, JobsError
 
 # Each check imports what it needs: completing a command line loads none of it.
@@ -40,10 +40,6 @@ class Check:
 
     def as_dict(self) -> dict[str, str]:
         return dataclasses.asdict(self)
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 @dataclasses.dataclass
@@ -73,7 +69,7 @@ class _Doctor:
                 version = conn.execute(sa.text("SHOW server_version")).scalar_one()
         except (JobsError, sa.exc.SQLAlchemyError) as error:
             return self.add(
-                "postgresql", "fail", _first_line(error), "start PostgreSQL or fix JOBS_DATABASE_URL"
+                "postgresql", "fail", first_line(error), "start PostgreSQL or fix JOBS_DATABASE_URL"
             )
         return self.add("postgresql", "ok", f"reachable at {url} (server {version})")
 
@@ -86,7 +82,7 @@ class _Doctor:
         try:
             current = migrate.current(self.settings)
         except (JobsError, sa.exc.SQLAlchemyError) as error:
-            return self.add("migrations", "fail", _first_line(error), "run `jobs db upgrade`")
+            return self.add("migrations", "fail", first_line(error), "run `jobs db upgrade`")
         if current != head:
             return self.add(
                 "migrations",
@@ -285,7 +281,7 @@ class _Doctor:
             depths = broker.ready_messages(client, sorted(names))
             held = broker.quarantined(client)
         except Exception as error:  # Redis answered a moment ago; say what failed, do not raise
-            self.add("broker queues", "warn", f"could not list Redis's queues: {_first_line(error)}")
+            self.add("broker queues", "warn", f"could not list Redis's queues: {first_line(error)}")
             return
         consuming = fleet.consumers(found) if found is not None else {}
         lonely = {name: count for name, count in depths.items() if count and not consuming.get(name)}
@@ -323,7 +319,7 @@ class _Doctor:
             response = httpx.get(url, timeout=self.timeout)
         except httpx.HTTPError as error:
             if configured:
-                self.add("flower", "fail", f"{url}: {_first_line(error)}", "start `jobs flower`")
+                self.add("flower", "fail", f"{url}: {first_line(error)}", "start `jobs flower`")
             else:
                 self.add("flower", "skip", f"not running at {url} (none expected: JOBS_FLOWER_USER is unset)")
             return
@@ -379,7 +375,7 @@ MARKS = {"ok": "[green]✓[/]", "fail": "[bold red]✗[/]", "warn": "[yellow]![/
 @click.option(
     "--timeout", type=click.FloatRange(0.1), default=2.0, show_default=True, help="Seconds per check."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.json_output()
 def doctor(timeout: float, as_json: bool) -> None:
     """Check PostgreSQL, migrations, Redis, the leader, workers and Flower; exit 0 only if none fails."""
     from jobs.cli.output import console

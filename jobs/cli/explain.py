@@ -13,17 +13,17 @@ __all__ = ["explain"]
 @click.command()
 @click.argument("job_id")
 @options.worker_timeout
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.json_output()
 def explain(job_id: str, timeout: float, as_json: bool) -> None:
     """Why the job is not running (or what it is doing), one reason per line, each with what to do."""
     # Imported here, not at the top: completing a command line loads none of them.
     from rich.markup import escape
 
     from jobs import explain as explaining
-    from jobs import inspect
+    from jobs import lookup
     from jobs.cli.output import console
 
-    facts = explaining.gather(context.settings(), inspect.parse_id(job_id), timeout=timeout)
+    facts = explaining.gather(context.settings(), lookup.parse_id(job_id), timeout=timeout)
     found = explaining.reasons(facts)
     job = facts.job
     if as_json:

@@ -23,7 +23,7 @@ from typing import NoReturn
 
 import click
 
-from jobs.cli import context
+from jobs.cli import context, options
 
 __all__ = ["health"]
 
@@ -123,7 +123,7 @@ def _flower(timeout: float) -> tuple[bool, str]:
     " worker of this host.",
 )
 @click.option("--timeout", type=click.FloatRange(0.1), default=5.0, show_default=True, help="Seconds.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON: role, healthy, detail.")
+@options.json_output("Print JSON: role, healthy, detail.")
 def health(role: str, node: str | None, timeout: float, as_json: bool) -> None:
     """Exit 0 if this host's ROLE (worker, beat or flower) is healthy, else 1; for container probes."""
     try:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from jobs.cli import context
+from jobs.cli import context, options
 from jobs.cli.completion import kind_names
 from jobs.cli.output import emit_json
 
@@ -17,30 +17,30 @@ if TYPE_CHECKING:
 __all__ = ["kinds"]
 
 
-def describe(declared: Kind) -> dict[str, Any]:
+def describe(kind: Kind) -> dict[str, Any]:
     settings = context.settings()
     return {
-        "name": declared.name,
-        "description": declared.description,
-        "queue": declared.queue or settings.default_queue,
-        "priority": declared.priority,
-        "max_attempts": declared.max_attempts or settings.max_attempts,
+        "name": kind.name,
+        "description": kind.description,
+        "queue": kind.queue or settings.default_queue,
+        "priority": kind.priority,
+        "max_attempts": kind.max_attempts or settings.max_attempts,
         "backoff": {
-            "base": declared.backoff.base,
-            "factor": declared.backoff.factor,
-            "maximum": declared.backoff.maximum,
-            "jitter": declared.backoff.jitter,
+            "base": kind.backoff.base,
+            "factor": kind.backoff.factor,
+            "maximum": kind.backoff.maximum,
+            "jitter": kind.backoff.jitter,
         },
-        "soft_time_limit": declared.soft_time_limit or settings.soft_time_limit,
-        "hard_time_limit": declared.hard_time_limit or settings.hard_time_limit,
-        "retry_on": [exc.__name__ for exc in declared.retry_on],
-        "payload_schema": declared.payload.model_json_schema(),
-        "result_schema": declared.result.model_json_schema() if declared.result else None,
+        "soft_time_limit": kind.soft_time_limit or settings.soft_time_limit,
+        "hard_time_limit": kind.hard_time_limit or settings.hard_time_limit,
+        "retry_on": [exc.__name__ for exc in kind.retry_on],
+        "payload_schema": kind.payload.model_json_schema(),
+        "result_schema": kind.result.model_json_schema() if kind.result else None,
     }
 
 
 @click.group(invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.json_output()
 @click.pass_context
 def kinds(ctx: click.Context, as_json: bool) -> None:
     """List the job kinds this installation knows."""
@@ -57,15 +57,15 @@ def kinds(ctx: click.Context, as_json: bool) -> None:
     table = Table(box=None, pad_edge=False)
     for column in ("kind", "queue", "attempts", "description"):
         table.add_column(column)
-    for declared in known:
-        info = describe(declared)
-        table.add_row(declared.name, info["queue"], str(info["max_attempts"]), declared.description)
+    for kind in known:
+        info = describe(kind)
+        table.add_row(kind.name, info["queue"], str(info["max_attempts"]), kind.description)
     console.print(table)
 
 
 @kinds.command()
 @click.argument("name", shell_complete=kind_names)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.json_output()
 def show(name: str, as_json: bool) -> None:
     """Print a kind's payload JSON Schema and its options."""
     from jobs.cli.output import console

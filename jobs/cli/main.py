@@ -33,12 +33,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Submit a job of KIND; prints its id once it is safe in the ledger.",
     ),
     "status": (
-        "jobs.cli.inspect:status",
+        "jobs.cli.lookup:status",
         "Show a job: state, attempts with their errors, timings, worker, result.",
     ),
-    "list": ("jobs.cli.inspect:list_", "List jobs, newest first."),
+    "list": ("jobs.cli.lookup:list_", "List jobs, newest first."),
     "wait": (
-        "jobs.cli.inspect:wait",
+        "jobs.cli.lookup:wait",
         "Wait for a job to finish: exit 0 if it succeeded, 1 if it failed or was cancelled.",
     ),
     "cancel": (

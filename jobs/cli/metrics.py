@@ -7,7 +7,7 @@ import threading
 
 import click
 
-from jobs.cli import context
+from jobs.cli import context, options
 from jobs.cli.output import emit_json
 
 __all__ = ["metrics"]
@@ -19,7 +19,7 @@ __all__ = ["metrics"]
     "--port", type=click.IntRange(0, 65535), help="Port (default: JOBS_METRICS_PORT, 9808; 0 picks one)."
 )
 @click.option("--once", is_flag=True, help="Print the metrics once in Prometheus's text format and exit.")
-@click.option("--json", "as_json", is_flag=True, help="With --once: print the samples as JSON.")
+@options.json_output("With --once: print the samples as JSON.")
 def metrics(address: str | None, port: int | None, once: bool, as_json: bool) -> None:
     """Serve the ledger's metrics on http://ADDRESS:PORT/metrics until stopped (SIGTERM or Ctrl-C)."""
     # Imported here, not at the top: completing a command line loads none of them.

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     console: Console
     err: Console
 
-__all__ = ["console", "emit_json", "err", "fail", "humanize"]
+__all__ = ["console", "emit_json", "err", "fail", "first_line", "humanize"]
 
 
 def __getattr__(name: str) -> Any:
@@ -55,6 +55,11 @@ def fail(message: str, code: int) -> NoReturn:
     """One line on stderr, then exit with ``code``; never a traceback."""
     __getattr__("err").print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
     sys.exit(code)
+
+
+def first_line(error: BaseException) -> str:
+    """An error's message for a one-line report: its first line, or its type's name if it has none."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def humanize(moment: datetime | None) -> str:

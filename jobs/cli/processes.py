@@ -36,9 +36,9 @@ def _exec(argv: list[str], env: dict[str, str] | None = None) -> NoReturn:
 def worker_queues(settings: Settings) -> list[str]:
     """Every queue a kind runs on, the default queue first, then Celery's own default queue."""
     queues = [settings.default_queue]
-    for declared in context.registry():
-        if declared.queue and declared.queue not in queues:
-            queues.append(declared.queue)
+    for kind in context.registry():
+        if kind.queue and kind.queue not in queues:
+            queues.append(kind.queue)
     if settings.celery_queue and settings.celery_queue not in queues:
         queues.append(settings.celery_queue)
     return queues

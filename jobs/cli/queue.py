@@ -8,13 +8,12 @@ over Redis). Jobs keep arriving in a paused queue and wait there, queued.
 
 from __future__ import annotations
 
-import getpass
 import logging
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from jobs.cli import context
+from jobs.cli import context, options
 from jobs.cli.completion import queue_names
 from jobs.cli.output import emit_json, humanize
 from jobs.cli.processes import worker_queues
@@ -30,13 +29,6 @@ __all__ = ["queue"]
 log = logging.getLogger("jobs.cli.queue")
 
 REFRESH_COMMAND = "jobs_refresh_pauses"  # handled by workers.pauses
-
-
-def _who() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
 
 
 def _checked(name: str) -> str:
@@ -91,7 +83,7 @@ def queue() -> None:
 @queue.command()
 @click.argument("name", shell_complete=queue_names)
 @click.option("--reason", help="Why, for whoever looks later.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.json_output()
 def pause(name: str, reason: str | None, as_json: bool) -> None:
     """Pause queue NAME: its jobs wait, queued, until it is resumed; the pause survives restarts."""
     from jobs import pauses
@@ -99,7 +91,7 @@ def pause(name: str, reason: str | None, as_json: bool) -> None:
 
     name = _checked(name)
     settings = context.settings()
-    changed = pauses.pause(settings, name, by=_who(), reason=reason)
+    changed = pauses.pause(settings, name, by=context.who(), reason=reason)
     told = _tell_workers() if changed else 0
     current = _current(name)
     if as_json:
@@ -119,7 +111,7 @@ def pause(name: str, reason: str | None, as_json: bool) -> None:
 
 @queue.command()
 @click.argument("name", shell_complete=queue_names)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.json_output()
 def resume(name: str, as_json: bool) -> None:
     """Resume queue NAME: workers take its jobs again."""
     from jobs import pauses

@@ -63,7 +63,7 @@ def queues_table(views: list[snapshot.QueueView]) -> Table:
 
 @click.command()
 @options.worker_timeout
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.json_output()
 def queues(timeout: float, as_json: bool) -> None:
     """Per queue: jobs queued in the ledger and messages in Redis, running, consumers, oldest wait."""
     from rich.markup import escape

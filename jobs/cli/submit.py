@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 import sys
 from datetime import datetime
@@ -13,71 +12,19 @@ import click
 
 from jobs.cli import context, output
 from jobs.cli.completion import kind_names, queue_names
+from jobs.cli.options import DURATION, INSTANT, TOO_LONG, json_output, parse_param, payload_params
 from jobs.cli.output import emit_json, fail
-from jobs.durations import parse_duration, parse_instant
 from jobs.errors import BadInput
-from jobs.jsonsafe import MAX_INT_DIGITS
 
 __all__ = ["submit"]
 
 BATCH = 2000
 
 
-class DurationType(click.ParamType[float]):
-    name = "duration"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, int | float):
-            return float(value)
-        try:
-            return parse_duration(str(value))
-        except ValueError as error:
-            self.fail(str(error), param, ctx)
-
-
-class InstantType(click.ParamType[datetime]):
-    name = "time"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
-        if isinstance(value, datetime):
-            return value
-        try:
-            return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-        except ValueError:
-            self.fail(f"{value!r} is not an ISO 8601 time like 2026-01-31T09:00:00+01:00", param, ctx)
-
-
-class SinceType(click.ParamType[datetime]):
-    name = "time"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
-        try:
-            return parse_instant(str(value))
-        except ValueError as error:
-            self.fail(str(error), param, ctx)
-
-
-DURATION = DurationType()
-INSTANT = InstantType()
-SINCE = SinceType()
-
-
-def _param(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise click.BadParameter(f"{text!r} is not key=value", param_hint="-p")
-    if value[:1] in "[{":
-        try:
-            return key, json.loads(value)
-        except json.JSONDecodeError as error:
-            raise click.BadParameter(f"{key}: invalid JSON ({error.msg})", param_hint="-p") from None
-        except ValueError:
-            raise click.BadParameter(f"{key}: {_TOO_LONG}", param_hint="-p") from None
-    return key, value
-
-
-# json.loads refuses an integer longer than this with a ValueError that is no JSONDecodeError.
-_TOO_LONG = f"an integer of more than {MAX_INT_DIGITS} digits, which the ledger cannot store"
+# jobs.cli.schedule imports these two from here until it takes them from jobs.cli.options and
+# jobs.cli.context (after jobs.schedules becomes a package); then they go.
+_param = parse_param
+_who = context.who
 
 
 def _payload(
@@ -98,23 +45,16 @@ def _payload(
             f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}", param_hint=source
         ) from None
     except ValueError:
-        raise click.BadParameter(_TOO_LONG, param_hint=source) from None
+        raise click.BadParameter(TOO_LONG, param_hint=source) from None
     if not isinstance(data, dict):
         raise click.BadParameter("the payload must be a JSON object", param_hint=source)
-    data.update(dict(_param(p) for p in params))
+    data.update(dict(parse_param(p) for p in params))
     return data
 
 
 @click.command()
 @click.argument("kind", shell_complete=kind_names)
-@click.option(
-    "-p",
-    "--param",
-    "params",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="A payload field (repeatable); the kind's model coerces the value.",
-)
+@payload_params
 @click.option("--payload", "payload_json", metavar="JSON", help="The payload as a JSON object.")
 @click.option(
     "--payload-file", type=click.File("r"), help="Read the payload from a JSON file ('-' for stdin)."
@@ -142,7 +82,7 @@ def _payload(
 @click.option("--max-attempts", type=click.IntRange(1, 1000), help="Attempts before the job fails for good.")
 @click.option("--wait", is_flag=True, help="Wait for the job to finish; the exit code tells how it ended.")
 @click.option("--timeout", type=DURATION, help="With --wait: give up after this long (exit 124).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_output()
 def submit(
     kind: str,
     params: tuple[str, ...],
@@ -174,7 +114,7 @@ def submit(
         "delay": delay,
         "at": at,
         "max_attempts": max_attempts,
-        "submitted_by": _who(),
+        "submitted_by": context.who(),
     }
     if from_file is not None:
         if params or payload_json or payload_file or idempotency_key or wait:
@@ -204,13 +144,6 @@ def _delayed(delay: float | None, at: datetime | None) -> bool:
     return bool(delay) or at is not None
 
 
-def _who() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
-
-
 def _submit_file(kind: str, path: Path, options: dict[str, Any], as_json: bool) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -226,7 +159,7 @@ def _submit_file(kind: str, path: Path, options: dict[str, Any], as_json: bool) 
         except json.JSONDecodeError as error:
             fail(f"{path}: line {number}: not valid JSON ({error.msg}); nothing was submitted", 2)
         except ValueError:
-            fail(f"{path}: line {number}: {_TOO_LONG}; nothing was submitted", 2)
+            fail(f"{path}: line {number}: {TOO_LONG}; nothing was submitted", 2)
         if not isinstance(data, dict):
             fail(f"{path}: line {number}: a payload must be a JSON object; nothing was submitted", 2)
         payloads.append(data)

@@ -272,7 +272,7 @@ def _interactive(settings: Settings, interval: float, timeout: float) -> None:
     "--interval", type=click.FloatRange(0.2), default=1.0, show_default=True, help="Seconds between frames."
 )
 @options.worker_timeout
-@click.option("--json", "as_json", is_flag=True, help="Print one snapshot as JSON and exit.")
+@options.json_output("Print one snapshot as JSON and exit.")
 def top(once: bool, interval: float, timeout: float, as_json: bool) -> None:
     """Live view: queues, running jobs, recent failures, leader and workers (q quits)."""
     from rich.console import Console

@@ -8,7 +8,7 @@ import uuid
 
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from jobs import inspect
+from jobs import lookup
 from jobs.cli import context
 from jobs.cli.output import emit_json, err
 
@@ -32,7 +32,7 @@ def wait_for(job_id: uuid.UUID, *, timeout: float | None, as_json: bool) -> int:
     with Progress(*columns, console=err, transient=True) as bar:
         task = bar.add_task(f"job {job_id}", total=None, note="")
         while True:
-            row = inspect.states_of(settings, [job_id]).get(job_id)
+            row = lookup.states_of(settings, [job_id]).get(job_id)
             if row is None:
                 err.print(f"[red]error:[/] no job with id {job_id}")
                 return 2

@@ -22,7 +22,7 @@ STATES = {
 @click.command()
 @options.worker_timeout
 @click.option("--all", "show_all", is_flag=True, help="Also list workers that stopped in the last hour.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.json_output()
 def workers(timeout: float, show_all: bool, as_json: bool) -> None:
     """Workers in the roster (alive, or silent in the last hour) and any that answer: state, queues,
     pool type and size, running jobs, kinds, uptime."""

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from jobs import control, db, ledger
 from jobs.app import get_app
 from jobs.errors import BadInput, InvalidTransition, JobNotFound
-from jobs.inspect import Filters
+from jobs.lookup import Filters
 from jobs.schema import jobs
 from tests.support.fixtures import effects, wait_for_state
 

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from beat.maintenance import Stager
-from jobs import db, inspect
+from jobs import db, lookup
 from jobs.app import get_app
 from jobs.control import cancel, replay
 from jobs.schema import jobs
@@ -26,7 +26,7 @@ def stage_until(settings, maintenance, job_id, states=("succeeded", "failed"), t
         with db.transaction(settings) as conn:
             state = conn.execute(sa.select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one()
         if state in states:
-            return inspect.get_job(settings, maintenance.registry, job_id)
+            return lookup.get_job(settings, maintenance.registry, job_id)
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} still {state}")
 
@@ -34,7 +34,7 @@ def stage_until(settings, maintenance, job_id, states=("succeeded", "failed"), t
 def test_success_records_result_and_attempt(producer, worker, clean):
     job = producer.submit("ping", {"message": "hello"})
     wait_for_state(clean, job)
-    view = inspect.get_job(clean, producer.registry, job)
+    view = lookup.get_job(clean, producer.registry, job)
     assert view["state"] == "succeeded"
     assert view["result"]["message"] == "hello"
     assert view["attempt"] == 1

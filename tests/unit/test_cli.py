@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.cli.main import cli
-from jobs.cli.submit import _param, _payload
+from jobs.cli.options import parse_param
+from jobs.cli.submit import _payload
 from jobs.testing import reset
 
 pytestmark = pytest.mark.unit
@@ -32,10 +33,10 @@ def run(*args: str):
 
 
 def test_param_values_are_strings_unless_json_objects_or_lists():
-    assert _param("n=3") == ("n", "3")
-    assert _param("url=http://x/?a=b") == ("url", "http://x/?a=b")
-    assert _param('body={"a": 1}') == ("body", {"a": 1})
-    assert _param("tags=[1,2]") == ("tags", [1, 2])
+    assert parse_param("n=3") == ("n", "3")
+    assert parse_param("url=http://x/?a=b") == ("url", "http://x/?a=b")
+    assert parse_param('body={"a": 1}') == ("body", {"a": 1})
+    assert parse_param("tags=[1,2]") == ("tags", [1, 2])
 
 
 def test_params_override_the_json_payload():

@@ -60,7 +60,7 @@ def test_package_exports_exactly_the_public_names():
         "jobs.producer",
         "jobs.settings",
         "jobs.publisher",
-        "jobs.inspect",
+        "jobs.lookup",
         "jobs.control",
         "jobs.db",
         "jobs.migrate",

@@ -9,29 +9,26 @@ from typing import Any
 
 import click
 
-from jobs.cli import context
+from jobs.cli import context, options
 from jobs.cli.completion import kind_names, queue_names
 from jobs.cli.output import emit_json, humanize, state
-from jobs.cli.submit import DURATION, SINCE
 from jobs.states import STATES
 
 __all__ = ["list_", "status", "wait"]
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-
 
 @click.command()
 @click.argument("job_id")
-@json_option
+@options.json_output()
 def status(job_id: str, as_json: bool) -> None:
     """Show a job: state, attempts with their errors, timings, worker, result."""
     # Imported here, as in every command: completing a command line loads none of it.
     from rich.table import Table
 
-    from jobs import inspect
+    from jobs import lookup
     from jobs.cli.output import console
 
-    job = inspect.get_job(context.settings(), context.registry(), inspect.parse_id(job_id))
+    job = lookup.get_job(context.settings(), context.registry(), lookup.parse_id(job_id))
     if as_json:
         emit_json(job)
         return
@@ -105,11 +102,11 @@ def _progress(report: dict[str, Any]) -> str:
 @click.option("--state", "states", multiple=True, type=click.Choice(STATES), help="Only jobs in this state.")
 @click.option("--kind", "kinds", multiple=True, help="Only jobs of this kind.", shell_complete=kind_names)
 @click.option("--queue", "queues", multiple=True, help="Only jobs on this queue.", shell_complete=queue_names)
-@click.option("--since", type=SINCE, help="Created at or after (ISO time, or a duration ago: 1h).")
-@click.option("--until", type=SINCE, help="Created before (ISO time, or a duration ago).")
+@click.option("--since", type=options.SINCE, help="Created at or after (ISO time, or a duration ago: 1h).")
+@click.option("--until", type=options.SINCE, help="Created before (ISO time, or a duration ago).")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @click.option("--page", type=click.IntRange(1), default=1, show_default=True)
-@json_option
+@options.json_output()
 def list_(
     states: tuple[str, ...],
     kinds: tuple[str, ...],
@@ -123,11 +120,11 @@ def list_(
     """List jobs, newest first."""
     from rich.table import Table
 
-    from jobs import inspect
+    from jobs import lookup
     from jobs.cli.output import console, err
 
-    filters = inspect.Filters(states, kinds, queues, since, until)
-    rows, total = inspect.list_jobs(context.settings(), filters, limit=limit, offset=(page - 1) * limit)
+    filters = lookup.Filters(states, kinds, queues, since, until)
+    rows, total = lookup.list_jobs(context.settings(), filters, limit=limit, offset=(page - 1) * limit)
     if as_json:
         emit_json({"total": total, "page": page, "limit": limit, "jobs": rows})
         return
@@ -152,11 +149,11 @@ def list_(
 
 @click.command()
 @click.argument("job_id")
-@click.option("--timeout", type=DURATION, help="Give up after this long (exit 124).")
-@json_option
+@click.option("--timeout", type=options.DURATION, help="Give up after this long (exit 124).")
+@options.json_output()
 def wait(job_id: str, timeout: float | None, as_json: bool) -> None:
     """Wait for a job to finish: exit 0 if it succeeded, 1 if it failed or was cancelled."""
-    from jobs import inspect
+    from jobs import lookup
     from jobs.cli.waiting import wait_for
 
-    sys.exit(wait_for(inspect.parse_id(job_id), timeout=timeout, as_json=as_json))
+    sys.exit(wait_for(lookup.parse_id(job_id), timeout=timeout, as_json=as_json))
