@@ -2,12 +2,13 @@
 
 Every tick it reads the enabled schedules, so a change made while beat runs
 applies within one tick. For each schedule it works out the due slots by the
-misfire policy (``jobs.schedules.plan``) and fires them in one transaction:
-lock the schedule's row, apply the overlap policy, insert each job with its
-(schedule, slot) pair, which is unique in the ledger (``ON CONFLICT DO
-NOTHING``: a slot that another leader already fired is passed over), and move
-the schedule's ``handled_until`` forward. The jobs are published after the
-commit, or by the relay if Redis is down.
+misfire policy (``jobs.schedules.policies.plan``) and fires them in one
+transaction: lock the schedule's row, apply the overlap policy, insert each
+job with its (schedule, slot) pair, which is unique in the ledger (``ON
+CONFLICT DO NOTHING``: a slot that another leader already fired is passed
+over), and move the schedule's ``handled_until`` forward. The jobs are
+published after the commit, or by the relay if Redis is down. The statements
+on the ``schedules`` table are the store's (``jobs.schedules.store``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-
-import sqlalchemy as sa
 
 from jobs import db
 from jobs.errors import BadInput, LedgerUnavailable
@@ -31,21 +30,20 @@ from jobs.schedules import (
     fired_by,
     overlap,
     plan,
-    sync_declared,
+    store,
     timing_of,
 )
-from jobs.schema import schedules
 
 if TYPE_CHECKING:
     from beat.maintenance import Maintenance
 
-__all__ = ["Cron"]
+__all__ = ["CronLoop"]
 
 log = logging.getLogger("jobs.beat")
 
 
 @dataclass
-class Cron:
+class CronLoop:
     """The cron loop; ``declared`` defaults to ``beat.declared.SCHEDULES``, synced on the first run."""
 
     interval: float
@@ -61,10 +59,7 @@ class Cron:
         if not self._synced:
             self.sync(env)
         with db.transaction(env.settings) as conn:
-            now = conn.execute(sa.select(sa.func.now())).scalar_one()
-            rows = conn.execute(
-                sa.select(schedules).where(schedules.c.enabled).order_by(schedules.c.name)
-            ).all()
+            now, rows = store.read_enabled(conn)
         fired = 0
         for row in rows:
             try:
@@ -85,7 +80,7 @@ class Cron:
             from beat.declared import SCHEDULES
 
             declared = SCHEDULES
-        report = sync_declared(env.settings, env.registry, declared)
+        report = store.sync_declared(env.settings, env.registry, declared)
         self._synced = True
         return report
 
@@ -115,9 +110,7 @@ class Cron:
         producer = self.producer(env)
         with db.ledger_errors(settings.database_url), db.session(settings) as session, session.begin():
             conn = session.connection()
-            row = conn.execute(
-                sa.select(schedules).where(schedules.c.name == name, schedules.c.enabled).with_for_update()
-            ).first()
+            row = store.lock_enabled(conn, name)
             if row is None:  # paused or removed since the tick read it
                 return 0
             decided = self._plan(row, now)
@@ -125,29 +118,20 @@ class Cron:
                 return 0  # another leader got here first
             busy = busy_firing(conn, name) if row.overlap == "skip" and decided.fire else None
             slots, overlapped = overlap(row.overlap, decided.fire, busy is not None)
-            values: dict[str, Any] = {
-                "handled_until": sa.func.greatest(schedules.c.handled_until, decided.handled_until)
-            }
             fired: list[tuple[datetime, JobId]] = []
-            failed = False
+            error: str | None = None
             for slot in slots:
                 try:
                     job = fire(producer, session, row, slot, submitted_by=fired_by(name))
-                except BadInput as error:  # the kind or its model changed since the schedule was saved
-                    log.error("schedule %s cannot fire slot %s: %s", name, slot.isoformat(), error.message)
-                    values.update(last_error=f"slot {slot.isoformat()}: {error.message}")
-                    values.update(last_error_at=sa.func.now())
-                    failed = True
+                except BadInput as failure:  # the kind or its model changed since the schedule was saved
+                    log.error("schedule %s cannot fire slot %s: %s", name, slot.isoformat(), failure.message)
+                    error = f"slot {slot.isoformat()}: {failure.message}"
                     break
                 if job.duplicate:
                     log.info("schedule %s: slot %s was already fired as job %s", name, slot.isoformat(), job)
                 else:
                     log.info("schedule %s fired slot %s as job %s", name, slot.isoformat(), job)
                     fired.append((slot, job))
-            if fired:
-                values.update(last_slot=fired[-1][0], last_job_id=fired[-1][1], last_fired_at=sa.func.now())
-                if not failed:
-                    values.update(last_error=None, last_error_at=None)
             reasons = []
             if decided.missed:
                 reasons.append(f"misfire={row.misfire}: {decided.missed} missed slot(s) not fired")
@@ -156,7 +140,12 @@ class Cron:
                 reasons.append(f"overlap=skip: {overlapped} slot(s) not fired ({why})")
             if reasons:
                 log.warning("schedule %s: %s", name, "; ".join(reasons))
-                values.update(last_skip_at=sa.func.now(), last_skip_reason="; ".join(reasons))
-                values.update(skipped=schedules.c.skipped + decided.missed + overlapped)
-            conn.execute(sa.update(schedules).where(schedules.c.name == name).values(**values))
+            done = store.FiringRound(
+                handled_until=decided.handled_until,
+                fired=fired[-1] if fired else None,
+                error=error,
+                skip_reason="; ".join(reasons) if reasons else None,
+                skipped=decided.missed + overlapped,
+            )
+            store.record_round(conn, name, done)
         return len(fired)

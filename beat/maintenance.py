@@ -20,8 +20,8 @@
 
 More loops slot in by adding to ``default_loops``. The runner
 records when each loop last ran, and its result or error, in
-``maintenance_runs`` (at most every ``RECORD_EVERY`` seconds), which
-``jobs schedule list`` shows.
+``maintenance_runs`` (``jobs.maintenance_runs``, at most every ``RECORD_EVERY``
+seconds), which ``jobs schedule list`` shows.
 """
 
 from __future__ import annotations
@@ -35,11 +35,9 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 from celery import Celery
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from jobs import counters, db, ledger, publisher, roster
+from jobs import counters, db, ledger, maintenance_runs, publisher, roster
 from jobs.kinds import Registry
-from jobs.schema import maintenance_runs
 from jobs.settings import Settings
 
 __all__ = [
@@ -52,7 +50,6 @@ __all__ = [
     "Runner",
     "Stager",
     "default_loops",
-    "record_runs",
 ]
 
 log = logging.getLogger("jobs.beat")
@@ -190,13 +187,13 @@ class Pruner:
 
 
 def default_loops(settings: Settings) -> list[Loop]:
-    from beat.cron import Cron
+    from beat.cron import CronLoop
     from beat.reclaim import Reclaimer
     from beat.redrive import Redrive
 
     tick = settings.leader_tick
     return [
-        Cron(tick, settings.schedule_grace, settings.schedule_catchup),
+        CronLoop(tick, settings.schedule_grace, settings.schedule_catchup),
         Redrive(tick),
         Stager(tick),
         Relay(tick, settings.relay_grace),
@@ -205,18 +202,6 @@ def default_loops(settings: Settings) -> list[Loop]:
         Reclaimer(max(tick, 5.0)),
         Pruner(60.0, settings.retention_succeeded, settings.retention_failed),
     ]
-
-
-def record_runs(conn: sa.Connection, runs: Sequence[dict[str, Any]]) -> None:
-    """Upsert each loop's last run into ``maintenance_runs``."""
-    stmt = pg_insert(maintenance_runs).values(list(runs))
-    columns = ("interval_seconds", "last_run_at", "last_result", "last_error", "leader")
-    conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[maintenance_runs.c.name],
-            set_={column: stmt.excluded[column] for column in columns},
-        )
-    )
 
 
 @dataclass
@@ -263,7 +248,7 @@ class Runner:
         self._recorded_at = time.monotonic()
         try:
             with db.transaction(self.env.settings) as conn:
-                record_runs(conn, list(self._runs.values()))
+                maintenance_runs.record(conn, list(self._runs.values()))
         except Exception as error:
             log.warning("could not record the maintenance loops' last runs: %s", error)
             return

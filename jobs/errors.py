@@ -15,7 +15,10 @@ branches to exit codes (bad input: 2, infrastructure: 3) and prints one line.
     │   ├── IdempotencyConflict       the key is bound to a job of another kind or payload
     │   ├── DuplicateKind             a kind name is registered twice
     │   ├── JobNotFound               no job has that id
-    │   └── InvalidTransition         the job's state does not allow that action
+    │   ├── InvalidTransition         the job's state does not allow that action
+    │   ├── InvalidSchedule           a schedule's name, timing, zone or policy is off
+    │   ├── ScheduleNotFound          no schedule has that name
+    │   └── ScheduleConflict          the schedule exists, or is declared in code
     └── InfrastructureError           exit 3: a server is unreachable
         ├── LedgerUnavailable         PostgreSQL
         └── BrokerUnavailable         Redis
@@ -38,12 +41,15 @@ __all__ = [
     "InfrastructureError",
     "InvalidJobOptions",
     "InvalidPayload",
+    "InvalidSchedule",
     "InvalidTransition",
     "JobNotFound",
     "JobsError",
     "LedgerUnavailable",
     "PayloadTooLarge",
     "RetryLater",
+    "ScheduleConflict",
+    "ScheduleNotFound",
     "UnknownKind",
 ]
 
@@ -115,6 +121,18 @@ class BrokerUnavailable(InfrastructureError):
 
 class InvalidTransition(BadInput):
     """The job's state does not allow that action."""
+
+
+class InvalidSchedule(BadInput):
+    """The schedule is invalid."""
+
+
+class ScheduleNotFound(BadInput):
+    """No schedule has that name."""
+
+
+class ScheduleConflict(BadInput):
+    """The schedule cannot be changed that way."""
 
 
 class RetryLater(Exception):

@@ -6,20 +6,22 @@ applies within one tick, without a restart. See ``docs/scheduling.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from datetime import datetime
-from typing import Any
-from zoneinfo import ZoneInfo
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from jobs.cli import context
+from jobs.cli import context, schedule_tables
 from jobs.cli.completion import kind_names, queue_names, schedule_names
-from jobs.cli.output import emit_json, humanize, state
+from jobs.cli.output import emit_json
 from jobs.cli.submit import _param, _who
+from jobs.errors import InvalidSchedule
 
 # jobs.schedules (Celery, SQLAlchemy) and rich are imported in the functions that use them:
 # completing a command line (``jobs schedule show <TAB>``) loads none of them.
+if TYPE_CHECKING:
+    from jobs.schedules import ScheduleView
 
 __all__ = ["schedule"]
 
@@ -76,8 +78,6 @@ def _timing_options(command: Any) -> Any:
 
 
 def _payload(payload_json: str | None, params: tuple[str, ...]) -> dict[str, Any] | None:
-    from jobs.schedules import InvalidSchedule
-
     data: dict[str, Any] | None = None
     if payload_json is not None:
         try:
@@ -92,87 +92,11 @@ def _payload(payload_json: str | None, params: tuple[str, ...]) -> dict[str, Any
     return data
 
 
-def _masked(view: dict[str, Any]) -> dict[str, Any]:
+def _masked(view: ScheduleView) -> ScheduleView:
     registry = context.registry()
-    if view["kind"] in registry and registry.get(view["kind"]).has_secrets:
-        return {**view, "payload": registry.get(view["kind"]).display(view["payload"])}
+    if view.kind in registry and registry.get(view.kind).has_secrets:
+        return dataclasses.replace(view, payload=registry.get(view.kind).display(view.payload))
     return view
-
-
-def _at(moment: datetime | None, zone: str) -> str:
-    if moment is None:
-        return "-"
-    return moment.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M:%S %Z")
-
-
-def _ago(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{seconds / 3600:.1f}h ago"
-
-
-def _last(view: dict[str, Any]) -> str:
-    if view["last_job"] is None:
-        return "never fired"
-    return f"{_at(view['last_fired_at'], view['timezone'])} {state(view['last_job']['state'])}"
-
-
-def _status(view: dict[str, Any]) -> str:
-    text = "[green]active[/]" if view["enabled"] else "[yellow]paused[/]"
-    return f"{text} (code)" if view["declared"] else text
-
-
-def _show(view: dict[str, Any], *, firings: list[dict[str, Any]] | None = None) -> None:
-    from rich.table import Table
-
-    from jobs.cli.output import console
-
-    view = _masked(view)
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column()
-    zone = view["timezone"]
-    rows: list[tuple[str, str]] = [
-        ("name", view["name"]),
-        ("kind", view["kind"]),
-        ("payload", json.dumps(view["payload"])),
-        ("when", view["timing"]),
-        ("status", _status(view) + (" — declared in beat/declared.py" if view["declared"] else "")),
-        ("misfire", view["misfire"]),
-        ("overlap", view["overlap"]),
-    ]
-    if view["queue"] is not None:
-        rows.append(("queue", view["queue"]))
-    if view["priority"] is not None:
-        rows.append(("priority", str(view["priority"])))
-    rows.append(("next", ", ".join(_at(slot, zone) for slot in view["next"]) or "- (paused)"))
-    rows.append(("last firing", _last(view)))
-    if view["last_job"] is not None:
-        rows.append(("last job", view["last_job"]["id"]))
-    if view["last_skip_at"] is not None:
-        reason = f"{_at(view['last_skip_at'], zone)}: {view['last_skip_reason']}"
-        rows.append(("last skip", f"{reason} ({view['skipped']} slot(s) skipped in all)"))
-    if view["last_error"]:
-        rows.append(("last error", f"{_at(view['last_error_at'], zone)}: {view['last_error']}"))
-    rows.append(("changed", f"{humanize(view['updated_at'])} by {view['updated_by'] or '-'}"))
-    for key, value in rows:
-        grid.add_row(key, value)
-    console.print(grid)
-    if firings:
-        table = Table(title="recent firings", title_justify="left", box=None, pad_edge=False)
-        for column in ("slot", "job", "state", "fired"):
-            table.add_column(column, no_wrap=True)
-        for firing in firings:
-            slot = _at(firing["slot"], zone)
-            table.add_row(
-                slot + (" (manual)" if firing["manual"] else ""),
-                firing["id"],
-                state(firing["state"]),
-                _at(firing["created_at"], zone),
-            )
-        console.print(table)
 
 
 @click.group()
@@ -211,7 +135,7 @@ def add(
     """Add schedule NAME firing jobs of KIND (give --cron or --every)."""
     from jobs import schedules
     from jobs.cli.output import err
-    from jobs.schedules import InvalidSchedule, ScheduleSpec
+    from jobs.schedules import ScheduleSpec
 
     if (cron is None) == (every is None):
         raise InvalidSchedule("give --cron EXPR or --every DURATION (one of them)")
@@ -230,9 +154,9 @@ def add(
     )
     view = schedules.add(context.settings(), context.registry(), spec, by=_who())
     if as_json:
-        emit_json(_masked(view))
+        emit_json(_masked(view).as_dict())
         return
-    _show(view)
+    schedule_tables.schedule(_masked(view))
     err.print(f"schedule {name} added" + (" (paused)" if paused else ""))
 
 
@@ -240,18 +164,18 @@ def add(
 @json_option
 def list_(as_json: bool) -> None:
     """List the schedules (next three firings in each one's zone, last firing) and the maintenance loops."""
-    from jobs import schedules
+    from jobs import maintenance_runs, schedules
     from jobs.cli.output import err
 
     settings = context.settings()
     views = [_masked(view) for view in schedules.list_schedules(settings)]
-    loops = schedules.maintenance_loops(settings)
+    loops = maintenance_runs.last_runs(settings)
     leader = _leader()
     if as_json:
-        emit_json({"leader": leader, "schedules": views, "maintenance": loops})
+        emit_json({"leader": leader, "schedules": [view.as_dict() for view in views], "maintenance": loops})
         return
-    _print_schedules(views)
-    _print_loops(loops)
+    schedule_tables.schedules(views)
+    schedule_tables.loops(loops)
     if leader is None:
         err.print(
             "[yellow]warning:[/] no beat is leading: schedules do not fire and maintenance does not run "
@@ -259,58 +183,6 @@ def list_(as_json: bool) -> None:
         )
     else:
         err.print(f"leader: {leader}")
-
-
-def _print_schedules(views: list[dict[str, Any]]) -> None:
-    from rich.table import Table
-
-    from jobs.cli.output import console, err
-
-    if not views:
-        err.print("no schedules yet (jobs schedule add NAME KIND --cron EXPR)")
-        return
-    table = Table(box=None, pad_edge=False)
-    for column in ("name", "kind", "when", "status", "next (schedule's zone)", "last firing"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("note", overflow="ellipsis", no_wrap=True, max_width=60)
-    for view in views:
-        note = ""
-        if view["last_error"]:
-            note = f"[red]error:[/] {view['last_error']}"
-        elif view["last_skip_at"] is not None:
-            note = f"skipped {view['skipped']}: {view['last_skip_reason']}"
-        table.add_row(
-            view["name"],
-            view["kind"],
-            view["timing"],
-            _status(view),
-            ", ".join(_at(slot, view["timezone"]) for slot in view["next"]) or "-",
-            _last(view),
-            note,
-        )
-    console.print(table)
-
-
-def _print_loops(loops: list[dict[str, Any]]) -> None:
-    from rich.table import Table
-
-    from jobs.cli.output import console, err
-
-    if not loops:
-        err.print("no maintenance loop has run yet (they run on the leader: jobs beat)")
-        return
-    table = Table(title="maintenance (on the leader)", title_justify="left", box=None, pad_edge=False)
-    for column in ("loop", "every", "last run", "result", "error"):
-        table.add_column(column, no_wrap=True)
-    for loop in loops:
-        table.add_row(
-            loop["name"],
-            f"{loop['interval_seconds']:g}s",
-            f"{humanize(loop['last_run_at'])} ({_ago(loop['seconds_ago'])})",
-            "-" if loop["last_result"] is None else str(loop["last_result"]),
-            loop["last_error"] or "",
-        )
-    console.print(table)
 
 
 def _leader() -> str | None:
@@ -329,32 +201,12 @@ def show(name: str, as_json: bool) -> None:
     from jobs import schedules
 
     settings = context.settings()
-    view = schedules.get(settings, name)
-    view = {**view, "next": view["next"] + _more(view)}
+    view = schedules.get(settings, name, count=5)
     firings = schedules.recent_firings(settings, name)
     if as_json:
-        emit_json({**_masked(view), "firings": firings})
+        emit_json({**_masked(view).as_dict(), "firings": [firing.as_dict() for firing in firings]})
         return
-    _show(view, firings=firings)
-
-
-def _more(view: dict[str, Any]) -> list[datetime]:
-    from jobs import schedules
-
-    if not view["next"]:
-        return []
-    timing = schedules.timing_of(_Row(view))
-    zone = ZoneInfo(view["timezone"])  # in the schedule's zone, like the first three
-    return [slot.astimezone(zone) for slot in schedules.upcoming(timing, view["next"][-1], 2)]
-
-
-class _Row:
-    """A view read back as a row (for ``timing_of``)."""
-
-    def __init__(self, view: dict[str, Any]) -> None:
-        self.cron = view["cron"]
-        self.every_seconds = view["every_seconds"]
-        self.timezone = view["timezone"]
+    schedule_tables.schedule(_masked(view), firings=firings)
 
 
 @schedule.command()
@@ -384,7 +236,6 @@ def edit(
     """
     from jobs import schedules
     from jobs.cli.output import err
-    from jobs.schedules import InvalidSchedule
 
     changes: dict[str, Any] = {
         "kind": kind,
@@ -404,9 +255,9 @@ def edit(
         raise InvalidSchedule("nothing to change: give at least one option (see jobs schedule edit --help)")
     view = schedules.edit(context.settings(), context.registry(), name, by=_who(), **changes)
     if as_json:
-        emit_json(_masked(view))
+        emit_json(_masked(view).as_dict())
         return
-    _show(view)
+    schedule_tables.schedule(_masked(view))
     err.print(f"schedule {name} changed")
 
 
@@ -432,13 +283,13 @@ def _set_enabled(name: str, enabled: bool, as_json: bool) -> None:
 
     view, changed = schedules.set_enabled(context.settings(), name, enabled, by=_who())
     if as_json:
-        emit_json({**_masked(view), "changed": changed})
+        emit_json({**_masked(view).as_dict(), "changed": changed})
         return
     word = "resumed" if enabled else "paused"
     if not changed:
         err.print(f"schedule {name} was already {'active' if enabled else 'paused'}")
     else:
-        following = ", ".join(_at(slot, view["timezone"]) for slot in view["next"])
+        following = ", ".join(schedule_tables.at(slot, view.timezone) for slot in view.next)
         err.print(f"schedule {name} {word}" + (f"; next: {following}" if following else ""))
 
 
@@ -468,6 +319,6 @@ def remove(name: str, as_json: bool) -> None:
 
     view = schedules.remove(context.settings(), name)
     if as_json:
-        emit_json({"removed": name, "schedule": _masked(view)})
+        emit_json({"removed": name, "schedule": _masked(view).as_dict()})
         return
     err.print(f"schedule {name} removed; the jobs it fired stay in the ledger")

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from beat.cron import Cron
+from beat.cron import CronLoop
 from beat.maintenance import Runner
 from jobs import db
 from jobs.cli.main import cli
@@ -88,7 +88,7 @@ class BeatThread:
     """The leader's cron loop ticking in a thread, as a running beat does (election left out)."""
 
     def __init__(self, maintenance: Any, *, grace: float = 5.0, declared: Any = ()) -> None:
-        self.cron = Cron(interval=0.1, grace=grace, catchup=3600, declared=declared)
+        self.cron = CronLoop(interval=0.1, grace=grace, catchup=3600, declared=declared)
         self.runner = Runner(maintenance, [self.cron], record=False)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -243,7 +243,7 @@ def test_bad_edit_changes_nothing(sched):
 
 def test_declared_schedules_are_synced_and_only_paused_from_the_cli(maintenance, sched):
     declared = [ScheduleSpec("code.hb", "ping", {"message": "v1"}, every="1h", misfire="skip")]
-    cron = Cron(interval=0.1, grace=5, catchup=3600, declared=declared)
+    cron = CronLoop(interval=0.1, grace=5, catchup=3600, declared=declared)
     assert cron.sync(maintenance) == ["added declared schedule code.hb"]
     row = schedule_row(sched, "code.hb")
     assert row["declared"] is True
@@ -255,16 +255,16 @@ def test_declared_schedules_are_synced_and_only_paused_from_the_cli(maintenance,
     assert ok("schedule", "show", "code.hb", "--json")["declared"] is True
 
     changed = [ScheduleSpec("code.hb", "ping", {"message": "v2"}, every="1h", misfire="skip")]
-    assert Cron(0.1, 5, 3600, declared=changed).sync(maintenance) == ["updated declared schedule code.hb"]
+    assert CronLoop(0.1, 5, 3600, declared=changed).sync(maintenance) == ["updated declared schedule code.hb"]
     row = schedule_row(sched, "code.hb")
     assert row["payload"] == {"message": "v2"}
     assert row["enabled"] is False  # the operator's pause survives the sync
-    assert Cron(0.1, 5, 3600, declared=changed).sync(maintenance) == []  # nothing to do
+    assert CronLoop(0.1, 5, 3600, declared=changed).sync(maintenance) == []  # nothing to do
 
     ok("schedule", "add", "cli.one", "ping", "--every", "1h")
     invalid = [*changed, ScheduleSpec("broken", "no.such.kind", every=5)]
-    assert Cron(0.1, 5, 3600, declared=invalid).sync(maintenance) == []  # the invalid one is left out
-    assert Cron(0.1, 5, 3600, declared=[]).sync(maintenance) == [
+    assert CronLoop(0.1, 5, 3600, declared=invalid).sync(maintenance) == []  # the invalid one is left out
+    assert CronLoop(0.1, 5, 3600, declared=[]).sync(maintenance) == [
         "removed declared schedule code.hb (no longer declared in code)"
     ]
     names = [view["name"] for view in ok("schedule", "list", "--json")["schedules"]]
@@ -312,7 +312,7 @@ def test_two_leaders_at_once_never_fire_a_slot_twice(maintenance, sched):
             .where(schedules.c.name == "race")
             .values(handled_until=rows[0]["schedule_slot"] - timedelta(microseconds=1), enabled=True)
         )
-    stale = Cron(interval=0.1, grace=3600, catchup=3600)
+    stale = CronLoop(interval=0.1, grace=3600, catchup=3600)
     stale._synced = True
     stale.fire(maintenance, "race", rows[-1]["schedule_slot"])
     assert [r["id"] for r in firings(sched, "race")] == [r["id"] for r in rows]
@@ -342,7 +342,7 @@ def test_misfire_policy_after_the_leader_was_down(maintenance, sched, policy):
             sa.update(schedules).values(handled_until=sa.func.now() - sa.text("interval '11 seconds'"))
         )
     before = schedule_row(sched, "m")["handled_until"]
-    cron = Cron(interval=0.1, grace=0.0, catchup=3600, declared=[])  # grace 0: every due slot is late
+    cron = CronLoop(interval=0.1, grace=0.0, catchup=3600, declared=[])  # grace 0: every due slot is late
     fired = cron.run(maintenance)
     after = schedule_row(sched, "m")
     due = count_slots(Every(2), before, after["handled_until"])
@@ -373,7 +373,7 @@ def test_a_firing_that_no_longer_validates_is_recorded_not_retried(maintenance, 
                 handled_until=sa.func.now() - sa.text("interval '2 days'"),
             )
         )
-    cron = Cron(interval=0.1, grace=5, catchup=3600, declared=[])
+    cron = CronLoop(interval=0.1, grace=5, catchup=3600, declared=[])
     assert cron.run(maintenance) == 0
     row = schedule_row(sched, "orphan")
     assert "unknown job kind 'gone.kind'" in row["last_error"]
@@ -405,7 +405,7 @@ def test_a_saved_cron_expression_the_rules_now_refuse_is_reported_and_can_be_fix
 ):
     with db.transaction(sched) as conn:  # saved while Celery's parser accepted full day names
         conn.execute(sa.insert(schedules).values(name="old", kind="ping", payload={}, cron="0 0 * * monday"))
-    assert Cron(interval=0.1, grace=5, catchup=3600, declared=[]).run(maintenance) == 0
+    assert CronLoop(interval=0.1, grace=5, catchup=3600, declared=[]).run(maintenance) == 0
     assert "schedule old cannot fire: invalid cron expression '0 0 * * monday'" in caplog.text
     (view,) = ok("schedule", "list", "--json")["schedules"]
     assert view["next"] == []
@@ -423,7 +423,9 @@ def test_the_leader_records_each_maintenance_loop_and_list_shows_them(maintenanc
         def run(self, env: Any) -> int:
             raise RuntimeError("bug in a loop")
 
-    runner = Runner(maintenance, [Cron(0.5, 5, 3600, declared=[]), Broken()], identity="jobs-leader:test:1")
+    runner = Runner(
+        maintenance, [CronLoop(0.5, 5, 3600, declared=[]), Broken()], identity="jobs-leader:test:1"
+    )
     runner.tick()
     with db.transaction(sched) as conn:
         rows = {row.name: row for row in conn.execute(sa.select(maintenance_runs)).all()}

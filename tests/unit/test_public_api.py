@@ -67,6 +67,14 @@ def test_package_exports_exactly_the_public_names():
         "jobs.durations",
         "jobs.jsonsafe",
         "jobs.states",
+        "jobs.maintenance_runs",
+        "jobs.schedules",
+        "jobs.schedules.timing",
+        "jobs.schedules.policies",
+        "jobs.schedules.spec",
+        "jobs.schedules.display",
+        "jobs.schedules.firings",
+        "jobs.schedules.store",
     ],
 )
 def test_every_module_declares_all(module):

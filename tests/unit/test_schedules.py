@@ -138,7 +138,7 @@ def brute_force_next(expression: str, moment: datetime) -> datetime:
     A day matches when its day of month and day of week both match, except that
     when both fields are restricted (neither starts with ``*``) either suffices.
     """
-    from jobs.schedules import _FIELDS, _values
+    from jobs.schedules.timing import _FIELDS, _values
 
     parts = expression.split()
     minutes, hours, days, months, weekdays = (
