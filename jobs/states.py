@@ -1,12 +1,22 @@
-"""The states a job can be in (the lifecycle is drawn in ``jobs.ledger``).
+"""The states a job can be in (the lifecycle is drawn in ``jobs.ledger.lifecycle``).
 
-Kept apart from ``jobs.schema`` so that the CLI can offer them (``--state``)
-without loading SQLAlchemy.
+``State`` is the type every state is spelled as; ``STATES`` lists them in
+lifecycle order. Kept apart from ``jobs.schema`` so that the CLI can offer them
+(``--state``) without loading SQLAlchemy.
 """
 
 from __future__ import annotations
 
-__all__ = ["STATES", "TERMINAL_STATES"]
+from typing import Literal, get_args
 
-STATES = ("scheduled", "queued", "running", "retrying", "succeeded", "failed", "cancelled")
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+__all__ = ["ACTIVE_STATES", "STATES", "TERMINAL_STATES", "State"]
+
+State = Literal["scheduled", "queued", "running", "retrying", "succeeded", "failed", "cancelled"]
+
+STATES: tuple[State, ...] = get_args(State)
+#: Jobs not finished yet.
+ACTIVE_STATES: tuple[State, ...] = ("scheduled", "queued", "running", "retrying")
+#: Finished for good: a job in one of these never moves again.
+TERMINAL_STATES: tuple[State, ...] = ("succeeded", "failed", "cancelled")
+
+assert set(ACTIVE_STATES) | set(TERMINAL_STATES) == set(STATES)

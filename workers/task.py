@@ -26,7 +26,6 @@ import time
 import uuid
 from typing import Any
 
-import sqlalchemy as sa
 from billiard.einfo import ExceptionWithTraceback  # type: ignore[attr-defined]  # missing from the stubs
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject, Retry, TimeLimitExceeded, WorkerLostError
@@ -35,11 +34,11 @@ from celery.worker import state as worker_state
 from celery.worker.request import Request
 
 from jobs import counters, db, ledger
+from jobs.backoff import decide
 from jobs.errors import LedgerUnavailable
 from jobs.kinds import Kind, Registry
-from jobs.schema import jobs
 from jobs.settings import Settings
-from workers import runner, unknown
+from workers import outcomes, runner, unknown
 
 __all__ = ["LedgerRequest", "LedgerTask", "Revoked", "register_kinds"]
 
@@ -132,7 +131,7 @@ class LedgerRequest(Request):
             self.acknowledged = True
         return True
 
-    def _announce(self, outcome: runner.Recorded | None, exception: str) -> None:
+    def _announce(self, outcome: outcomes.Recorded | None, exception: str) -> None:
         """The task event for what the ledger recorded."""
         state = outcome.state if outcome is not None else ""
         if state == "retrying":
@@ -214,78 +213,63 @@ class LedgerTask(Task[Any, Any]):
             raise runner.NotRun()
         raise runner.AttemptFailed("failed", "InvalidJobOptions", outcome.detail)
 
-    def _running(self, job_id: uuid.UUID) -> ledger.Claimed | None:
-        with db.transaction(self.settings) as conn:
-            row = conn.execute(
-                sa.select(jobs.c.attempt, jobs.c.max_attempts, jobs.c.queue).where(
-                    jobs.c.id == job_id, jobs.c.state == "running"
-                )
-            ).first()
-        if row is None:
-            return None
-        return ledger.Claimed(job_id, self.name, {}, row.attempt, row.max_attempts, row.queue)
+    def _claimed(self, job_id: uuid.UUID, running: ledger.Running) -> ledger.Claimed:
+        return ledger.Claimed(job_id, self.name, {}, running.attempt, running.max_attempts, running.queue)
 
-    def record_hard_timeout(self, task_id: str, exc: TimeLimitExceeded, ran: float) -> runner.Recorded | None:
+    def record_hard_timeout(
+        self, task_id: str, exc: TimeLimitExceeded, ran: float
+    ) -> outcomes.Recorded | None:
         """Record an attempt the hard time limit killed; ``None`` if the job was not running."""
         job_id = uuid.UUID(task_id)
-        claimed = self._running(job_id)
-        if claimed is None:
+        with db.transaction(self.settings) as conn:
+            running = ledger.running_attempt(conn, job_id)
+        if running is None:
             return None
         reason = f"time limit: killed after {exc.args[0]}s (hard limit)"
-        record = runner.error_record(exc, reason=reason)
-        recorded = runner.record_failure(
-            self.settings,
-            job_id,
-            claimed.attempt,
-            claimed.max_attempts,
-            record,
-            retryable=isinstance(exc, self.kind.retry_on),
-            declared=self.kind,
+        decision = decide(
+            exc,
+            attempt=running.attempt,
+            max_attempts=running.max_attempts,
+            backoff=self.kind.backoff,
+            retry_on=self.kind.retry_on,
         )
-        runner.log_failure(claimed, self.kind, recorded, ran, f"TimeLimitExceeded: {reason}")
+        record = outcomes.error_record(exc, reason=reason)
+        recorded = outcomes.record_failure(self.settings, job_id, running.attempt, record, decision)
+        outcomes.log_failure(
+            self._claimed(job_id, running), self.kind, recorded, ran, f"TimeLimitExceeded: {reason}"
+        )
         return recorded
 
-    def lost_child(self, task_id: str, hostname: str | None, why: str, ran: float) -> runner.Recorded | None:
+    def lost_child(
+        self, task_id: str, hostname: str | None, why: str, ran: float
+    ) -> outcomes.Recorded | None:
         """The pool process running this job died: release its lease so that the redelivered
         message claims it at once (``retrying``), or fail it on its last attempt (``failed``).
         ``None`` when the job was not running here (finished already, or never claimed)."""
         job_id = uuid.UUID(task_id)
         with db.transaction(self.settings) as conn:
-            row = conn.execute(
-                sa.update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.state == "running", jobs.c.worker == hostname)
-                .values(lease_until=sa.func.now())
-                .returning(jobs.c.attempt, jobs.c.max_attempts, jobs.c.queue)
-            ).first()
-        if row is None:
+            running = ledger.release_lease(conn, job_id, hostname)
+        if running is None:
             return None
-        claimed = ledger.Claimed(job_id, self.name, {}, row.attempt, row.max_attempts, row.queue)
-        recorded = runner.Recorded("retrying")
-        if row.attempt >= row.max_attempts:
+        claimed = self._claimed(job_id, running)
+        recorded = outcomes.Recorded("retrying")
+        if running.attempt >= running.max_attempts:
             with db.transaction(self.settings) as conn:
                 rescued = ledger.rescue_expired(
                     conn, only=job_id, tally=counters.process_tally(self.settings)
                 )
             if rescued:
-                recorded = runner.Recorded(rescued[0][1])
+                recorded = outcomes.Recorded(rescued[0][1])
         message = f"WorkerLostError: its pool process was lost ({why})"
-        runner.log_failure(claimed, self.kind, recorded, ran, message)
+        outcomes.log_failure(claimed, self.kind, recorded, ran, message)
         return recorded
 
     def release_lease(self, task_id: str, hostname: str | None, why: str) -> None:
         """The attempt ended without finishing: let the redelivered message claim the job at once."""
         try:
             with db.transaction(self.settings) as conn:
-                released = conn.execute(
-                    sa.update(jobs)
-                    .where(
-                        jobs.c.id == uuid.UUID(task_id),
-                        jobs.c.state == "running",
-                        jobs.c.worker == hostname,
-                    )
-                    .values(lease_until=sa.func.now())
-                ).rowcount
-            if released:  # nothing to say for a job that had finished already
+                released = ledger.release_lease(conn, uuid.UUID(task_id), hostname)
+            if released is not None:  # nothing to say for a job that had finished already
                 log.warning("job %s %s: %s; lease released", task_id, self.name, why)
         except LedgerUnavailable as error:
             log.error("job %s: %s; lease not released (%s)", task_id, why, error)

@@ -1,4 +1,4 @@
-"""The code's transition table is the drawing in the ledger docstring and in docs/architecture.md."""
+"""The code's transition table is the drawing in jobs.ledger.lifecycle and in docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from jobs import ledger
+from jobs.ledger import lifecycle
 from jobs.schema import STATES, TERMINAL_STATES
 
 pytestmark = pytest.mark.unit
@@ -21,8 +22,8 @@ def edges(text: str) -> set[tuple[str, str, str]]:
 
 
 def test_docstring_lists_exactly_the_transitions():
-    assert ledger.__doc__ is not None
-    assert edges(ledger.__doc__) == ledger.TRANSITIONS
+    assert lifecycle.__doc__ is not None
+    assert edges(lifecycle.__doc__) == ledger.TRANSITIONS
 
 
 def test_architecture_doc_lists_exactly_the_transitions():

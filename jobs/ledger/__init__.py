@@ -1,0 +1,91 @@
+"""The ledger's interface: every statement that changes a job or its attempt history.
+
+Callers import the package (``from jobs import ledger``) and call intent-named
+functions; nothing outside this package builds a statement against the
+``jobs`` or ``job_attempts`` tables (``tests/unit/test_table_owners.py`` keeps it
+so). The lifecycle those statements enforce is drawn once, in
+``jobs.ledger.lifecycle``. One module per side of the job's life:
+
+- ``intake``: new jobs (submitted, in bulk, adopted from a foreign message,
+  recorded as refused) and the lookups a submission needs;
+- ``publishing``: jobs taken to be put on the broker, and given back if it refused;
+- ``attempts``: claim, succeed, retry, fail, rescue, cancel, progress, and the
+  worker's main process's leases and hand-backs;
+- ``upkeep``: a job's state, and pruning finished jobs;
+- ``statements``: what those statements share (the hot path's prepared
+  execution, the attempt history's half of a transition).
+"""
+
+from __future__ import annotations
+
+from jobs.ledger.attempts import (
+    LOST_ERROR,
+    Claimed,
+    Finished,
+    Running,
+    cancel,
+    claim,
+    fail,
+    hand_back,
+    progress,
+    release_lease,
+    rescue_expired,
+    retry,
+    running_attempt,
+    succeed,
+)
+from jobs.ledger.intake import (
+    NEW_JOB_COLUMNS,
+    SERVER_NOW,
+    KeyHolder,
+    adopt,
+    copy_rows,
+    holder_of_key,
+    id_for_slot,
+    insert_rows,
+    record_refused,
+)
+from jobs.ledger.lifecycle import ACTIVE_STATES, TRANSITIONS, sources
+from jobs.ledger.publishing import Published, mark_unpublished, republish_stale, stage_due, take_unpublished
+from jobs.ledger.statements import Executor
+from jobs.ledger.upkeep import Status, prune, state_of, states_of, status_of
+
+__all__ = [
+    "ACTIVE_STATES",
+    "LOST_ERROR",
+    "NEW_JOB_COLUMNS",
+    "SERVER_NOW",
+    "TRANSITIONS",
+    "Claimed",
+    "Executor",
+    "Finished",
+    "KeyHolder",
+    "Published",
+    "Running",
+    "Status",
+    "adopt",
+    "cancel",
+    "claim",
+    "copy_rows",
+    "fail",
+    "hand_back",
+    "holder_of_key",
+    "id_for_slot",
+    "insert_rows",
+    "mark_unpublished",
+    "progress",
+    "prune",
+    "record_refused",
+    "release_lease",
+    "republish_stale",
+    "rescue_expired",
+    "retry",
+    "running_attempt",
+    "sources",
+    "stage_due",
+    "state_of",
+    "states_of",
+    "status_of",
+    "succeed",
+    "take_unpublished",
+]

@@ -1,0 +1,180 @@
+"""New jobs into the ledger: submitted (one, in bulk, in the caller's transaction), adopted
+from a foreign message, or recorded as refused; and the lookups a submission needs (the job that
+holds an idempotency key, the job that fired a schedule's slot).
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, cast
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from jobs.ledger.statements import now, param
+from jobs.schema import jobs
+
+__all__ = [
+    "NEW_JOB_COLUMNS",
+    "SERVER_NOW",
+    "KeyHolder",
+    "adopt",
+    "copy_rows",
+    "holder_of_key",
+    "id_for_slot",
+    "insert_rows",
+    "record_refused",
+]
+
+
+def adopt(conn: sa.Connection, row: dict[str, Any], *, handed_back: bool = False) -> bool:
+    """Record a foreign message (a plain Celery ``send_task``) as a queued job; ``False`` if a job
+    with its id exists already (the message was a copy).
+
+    ``handed_back``: the worker that got it lacks the kind; the relay publishes the job again once
+    a live worker implements it (its payload is checked by the worker that runs it).
+    """
+    values = {key: value for key, value in row.items() if key in jobs.c}
+    values.update(state="queued", published_at=None if handed_back else now())
+    if handed_back:
+        values["handed_back_at"] = now()
+    inserted = conn.execute(
+        pg_insert(jobs).values(values).on_conflict_do_nothing(index_elements=[jobs.c.id]).returning(jobs.c.id)
+    ).first()
+    return inserted is not None
+
+
+def record_refused(conn: sa.Connection, row: dict[str, Any], error: dict[str, Any]) -> bool:
+    """A message from outside that cannot run is recorded as ``failed`` with the reason, attempt 0;
+    ``False`` if a row with its id exists already (the message was a copy)."""
+    values = {key: value for key, value in row.items() if key in jobs.c}
+    values.update(state="failed", error=error, finished_at=now())
+    inserted = conn.execute(
+        pg_insert(jobs).values(values).on_conflict_do_nothing(index_elements=[jobs.c.id]).returning(jobs.c.id)
+    ).first()
+    return inserted is not None
+
+
+class _ServerNow:
+    def __repr__(self) -> str:
+        return "ledger.SERVER_NOW"
+
+
+#: A new job's ``published_at`` when it is published as it is created: PostgreSQL stamps it with
+#: the transaction's ``now()``, the clock ``created_at`` takes too, never the producer's clock.
+SERVER_NOW: Final = _ServerNow()
+
+
+def insert_rows(
+    conn: sa.Connection, rows: Sequence[dict[str, Any]], *, idempotent: bool, scheduled: bool = False
+) -> list[uuid.UUID]:
+    """Insert new jobs; with ``idempotent`` an existing key wins and its row is skipped.
+
+    With ``scheduled`` the rows are schedule firings: an existing job for the
+    same (schedule, slot) wins, so no slot is ever fired twice. A row whose
+    ``published_at`` is ``SERVER_NOW`` gets the statement's ``now()``.
+    """
+    # One constant statement executed with many parameter sets: compiled once and cached,
+    # sent as multi-row INSERTs ("insertmanyvalues"), ids returned in the rows' order.
+    stmt = pg_insert(jobs)
+    if idempotent and scheduled:
+        stmt = stmt.on_conflict_do_nothing()
+    elif idempotent:
+        stmt = stmt.on_conflict_do_nothing(
+            index_elements=[jobs.c.idempotency_key], index_where=sa.text("idempotency_key IS NOT NULL")
+        )
+    elif scheduled:
+        stmt = stmt.on_conflict_do_nothing(
+            index_elements=[jobs.c.schedule_name, jobs.c.schedule_slot],
+            index_where=sa.text("schedule_name IS NOT NULL"),
+        )
+    params = [{key: value for key, value in row.items() if key in jobs.c} for row in rows]
+    if any(row.get("published_at") is SERVER_NOW for row in rows):
+        # now() is evaluated by PostgreSQL in the INSERT itself: the same instant as created_at's
+        # default, in one round trip (a SELECT now() first would be a second one).
+        stmt = stmt.values(published_at=sa.case((param("w_stamp", sa.Boolean), now()), else_=_PUBLISHED_AT))
+        for values in params:
+            published_at = values.pop("published_at", None)
+            values["w_stamp"] = published_at is SERVER_NOW
+            values["w_published_at"] = None if published_at is SERVER_NOW else published_at
+    return list(conn.execute(stmt.returning(jobs.c.id, sort_by_parameter_order=True), params).scalars())
+
+
+_PUBLISHED_AT = param("w_published_at", sa.DateTime(timezone=True))
+
+#: Columns a new job is created with (the rest take their defaults).
+NEW_JOB_COLUMNS = (
+    "id", "kind", "queue", "priority", "payload", "state", "max_attempts", "not_before",
+    "idempotency_key", "submitted_by", "retry_of", "published_at",
+)  # fmt: skip
+
+
+def copy_rows(conn: sa.Connection, rows: Iterable[dict[str, Any]]) -> None:
+    """Insert many new jobs with COPY: the bulk path (no conflicts possible: fresh ids, no keys).
+
+    Call it in a transaction: a row whose ``published_at`` is ``SERVER_NOW``
+    gets the transaction's ``now()``, which is also every row's ``created_at``.
+    The statement names only constant column names, so it is spelled out here; SQLAlchemy
+    has no COPY construct.
+    """
+    # COPY evaluates no expression, so the transaction's timestamp is read once, before it starts.
+    stamp = conn.execute(sa.select(now())).scalar_one()
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, psycopg.Connection)
+    columns = ", ".join(NEW_JOB_COLUMNS)
+    with raw.cursor() as cursor, cursor.copy(f"COPY jobs ({columns}) FROM STDIN") as copy:
+        copy.set_types(_COPY_TYPES)
+        for row in rows:
+            if row.get("published_at") is SERVER_NOW:
+                row["published_at"] = stamp
+            copy.write_row(_copy_values(row))
+
+
+# COPY's text format takes the JSON text as it is: the payload is serialized only once.
+_COPY_TYPES = [
+    "uuid", "text", "text", "int2", "text", "text", "int4", "timestamptz",
+    "text", "text", "uuid", "timestamptz",
+]  # fmt: skip
+_copy_values_json = operator.itemgetter(*("payload_json" if c == "payload" else c for c in NEW_JOB_COLUMNS))
+
+
+def _copy_values(row: dict[str, Any]) -> tuple[Any, ...]:
+    try:  # the producer's rows hold every column and the payload's JSON text
+        return cast(tuple[Any, ...], _copy_values_json(row))
+    except KeyError:
+        pass
+    values = [row.get(c) for c in NEW_JOB_COLUMNS]
+    values[NEW_JOB_COLUMNS.index("payload")] = row.get("payload_json") or json.dumps(row["payload"])
+    return tuple(values)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyHolder:
+    """The job holding an idempotency key, as compared with a new submission."""
+
+    id: uuid.UUID
+    kind: str
+    same_payload: bool  # the stored payload equals the new one, as JSONB compares (key order aside)
+
+
+def holder_of_key(conn: sa.Connection, key: str, payload_json: str) -> KeyHolder | None:
+    """The job that holds an idempotency key, if any, and whether its payload is ``payload_json``."""
+    same = jobs.c.payload == sa.cast(sa.bindparam("payload_json", payload_json, type_=sa.Text), pg.JSONB)
+    row = conn.execute(
+        sa.select(jobs.c.id, jobs.c.kind, same.label("same")).where(jobs.c.idempotency_key == key)
+    ).first()
+    return None if row is None else KeyHolder(row.id, row.kind, bool(row.same))
+
+
+def id_for_slot(conn: sa.Connection, schedule: str, slot: datetime) -> uuid.UUID | None:
+    """The job that fired a schedule's slot, if any."""
+    return conn.execute(
+        sa.select(jobs.c.id).where(jobs.c.schedule_name == schedule, jobs.c.schedule_slot == slot)
+    ).scalar_one_or_none()
