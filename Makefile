@@ -45,10 +45,11 @@ test-unit: install ## Run the unit tests only (no servers needed)
 	$(RUN) pytest tests/unit $(PYTEST_ARGS)
 
 .PHONY: lint
-lint: install ## ruff, format check, mypy --strict, bandit (alembic check runs in the tests)
+lint: install ## ruff, format check, mypy --strict, import layers (lint-imports), bandit
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy
+	$(RUN) lint-imports
 	$(RUN) bandit -q -c pyproject.toml -r jobs workers beat
 
 .PHONY: fmt

@@ -35,7 +35,7 @@ from jobs.schedules import (
 )
 
 if TYPE_CHECKING:
-    from beat.maintenance import Maintenance
+    from beat.context import Maintenance
 
 __all__ = ["CronLoop"]
 

@@ -18,70 +18,28 @@
 - **reclaimer**: puts back on their queues the messages a lost worker had
   taken but not started (``beat.reclaim``).
 
-More loops slot in by adding to ``default_loops``. The runner
-records when each loop last ran, and its result or error, in
-``maintenance_runs`` (``jobs.maintenance_runs``, at most every ``RECORD_EVERY``
-seconds), which ``jobs schedule list`` shows.
+More loops slot in by adding to ``default_loops``. Every loop gets the same
+context (``beat.context``) and none imports another; ``beat.runner`` runs them
+and records when each last ran.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from dataclasses import dataclass
 
-import sqlalchemy as sa
-from celery import Celery
-
-from jobs import counters, db, ledger, maintenance_runs, publisher, roster
-from jobs.kinds import Registry
+from beat.context import Loop, Maintenance, publish_taken
+from beat.cron import CronLoop
+from beat.reclaim import Reclaimer
+from beat.redrive import Redrive
+from jobs import counters, db, ledger, roster
 from jobs.settings import Settings
 
-__all__ = [
-    "Loop",
-    "Maintenance",
-    "Pruner",
-    "Relay",
-    "Republisher",
-    "Rescuer",
-    "Runner",
-    "Stager",
-    "default_loops",
-]
+__all__ = ["Pruner", "Relay", "Republisher", "Rescuer", "Stager", "default_loops"]
 
 log = logging.getLogger("jobs.beat")
 
 BATCH = 1000
-RECORD_EVERY = 5.0
-
-
-@dataclass
-class Maintenance:
-    """What every loop gets: settings, the app to publish with, the kinds."""
-
-    settings: Settings
-    app: Celery
-    registry: Registry
-
-
-class Loop(Protocol):
-    name: str
-    interval: float
-
-    def run(self, env: Maintenance) -> int:
-        """Do one round; returns how many jobs it moved."""
-
-
-def _publish_taken(env: Maintenance, take: Callable[[sa.Connection], list[ledger.Published]]) -> int:
-    """Take jobs for publishing in one statement, then send them (what fails goes back to the relay)."""
-    with db.autocommit(env.settings) as conn:
-        taken = take(conn)
-    if not taken:
-        return 0
-    return publisher.publish_committed(env.settings, env.registry, taken)
 
 
 @dataclass
@@ -92,7 +50,7 @@ class Stager:
     def run(self, env: Maintenance) -> int:
         moved = 0
         while True:
-            sent = _publish_taken(env, lambda conn: ledger.stage_due(conn, limit=BATCH))
+            sent = publish_taken(env, lambda conn: ledger.stage_due(conn, limit=BATCH))
             moved += sent
             if sent < BATCH:
                 return moved
@@ -106,7 +64,7 @@ class Relay:
 
     def run(self, env: Maintenance) -> int:
         alive_within = env.settings.worker_dead_after
-        sent = _publish_taken(
+        sent = publish_taken(
             env,
             lambda conn: ledger.take_unpublished(
                 conn, older_than=self.grace, alive_within=alive_within, limit=BATCH
@@ -130,7 +88,7 @@ class Republisher:
     name: str = "republisher"
 
     def run(self, env: Maintenance) -> int:
-        sent = _publish_taken(
+        sent = publish_taken(
             env, lambda conn: ledger.republish_stale(conn, older_than=self.after, limit=BATCH)
         )
         if sent:
@@ -187,10 +145,6 @@ class Pruner:
 
 
 def default_loops(settings: Settings) -> list[Loop]:
-    from beat.cron import CronLoop
-    from beat.reclaim import Reclaimer
-    from beat.redrive import Redrive
-
     tick = settings.leader_tick
     return [
         CronLoop(tick, settings.schedule_grace, settings.schedule_catchup),
@@ -202,54 +156,3 @@ def default_loops(settings: Settings) -> list[Loop]:
         Reclaimer(max(tick, 5.0)),
         Pruner(60.0, settings.retention_succeeded, settings.retention_failed),
     ]
-
-
-@dataclass
-class Runner:
-    """Runs each loop when it is due; a loop that fails is logged and tried next time."""
-
-    env: Maintenance
-    loops: Sequence[Loop]
-    record: bool = True
-    identity: str | None = None
-    _next: dict[str, float] = field(default_factory=dict)
-    _runs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    _recorded_at: float = float("-inf")
-
-    def tick(self) -> float:
-        now = time.monotonic()
-        for loop in self.loops:
-            if self._next.get(loop.name, 0.0) > now:
-                continue
-            result: int | None = None
-            error: str | None = None
-            try:
-                result = loop.run(self.env)
-            except Exception as failure:
-                log.exception("maintenance loop %s failed; it runs again next tick", loop.name)
-                error = f"{type(failure).__name__}: {str(failure).strip()[:500]}"
-            self._runs[loop.name] = {
-                "name": loop.name,
-                "interval_seconds": loop.interval,
-                "last_run_at": datetime.now(UTC),
-                "last_result": result,
-                "last_error": error,
-                "leader": self.identity,
-            }
-            self._next[loop.name] = time.monotonic() + loop.interval
-        self._record()
-        upcoming = min(self._next.values(), default=now + 1.0)
-        return max(0.05, upcoming - time.monotonic())
-
-    def _record(self) -> None:
-        """Write the loops' last runs, at most every ``RECORD_EVERY`` seconds; never fails the tick."""
-        if not self.record or not self._runs or time.monotonic() - self._recorded_at < RECORD_EVERY:
-            return
-        self._recorded_at = time.monotonic()
-        try:
-            with db.transaction(self.env.settings) as conn:
-                maintenance_runs.record(conn, list(self._runs.values()))
-        except Exception as error:
-            log.warning("could not record the maintenance loops' last runs: %s", error)
-            return
-        self._runs.clear()

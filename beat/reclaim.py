@@ -32,7 +32,7 @@ from jobs.kinds import lease_for
 if TYPE_CHECKING:
     import redis
 
-    from beat.maintenance import Maintenance
+    from beat.context import Maintenance
 
 __all__ = ["Reclaimer"]
 

@@ -45,7 +45,7 @@ from jobs.schema import broker_epochs, jobs
 if TYPE_CHECKING:
     import redis
 
-    from beat.maintenance import Maintenance
+    from beat.context import Maintenance
 
 __all__ = ["SENTINEL", "Redrive"]
 

@@ -13,9 +13,11 @@ from typing import Any
 
 from celery import beat, platforms
 
+from beat.context import Maintenance
 from beat.leader import Leadership
-from beat.maintenance import Maintenance, Runner, default_loops
-from jobs.kinds import load_kinds
+from beat.maintenance import default_loops
+from beat.runner import Runner
+from jobs.catalog import load_kinds
 from jobs.settings import get_settings
 
 __all__ = ["LeaderScheduler"]

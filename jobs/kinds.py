@@ -23,7 +23,6 @@ import dataclasses
 import difflib
 import functools
 import hashlib
-import importlib
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -37,10 +36,10 @@ from pydantic_core import to_jsonable_python
 from jobs import jsonsafe
 from jobs.backoff import Backoff
 from jobs.context import JobContext
-from jobs.errors import ConfigError, DuplicateKind, InvalidPayload, UnknownKind
+from jobs.errors import DuplicateKind, InvalidPayload, UnknownKind
 from jobs.settings import Settings
 
-__all__ = ["Body", "Kind", "Registry", "declare", "kind", "lease_for", "load_kinds", "registry"]
+__all__ = ["Body", "Kind", "Registry", "declare", "kind", "lease_for", "registry"]
 
 Body = Callable[[JobContext, Any], Any]
 
@@ -243,16 +242,3 @@ def kind[F: Body](name: str, *, payload: type[BaseModel], **options: Any) -> Cal
         return body
 
     return register
-
-
-def load_kinds(modules: list[str]) -> Registry:
-    """Import the built-in kinds and the modules that declare your own (``JOBS_KIND_MODULES``)."""
-    importlib.import_module("jobs.builtin")
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except ImportError as error:
-            raise ConfigError(
-                f"invalid setting JOBS_KIND_MODULES: cannot import {module!r} ({error})"
-            ) from None
-    return registry

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, event
 
 from jobs import db, jsonsafe, ledger, publisher
+from jobs.catalog import load_kinds
 from jobs.errors import BadInput, IdempotencyConflict, InvalidJobOptions, PayloadTooLarge
-from jobs.kinds import Kind, Registry, load_kinds
+from jobs.kinds import Kind, Registry
 from jobs.settings import Settings, get_settings
 
 if TYPE_CHECKING:  # sessions come from the caller; the ORM is not needed to submit

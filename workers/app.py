@@ -8,7 +8,7 @@ from celery import Celery, signals
 
 from jobs import counters, db, logs
 from jobs.app import get_app
-from jobs.kinds import load_kinds
+from jobs.catalog import load_kinds
 from jobs.settings import get_settings
 from workers import builtin as _builtin  # noqa: F401 - attaches the built-in bodies
 from workers import pauses, presence, redact, transport, watchdog

@@ -126,11 +126,22 @@ def _record_error(
         return _finish_error(settings, kind, claimed, error), "RetryLater", error.reason, None
     if isinstance(error, Fail):
         return _finish_error(settings, kind, claimed, error), "Fail", str(error), None
-    if isinstance(error, SoftTimeLimitExceeded):
+    if (limit := _soft_limit(error)) is not None:
         reason = "time limit: the soft time limit was exceeded"
-        recorded = _finish_error(settings, kind, claimed, error, reason=reason)
+        recorded = _finish_error(settings, kind, claimed, limit, reason=reason)
         return recorded, "SoftTimeLimitExceeded", "the soft time limit was exceeded", error
     return _finish_error(settings, kind, claimed, error), type(error).__name__, str(error), error
+
+
+def _soft_limit(error: BaseException) -> SoftTimeLimitExceeded | None:
+    """The soft time limit, raised in the body or inside a call it interrupted (a database driver
+    then raises its own error, caused by this one: seen in CI with psycopg)."""
+    seen: BaseException | None = error
+    for _ in range(10):  # a chain of causes is short; a cycle of them must not hang the worker
+        if seen is None or isinstance(seen, SoftTimeLimitExceeded):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _finish_error(

@@ -25,7 +25,7 @@ def settings() -> Settings:
 
 @functools.cache
 def registry() -> Registry:
-    from jobs.kinds import load_kinds
+    from jobs.catalog import load_kinds
 
     return load_kinds(settings().kind_modules)
 

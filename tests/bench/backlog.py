@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from jobs import db
-from jobs.kinds import load_kinds
+from jobs.catalog import load_kinds
 from jobs.settings import Settings
 
 __all__ = ["claim_finish"]

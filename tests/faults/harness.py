@@ -25,8 +25,9 @@ import sqlalchemy as sa
 
 from jobs import db, ledger, migrate
 from jobs.app import create_app
+from jobs.catalog import load_kinds
 from jobs.errors import LedgerUnavailable
-from jobs.kinds import Registry, load_kinds
+from jobs.kinds import Registry
 from jobs.ledger import ACTIVE_STATES
 from jobs.producer import JobId, Producer
 from jobs.schema import TERMINAL_STATES, jobs

@@ -7,7 +7,8 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from beat.maintenance import Pruner, Rescuer, Runner
+from beat.maintenance import Pruner, Rescuer
+from beat.runner import Runner
 from jobs import db, pauses
 from jobs.schema import jobs
 from tests.support.fixtures import insert_job, queued_messages

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from beat.cron import CronLoop
-from beat.maintenance import Runner
+from beat.runner import Runner
 from jobs import db
 from jobs.cli.main import cli
 from jobs.errors import InvalidJobOptions

@@ -17,7 +17,8 @@ import redis
 import sqlalchemy as sa
 
 from jobs import db, ledger, migrate
-from jobs.kinds import Registry, load_kinds
+from jobs.catalog import load_kinds
+from jobs.kinds import Registry
 from jobs.producer import Producer
 from jobs.schema import TERMINAL_STATES, jobs
 from jobs.settings import Settings, get_settings
@@ -158,7 +159,7 @@ def worker(clean: Settings) -> Iterator[Any]:
 @pytest.fixture
 def maintenance(clean: Settings, registry: Registry) -> Any:
     """The leader's maintenance loops, to run by hand."""
-    from beat.maintenance import Maintenance
+    from beat.context import Maintenance
     from jobs.app import get_app
 
     return Maintenance(clean, get_app(), registry)

@@ -27,3 +27,17 @@ def test_the_two_setup_commands_are_make_targets():
     assert "make dev" in README
     assert "make test" in README
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_architecture_names_every_module():
+    """docs/architecture.md names every module of jobs/, workers/ and beat/ (as ``cli.submit``)."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    missing = []
+    for package in ("jobs", "workers", "beat"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT / package).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            if parts and f"`{'.'.join(parts)}`" not in text:
+                missing.append(f"{package}/{'/'.join(parts)}")
+    assert missing == [], f"docs/architecture.md does not name: {missing}"

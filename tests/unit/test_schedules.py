@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from jobs.catalog import load_kinds
 from jobs.errors import InvalidPayload, UnknownKind
-from jobs.kinds import load_kinds
 from jobs.schedules import (
     Cron,
     Every,
