@@ -26,16 +26,20 @@ branches to exit codes (bad input: 2, infrastructure: 3) and prints one line.
 Control flow is not failure: ``RetryLater`` and ``Fail`` are signals a job body
 raises to steer its own outcome; they are not logged as errors.
 
-Each class's docstring is its default message.
+Each class's docstring is its default message. ``ErrorRecord`` is how the
+ledger stores an error (a job's ``error`` column, an attempt's).
 """
 
 from __future__ import annotations
+
+from typing import NotRequired, TypedDict
 
 __all__ = [
     "BadInput",
     "BrokerUnavailable",
     "ConfigError",
     "DuplicateKind",
+    "ErrorRecord",
     "Fail",
     "IdempotencyConflict",
     "InfrastructureError",
@@ -146,3 +150,11 @@ class RetryLater(Exception):
 
 class Fail(Exception):
     """Raised by a job body to fail at once, without retries."""
+
+
+class ErrorRecord(TypedDict):
+    """An error as the ledger stores it: what went wrong, in one line, and where (when known)."""
+
+    type: str
+    message: str
+    traceback: NotRequired[str]

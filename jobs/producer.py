@@ -117,7 +117,7 @@ class Producer:
             existing = _insert_or_existing(conn, row, idempotency_key)
             if existing is not None:
                 return JobId(existing, duplicate=True)
-        return JobId(row["id"], published=self._publish([row]) == 1)
+        return JobId(row.id, published=self._publish([row]) == 1)
 
     def submit_many(
         self,
@@ -144,9 +144,9 @@ class Producer:
         options = _Options(queue, priority, delay, at, max_attempts, submitted_by)
         definition = self.registry.get(kind)
         _check_texts(options, None)
-        rows: list[dict[str, Any]] = []
+        rows: list[ledger.NewJob] = []
 
-        def checked() -> Iterator[dict[str, Any]]:
+        def checked() -> Iterator[ledger.NewJob]:
             for number, payload in enumerate(payloads, start=1):
                 try:
                     row = self._row(definition, payload, options, None)
@@ -168,14 +168,14 @@ class Producer:
         if not rows:
             return []
         report("committed", len(rows))
-        items = [_publishable(row) for row in rows if row["state"] == "queued"]
+        items = [_publishable(row) for row in rows if row.state == "queued"]
         sent = publisher.publish_committed(
             self.settings, self.registry, items, batch=BATCH, progress=lambda n: report("published", n)
         )
         published = sent == len(items)
         if not published:
             log.warning("%d job(s) are saved and will be published when Redis returns", len(items) - sent)
-        return [JobId(row["id"], published=published) for row in rows]
+        return [JobId(row.id, published=published) for row in rows]
 
     def _row(
         self,
@@ -183,7 +183,7 @@ class Producer:
         payload: Mapping[str, Any],
         options: _Options,
         key: str | None,
-    ) -> dict[str, Any]:
+    ) -> ledger.NewJob:
         data = kind.dump(kind.validate(payload))
         data_json = kind.to_json(data)
         size = len(data_json.encode())
@@ -201,54 +201,53 @@ class Producer:
         if key is not None and not 0 < len(key) <= 255:
             raise InvalidJobOptions("an idempotency key must be 1 to 255 characters")
         not_before = _due(options.delay, options.at)
-        row: dict[str, Any] = {
-            "id": uuid.uuid4(),
-            "kind": kind.name,
-            "queue": options.queue or kind.queue or self.settings.default_queue,
-            "priority": priority,
-            "payload": data,
-            "payload_json": data_json,  # not a column: serialized once for COPY and the broker
-            "state": "scheduled" if not_before is not None else "queued",
-            # Marked published as it is created, on the server's clock like created_at; a failed
-            # publish clears it (see jobs.publisher).
-            "published_at": None if not_before is not None else ledger.SERVER_NOW,
-            "max_attempts": attempts,
-            "not_before": not_before,
-            "idempotency_key": key,
-            "submitted_by": options.submitted_by,
-            "retry_of": options.retry_of,
-        }
         if options.schedule_name is not None or options.schedule_slot is not None:
             if options.schedule_name is None or options.schedule_slot is None:
                 raise InvalidJobOptions("a schedule firing needs both its schedule name and its slot")
             if options.schedule_slot.tzinfo is None:
                 raise InvalidJobOptions("a schedule slot must include its UTC offset")
-            row["schedule_name"] = options.schedule_name
-            row["schedule_slot"] = options.schedule_slot
-        return row
+        return ledger.NewJob(
+            id=uuid.uuid4(),
+            kind=kind.name,
+            queue=options.queue or kind.queue or self.settings.default_queue,
+            priority=priority,
+            payload=data,
+            payload_json=data_json,
+            state="scheduled" if not_before is not None else "queued",
+            max_attempts=attempts,
+            not_before=not_before,
+            idempotency_key=key,
+            submitted_by=options.submitted_by,
+            retry_of=options.retry_of,
+            # Marked published as it is created, on the server's clock like created_at; a failed
+            # publish clears it (see jobs.publisher).
+            published_at=None if not_before is not None else ledger.SERVER_NOW,
+            schedule_name=options.schedule_name,
+            schedule_slot=options.schedule_slot,
+        )
 
-    def _submit_in(self, session: Session, rows: list[dict[str, Any]], *, key: str | None) -> list[JobId]:
+    def _submit_in(self, session: Session, rows: list[ledger.NewJob], *, key: str | None) -> list[JobId]:
         conn = session.connection()
         if len(rows) == 1:
             existing = _insert_or_existing(conn, rows[0], key)
             if existing is not None:
                 return [JobId(existing, duplicate=True)]
         else:
-            ledger.insert_rows(conn, rows, idempotent=False)
+            ledger.insert_rows(conn, [row.columns() for row in rows], idempotent=False)
         if not session.info.get("jobs.listening"):
             session.info["jobs.listening"] = True
             event.listen(session, "after_commit", self._after_commit)
             event.listen(session, "after_rollback", _forget)
         session.info.setdefault("jobs.pending", []).extend(rows)
-        return [JobId(row["id"]) for row in rows]
+        return [JobId(row.id) for row in rows]
 
     def _after_commit(self, session: Session) -> None:
         rows = session.info.pop("jobs.pending", [])
         if rows:
             self._publish(rows)
 
-    def _publish(self, rows: Sequence[dict[str, Any]]) -> int:
-        items = [_publishable(r) for r in rows if r["state"] == "queued"]
+    def _publish(self, rows: Sequence[ledger.NewJob]) -> int:
+        items = [_publishable(r) for r in rows if r.state == "queued"]
         if not items:
             return len(rows)
         sent = publisher.publish_committed(self.settings, self.registry, items)
@@ -274,32 +273,32 @@ def _check_texts(options: _Options, key: str | None) -> None:
 _KEY_RACE_TRIES = 3
 
 
-def _insert_or_existing(conn: Connection, row: dict[str, Any], key: str | None) -> uuid.UUID | None:
+def _insert_or_existing(conn: Connection, row: ledger.NewJob, key: str | None) -> uuid.UUID | None:
     """Insert one new job; ``None`` when inserted, else the existing job that holds its key or slot.
 
     The existing job must have the same kind and payload as ``row``: if not,
     ``IdempotencyConflict`` names it and what differs.
     """
-    scheduled = row.get("schedule_name") is not None
+    scheduled = row.schedule_name is not None
     for _ in range(_KEY_RACE_TRIES):
-        if ledger.insert_rows(conn, [row], idempotent=key is not None, scheduled=scheduled):
+        if ledger.insert_rows(conn, [row.columns()], idempotent=key is not None, scheduled=scheduled):
             return None
-        holder = ledger.holder_of_key(conn, key, row["payload_json"]) if key is not None else None
+        holder = ledger.holder_of_key(conn, key, row.payload_json) if key is not None else None
         if holder is not None:
             _check_same(holder, row, key)
             return holder.id
-        if scheduled:
-            existing = ledger.id_for_slot(conn, row["schedule_name"], row["schedule_slot"])
+        if row.schedule_name is not None and row.schedule_slot is not None:
+            existing = ledger.id_for_slot(conn, row.schedule_name, row.schedule_slot)
             if existing is not None:
                 return existing
-    raise AssertionError(f"job {row['id']} was neither inserted nor found after {_KEY_RACE_TRIES} tries")
+    raise AssertionError(f"job {row.id} was neither inserted nor found after {_KEY_RACE_TRIES} tries")
 
 
-def _check_same(holder: ledger.KeyHolder, row: dict[str, Any], key: str | None) -> None:
-    if holder.kind != row["kind"]:
+def _check_same(holder: ledger.KeyHolder, row: ledger.NewJob, key: str | None) -> None:
+    if holder.kind != row.kind:
         raise IdempotencyConflict(
             f"the idempotency key {key!r} is already bound to job {holder.id} of kind {holder.kind!r}, "
-            f"not {row['kind']!r}: use another key for another job"
+            f"not {row.kind!r}: use another key for another job"
         )
     if not holder.same_payload:
         raise IdempotencyConflict(
@@ -308,10 +307,8 @@ def _check_same(holder: ledger.KeyHolder, row: dict[str, Any], key: str | None) 
         )
 
 
-def _publishable(row: dict[str, Any]) -> ledger.Published:
-    return ledger.Published(
-        row["id"], row["kind"], row["queue"], row["priority"], row["payload"], row.get("payload_json")
-    )
+def _publishable(row: ledger.NewJob) -> ledger.Published:
+    return ledger.Published(row.id, row.kind, row.queue, row.priority, row.payload, row.payload_json)
 
 
 def _forget(session: Session) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from jobs import counters, jsonsafe, ledger
-from jobs.errors import InvalidPayload
+from jobs.errors import ErrorRecord, InvalidPayload
 from jobs.kinds import Registry, lease_for
 from jobs.settings import Settings
 from workers.outcomes import AttemptFailed, NotRun
@@ -81,28 +81,35 @@ def _adopt(conn: sa.Connection, settings: Settings, registry: Registry, delivery
     character), is recorded as ``failed`` with the reason and a safely escaped copy of what was sent.
     """
     kind = registry.get(delivery.kind)
-    row: dict[str, Any] = {
-        "id": delivery.job_id,
-        "kind": kind.name,
-        "queue": jsonsafe.escaped(delivery.queue),
-        "priority": min(max(delivery.priority, 0), 9),
-        "max_attempts": kind.max_attempts or settings.max_attempts,
-        "submitted_by": "adopted",
-    }
+
+    def row(payload: dict[str, Any]) -> ledger.NewJob:
+        return ledger.NewJob(
+            id=delivery.job_id,
+            kind=kind.name,
+            queue=jsonsafe.escaped(delivery.queue),
+            priority=min(max(delivery.priority, 0), 9),
+            payload=payload,
+            state="queued",
+            max_attempts=kind.max_attempts or settings.max_attempts,
+            submitted_by="adopted",
+        )
+
     try:
-        row["payload"] = kind.dump(kind.validate(delivery.kwargs))
-        bad = jsonsafe.unstorable({"queue": delivery.queue, "payload": row["payload"]})
+        payload = kind.dump(kind.validate(delivery.kwargs))
+        bad = jsonsafe.unstorable({"queue": delivery.queue, "payload": payload})
         if bad is not None:
             raise InvalidPayload(f"{bad}; kept escaped")
     except InvalidPayload as refused:
-        error = {"type": "InvalidPayload", "message": refused.message}
-        row["payload"] = jsonsafe.escaped(delivery.kwargs)
-        if not ledger.record_refused(conn, row, error):
+        error: ErrorRecord = {"type": "InvalidPayload", "message": refused.message}
+        refused_row = row(jsonsafe.escaped(delivery.kwargs))
+        if not ledger.record_refused(conn, refused_row, error):
             raise NotRun(ledger.state_of(conn, delivery.job_id)) from None
-        counters.process_tally(settings).count(counters.FINISHED, row["kind"], row["queue"], "failed")
+        counters.process_tally(settings).count(
+            counters.FINISHED, refused_row.kind, refused_row.queue, "failed"
+        )
         log.error("job %s (%s) refused: %s", delivery.job_id, delivery.kind, refused.message)
         raise AttemptFailed("failed", "InvalidPayload", refused.message) from None
-    if ledger.adopt(conn, row):
+    if ledger.adopt(conn, row(payload)):
         log.info("job %s (%s) adopted into the ledger", delivery.job_id, delivery.kind)
     claimed = ledger.claim(conn, delivery.job_id, worker=delivery.worker, lease=lease_for(settings, kind))
     if claimed is None:

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from jobs import counters, db, ledger
 from jobs.backoff import Decision
+from jobs.errors import ErrorRecord
 from jobs.kinds import Kind
 from jobs.settings import Settings
 
@@ -88,7 +89,7 @@ class Recorded:
     not_before: datetime | None = None
 
 
-def error_record(error: BaseException, *, reason: str | None = None) -> dict[str, Any]:
+def error_record(error: BaseException, *, reason: str | None = None) -> ErrorRecord:
     """An exception as the ledger stores it: type, message, traceback."""
     trace = "".join(traceback.format_exception(error))
     return {
@@ -239,7 +240,7 @@ def record_failure(
     settings: Settings,
     job_id: uuid.UUID,
     attempt: int,
-    record: dict[str, Any],
+    record: ErrorRecord,
     decision: Decision,
 ) -> Recorded:
     """Store a failed attempt's outcome as decided (``jobs.backoff.decide``) and count it;

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobs import counters, db, jsonsafe, ledger, roster
-from jobs.errors import LedgerUnavailable
+from jobs.errors import ErrorRecord, LedgerUnavailable
 from jobs.settings import Settings
 
 __all__ = [
@@ -72,7 +72,7 @@ class Outcome:
 
     what: str
     detail: str
-    error: dict[str, Any] | None = None
+    error: ErrorRecord | None = None
 
 
 #: Job ids derived from task ids that are not UUIDs: the same id for every copy of a message.
@@ -111,37 +111,38 @@ def parse(headers: Any, delivery_info: Any, properties: Any, body: Any, default_
     )
 
 
-def _never_implemented(kind: str) -> dict[str, Any]:
+def _never_implemented(kind: str) -> ErrorRecord:
     return {
         "type": "UnknownKind",
         "message": f"unknown kind {kind!r}: no worker of this fleet has ever implemented it",
     }
 
 
-def _row(settings: Settings, message: Foreign) -> dict[str, Any]:
-    return {
-        "id": message.job_id,
-        "kind": jsonsafe.escaped(message.kind),
-        "queue": jsonsafe.escaped(message.queue),
-        "priority": message.priority,
-        "payload": jsonsafe.escaped(message.payload),
-        "max_attempts": settings.max_attempts,
-        "submitted_by": "adopted",
-    }
+def _row(settings: Settings, message: Foreign) -> ledger.NewJob:
+    return ledger.NewJob(
+        id=message.job_id,
+        kind=jsonsafe.escaped(message.kind),
+        queue=jsonsafe.escaped(message.queue),
+        priority=message.priority,
+        payload=jsonsafe.escaped(message.payload),
+        state="queued",
+        max_attempts=settings.max_attempts,
+        submitted_by="adopted",
+    )
 
 
-def refuse(settings: Settings, message: Foreign, error: dict[str, Any]) -> Outcome:
+def refuse(settings: Settings, message: Foreign, error: ErrorRecord) -> Outcome:
     """Record a message that cannot run as a ``failed`` job with ``error`` (a copy is left alone)."""
     error = jsonsafe.escaped(error)  # a reason may quote what was refused
     row = _row(settings, message)
     with db.autocommit(settings) as conn:
         if ledger.record_refused(conn, row, error):
-            counters.process_tally(settings).count(counters.FINISHED, row["kind"], row["queue"], "failed")
+            counters.process_tally(settings).count(counters.FINISHED, row.kind, row.queue, "failed")
             return Outcome("failed", error["message"], error)
     return Outcome("stale", "a copy of a job that is already recorded; ignored")
 
 
-def bad_id_error(task_id: str) -> dict[str, Any]:
+def bad_id_error(task_id: str) -> ErrorRecord:
     return {
         "type": "InvalidJobOptions",
         "message": f"task id {task_id!r} is not a UUID: the ledger's job ids are UUIDs"

@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from jobs.counters import ATTEMPTS, FINISHED, Tally
+from jobs.errors import ErrorRecord
 from jobs.ledger.lifecycle import sources, targets
 from jobs.ledger.statements import Executor, close_attempt, execute, json_param, now, param, seconds_since
 from jobs.schema import job_attempts, jobs
@@ -41,7 +42,10 @@ __all__ = [
 ]
 
 #: The error of an attempt whose worker was lost (its lease expired).
-LOST_ERROR = {"type": "WorkerLost", "message": "worker lost: its lease expired before it finished"}
+LOST_ERROR: ErrorRecord = {
+    "type": "WorkerLost",
+    "message": "worker lost: its lease expired before it finished",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +209,7 @@ def succeed(conn: Executor, job_id: uuid.UUID, attempt: int, result: Any) -> Fin
 
 
 def retry(
-    conn: Executor, job_id: uuid.UUID, attempt: int, error: dict[str, Any], delay: float
+    conn: Executor, job_id: uuid.UUID, attempt: int, error: ErrorRecord, delay: float
 ) -> Finished | None:
     """Record a failed attempt that will be retried after ``delay`` seconds; the result's
     ``not_before`` is when the leader publishes it again. ``None`` if the job is no longer ours."""
@@ -213,7 +217,7 @@ def retry(
     return _finish(conn, "retry", params)
 
 
-def fail(conn: Executor, job_id: uuid.UUID, attempt: int, error: dict[str, Any]) -> Finished | None:
+def fail(conn: Executor, job_id: uuid.UUID, attempt: int, error: ErrorRecord) -> Finished | None:
     """Record the final failure of a job; ``None`` if the job is no longer ours."""
     return _finish(conn, "fail", {"w_job_id": job_id, "w_attempt": attempt, "w_error": error})
 

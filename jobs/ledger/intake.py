@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import operator
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, cast
@@ -18,13 +18,17 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from jobs.errors import ErrorRecord
 from jobs.ledger.statements import now, param
 from jobs.schema import jobs
+from jobs.states import State
 
 __all__ = [
     "NEW_JOB_COLUMNS",
     "SERVER_NOW",
+    "ErrorRecord",
     "KeyHolder",
+    "NewJob",
     "adopt",
     "copy_rows",
     "holder_of_key",
@@ -32,34 +36,6 @@ __all__ = [
     "insert_rows",
     "record_refused",
 ]
-
-
-def adopt(conn: sa.Connection, row: dict[str, Any], *, handed_back: bool = False) -> bool:
-    """Record a foreign message (a plain Celery ``send_task``) as a queued job; ``False`` if a job
-    with its id exists already (the message was a copy).
-
-    ``handed_back``: the worker that got it lacks the kind; the relay publishes the job again once
-    a live worker implements it (its payload is checked by the worker that runs it).
-    """
-    values = {key: value for key, value in row.items() if key in jobs.c}
-    values.update(state="queued", published_at=None if handed_back else now())
-    if handed_back:
-        values["handed_back_at"] = now()
-    inserted = conn.execute(
-        pg_insert(jobs).values(values).on_conflict_do_nothing(index_elements=[jobs.c.id]).returning(jobs.c.id)
-    ).first()
-    return inserted is not None
-
-
-def record_refused(conn: sa.Connection, row: dict[str, Any], error: dict[str, Any]) -> bool:
-    """A message from outside that cannot run is recorded as ``failed`` with the reason, attempt 0;
-    ``False`` if a row with its id exists already (the message was a copy)."""
-    values = {key: value for key, value in row.items() if key in jobs.c}
-    values.update(state="failed", error=error, finished_at=now())
-    inserted = conn.execute(
-        pg_insert(jobs).values(values).on_conflict_do_nothing(index_elements=[jobs.c.id]).returning(jobs.c.id)
-    ).first()
-    return inserted is not None
 
 
 class _ServerNow:
@@ -70,6 +46,75 @@ class _ServerNow:
 #: A new job's ``published_at`` when it is published as it is created: PostgreSQL stamps it with
 #: the transaction's ``now()``, the clock ``created_at`` takes too, never the producer's clock.
 SERVER_NOW: Final = _ServerNow()
+
+#: Columns a new job is created with (the rest take their defaults).
+NEW_JOB_COLUMNS = (
+    "id", "kind", "queue", "priority", "payload", "state", "max_attempts", "not_before",
+    "idempotency_key", "submitted_by", "retry_of", "published_at",
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class NewJob:
+    """A job about to enter the ledger: the columns it is created with, and its payload's JSON text
+    (serialized once, for COPY and for the broker's message)."""
+
+    id: uuid.UUID
+    kind: str
+    queue: str
+    priority: int
+    payload: dict[str, Any]
+    state: State
+    max_attempts: int
+    payload_json: str = ""
+    """``json.dumps(payload)``, filled in when not given."""
+    not_before: datetime | None = None
+    idempotency_key: str | None = None
+    submitted_by: str | None = None
+    retry_of: uuid.UUID | None = None
+    published_at: datetime | _ServerNow | None = None
+    """``SERVER_NOW`` when it is published as it is created."""
+    schedule_name: str | None = None
+    schedule_slot: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if not self.payload_json:
+            self.payload_json = json.dumps(self.payload, separators=(",", ":"))
+
+    def columns(self) -> dict[str, Any]:
+        """The row's columns (not the payload's text): what ``insert_rows`` inserts."""
+        found = {name: getattr(self, name) for name in NEW_JOB_COLUMNS}
+        if self.schedule_name is not None:
+            found.update(schedule_name=self.schedule_name, schedule_slot=self.schedule_slot)
+        return found
+
+
+def adopt(conn: sa.Connection, job: NewJob, *, handed_back: bool = False) -> bool:
+    """Record a foreign message (a plain Celery ``send_task``) as a queued job; ``False`` if a job
+    with its id exists already (the message was a copy).
+
+    ``handed_back``: the worker that got it lacks the kind; the relay publishes the job again once
+    a live worker implements it (its payload is checked by the worker that runs it).
+    """
+    values = job.columns()
+    values.update(state="queued", published_at=None if handed_back else now())
+    if handed_back:
+        values["handed_back_at"] = now()
+    inserted = conn.execute(
+        pg_insert(jobs).values(values).on_conflict_do_nothing(index_elements=[jobs.c.id]).returning(jobs.c.id)
+    ).first()
+    return inserted is not None
+
+
+def record_refused(conn: sa.Connection, job: NewJob, error: ErrorRecord) -> bool:
+    """A message from outside that cannot run is recorded as ``failed`` with the reason, attempt 0;
+    ``False`` if a row with its id exists already (the message was a copy)."""
+    values = job.columns()
+    values.update(state="failed", error=error, finished_at=now())
+    inserted = conn.execute(
+        pg_insert(jobs).values(values).on_conflict_do_nothing(index_elements=[jobs.c.id]).returning(jobs.c.id)
+    ).first()
+    return inserted is not None
 
 
 def insert_rows(
@@ -109,14 +154,8 @@ def insert_rows(
 
 _PUBLISHED_AT = param("w_published_at", sa.DateTime(timezone=True))
 
-#: Columns a new job is created with (the rest take their defaults).
-NEW_JOB_COLUMNS = (
-    "id", "kind", "queue", "priority", "payload", "state", "max_attempts", "not_before",
-    "idempotency_key", "submitted_by", "retry_of", "published_at",
-)  # fmt: skip
 
-
-def copy_rows(conn: sa.Connection, rows: Iterable[dict[str, Any]]) -> None:
+def copy_rows(conn: sa.Connection, new_jobs: Iterable[NewJob]) -> None:
     """Insert many new jobs with COPY: the bulk path (no conflicts possible: fresh ids, no keys).
 
     Call it in a transaction: a row whose ``published_at`` is ``SERVER_NOW``
@@ -131,10 +170,10 @@ def copy_rows(conn: sa.Connection, rows: Iterable[dict[str, Any]]) -> None:
     columns = ", ".join(NEW_JOB_COLUMNS)
     with raw.cursor() as cursor, cursor.copy(f"COPY jobs ({columns}) FROM STDIN") as copy:
         copy.set_types(_COPY_TYPES)
-        for row in rows:
-            if row.get("published_at") is SERVER_NOW:
-                row["published_at"] = stamp
-            copy.write_row(_copy_values(row))
+        for job in new_jobs:
+            if job.published_at is SERVER_NOW:
+                job.published_at = stamp
+            copy.write_row(_copy_values(job))
 
 
 # COPY's text format takes the JSON text as it is: the payload is serialized only once.
@@ -142,17 +181,10 @@ _COPY_TYPES = [
     "uuid", "text", "text", "int2", "text", "text", "int4", "timestamptz",
     "text", "text", "uuid", "timestamptz",
 ]  # fmt: skip
-_copy_values_json = operator.itemgetter(*("payload_json" if c == "payload" else c for c in NEW_JOB_COLUMNS))
-
-
-def _copy_values(row: dict[str, Any]) -> tuple[Any, ...]:
-    try:  # the producer's rows hold every column and the payload's JSON text
-        return cast(tuple[Any, ...], _copy_values_json(row))
-    except KeyError:
-        pass
-    values = [row.get(c) for c in NEW_JOB_COLUMNS]
-    values[NEW_JOB_COLUMNS.index("payload")] = row.get("payload_json") or json.dumps(row["payload"])
-    return tuple(values)
+_copy_values = cast(
+    "Callable[[NewJob], tuple[Any, ...]]",
+    operator.attrgetter(*("payload_json" if column == "payload" else column for column in NEW_JOB_COLUMNS)),
+)
 
 
 @dataclass(frozen=True, slots=True)
