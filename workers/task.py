@@ -213,7 +213,7 @@ class LedgerTask(Task[Any, Any]):
             raise runner.NotRun()
         raise runner.AttemptFailed("failed", "InvalidJobOptions", outcome.detail)
 
-    def _claimed(self, job_id: uuid.UUID, running: ledger.Running) -> ledger.Claimed:
+    def _claimed(self, job_id: uuid.UUID, running: ledger.Status) -> ledger.Claimed:
         return ledger.Claimed(job_id, self.name, {}, running.attempt, running.max_attempts, running.queue)
 
     def record_hard_timeout(
@@ -222,8 +222,8 @@ class LedgerTask(Task[Any, Any]):
         """Record an attempt the hard time limit killed; ``None`` if the job was not running."""
         job_id = uuid.UUID(task_id)
         with db.transaction(self.settings) as conn:
-            running = ledger.running_attempt(conn, job_id)
-        if running is None:
+            running = ledger.status_of(conn, job_id)
+        if running is None or running.state != "running":
             return None
         reason = f"time limit: killed after {exc.args[0]}s (hard limit)"
         decision = decide(

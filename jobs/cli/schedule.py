@@ -14,8 +14,8 @@ import click
 
 from jobs.cli import context, schedule_tables
 from jobs.cli.completion import kind_names, queue_names, schedule_names
+from jobs.cli.options import json_output, parse_param, payload_params
 from jobs.cli.output import emit_json
-from jobs.cli.submit import _param, _who
 from jobs.errors import InvalidSchedule
 
 # jobs.schedules (Celery, SQLAlchemy) and rich are imported in the functions that use them:
@@ -29,7 +29,7 @@ __all__ = ["schedule"]
 MISFIRE_POLICIES = ("skip", "once", "all")
 OVERLAP_POLICIES = ("allow", "skip")
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+json_option = json_output()
 name_argument = click.argument("name", shell_complete=schedule_names)
 
 
@@ -45,14 +45,7 @@ def _timing_options(command: Any) -> Any:
             ),
             click.option("--every", metavar="DURATION", help="Fixed interval instead: 30s, 5m, 1h…"),
             click.option("--tz", "timezone", metavar="ZONE", help="IANA time zone of --cron (default UTC)."),
-            click.option(
-                "-p",
-                "--param",
-                "params",
-                multiple=True,
-                metavar="KEY=VALUE",
-                help="A payload field (repeatable); the kind's model coerces the value.",
-            ),
+            payload_params,
             click.option("--payload", "payload_json", metavar="JSON", help="The payload as a JSON object."),
             click.option(
                 "--misfire",
@@ -88,7 +81,7 @@ def _payload(payload_json: str | None, params: tuple[str, ...]) -> dict[str, Any
             raise InvalidSchedule("--payload must be a JSON object")
         data = loaded
     if params:
-        data = {**(data or {}), **dict(_param(p) for p in params)}
+        data = {**(data or {}), **dict(parse_param(p) for p in params)}
     return data
 
 
@@ -152,7 +145,7 @@ def add(
         priority=priority,
         enabled=not paused,
     )
-    view = schedules.add(context.settings(), context.registry(), spec, by=_who())
+    view = schedules.add(context.settings(), context.registry(), spec, by=context.who())
     if as_json:
         emit_json(_masked(view).as_dict())
         return
@@ -250,10 +243,10 @@ def edit(
     if payload_json is not None:
         changes["payload"] = _payload(payload_json, ())
     if params:
-        changes["params"] = dict(_param(p) for p in params)
+        changes["params"] = dict(parse_param(p) for p in params)
     if not any(value is not None for value in changes.values()):
         raise InvalidSchedule("nothing to change: give at least one option (see jobs schedule edit --help)")
-    view = schedules.edit(context.settings(), context.registry(), name, by=_who(), **changes)
+    view = schedules.edit(context.settings(), context.registry(), name, by=context.who(), **changes)
     if as_json:
         emit_json(_masked(view).as_dict())
         return
@@ -281,7 +274,7 @@ def _set_enabled(name: str, enabled: bool, as_json: bool) -> None:
     from jobs import schedules
     from jobs.cli.output import err
 
-    view, changed = schedules.set_enabled(context.settings(), name, enabled, by=_who())
+    view, changed = schedules.set_enabled(context.settings(), name, enabled, by=context.who())
     if as_json:
         emit_json({**_masked(view).as_dict(), "changed": changed})
         return
@@ -301,7 +294,7 @@ def trigger(name: str, as_json: bool) -> None:
     from jobs import schedules
     from jobs.cli.output import err
 
-    job, slot = schedules.trigger(context.producer(), name, by=_who())
+    job, slot = schedules.trigger(context.producer(), name, by=context.who())
     if as_json:
         emit_json({"id": job, "schedule": name, "slot": slot, "manual": True})
         return

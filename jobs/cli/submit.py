@@ -21,12 +21,6 @@ __all__ = ["submit"]
 BATCH = 2000
 
 
-# jobs.cli.schedule imports these two from here until it takes them from jobs.cli.options and
-# jobs.cli.context (after jobs.schedules becomes a package); then they go.
-_param = parse_param
-_who = context.who
-
-
 def _payload(
     payload_json: str | None, payload_file: IO[str] | None, params: tuple[str, ...]
 ) -> dict[str, Any]:

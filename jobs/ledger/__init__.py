@@ -22,7 +22,6 @@ from jobs.ledger.attempts import (
     LOST_ERROR,
     Claimed,
     Finished,
-    Running,
     cancel,
     claim,
     fail,
@@ -31,7 +30,6 @@ from jobs.ledger.attempts import (
     release_lease,
     rescue_expired,
     retry,
-    running_attempt,
     succeed,
 )
 from jobs.ledger.intake import (
@@ -63,7 +61,6 @@ __all__ = [
     "KeyHolder",
     "NewJob",
     "Published",
-    "Running",
     "Status",
     "adopt",
     "cancel",
@@ -82,7 +79,6 @@ __all__ = [
     "republish_stale",
     "rescue_expired",
     "retry",
-    "running_attempt",
     "sources",
     "stage_due",
     "state_of",

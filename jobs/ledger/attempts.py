@@ -21,6 +21,7 @@ from jobs.counters import ATTEMPTS, FINISHED, Tally
 from jobs.errors import ErrorRecord
 from jobs.ledger.lifecycle import sources, targets
 from jobs.ledger.statements import Executor, close_attempt, execute, json_param, now, param, seconds_since
+from jobs.ledger.upkeep import Status
 from jobs.schema import job_attempts, jobs
 from jobs.states import State
 
@@ -28,7 +29,6 @@ __all__ = [
     "LOST_ERROR",
     "Claimed",
     "Finished",
-    "Running",
     "cancel",
     "claim",
     "fail",
@@ -37,7 +37,6 @@ __all__ = [
     "release_lease",
     "rescue_expired",
     "retry",
-    "running_attempt",
     "succeed",
 ]
 
@@ -306,26 +305,7 @@ def progress(conn: sa.Connection, job_id: uuid.UUID, attempt: int, report: dict[
     return result.rowcount == 1
 
 
-@dataclass(frozen=True, slots=True)
-class Running:
-    """A running job's attempt, as the worker's main process looks it up."""
-
-    attempt: int
-    max_attempts: int
-    queue: str
-
-
-def running_attempt(conn: sa.Connection, job_id: uuid.UUID) -> Running | None:
-    """The job's attempt if it is running (a hard time limit is recorded against it)."""
-    row = conn.execute(
-        sa.select(jobs.c.attempt, jobs.c.max_attempts, jobs.c.queue).where(
-            jobs.c.id == job_id, jobs.c.state == "running"
-        )
-    ).first()
-    return None if row is None else Running(row.attempt, row.max_attempts, row.queue)
-
-
-def release_lease(conn: sa.Connection, job_id: uuid.UUID, worker: str | None) -> Running | None:
+def release_lease(conn: sa.Connection, job_id: uuid.UUID, worker: str | None) -> Status | None:
     """The attempt ended without finishing on ``worker`` (its pool process was lost, or the soft
     shutdown expired): its lease ends now, so the redelivered message claims the job at once.
     ``None`` when the job is not running there (finished already, or never claimed)."""
@@ -333,9 +313,9 @@ def release_lease(conn: sa.Connection, job_id: uuid.UUID, worker: str | None) ->
         sa.update(jobs)
         .where(jobs.c.id == job_id, jobs.c.state == "running", jobs.c.worker == worker)
         .values(lease_until=now())
-        .returning(jobs.c.attempt, jobs.c.max_attempts, jobs.c.queue)
+        .returning(jobs.c.state, jobs.c.attempt, jobs.c.max_attempts, jobs.c.queue)
     ).first()
-    return None if row is None else Running(row.attempt, row.max_attempts, row.queue)
+    return None if row is None else Status(row.state, row.attempt, row.max_attempts, row.queue)
 
 
 def hand_back(conn: sa.Connection, job_id: uuid.UUID) -> bool:

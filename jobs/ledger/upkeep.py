@@ -17,19 +17,20 @@ __all__ = ["Status", "prune", "state_of", "states_of", "status_of"]
 
 @dataclass(frozen=True, slots=True)
 class Status:
-    """Where a job stands: its state, and how many of its attempts it has used."""
+    """Where a job stands: its state, how many of its attempts it has used, and its queue."""
 
     state: State
     attempt: int
     max_attempts: int
+    queue: str
 
 
 def status_of(conn: sa.Connection, job_id: uuid.UUID) -> Status | None:
-    """The job's state and attempts, or ``None`` when the ledger has no such job."""
+    """The job's state, attempts and queue, or ``None`` when the ledger has no such job."""
     row = conn.execute(
-        sa.select(jobs.c.state, jobs.c.attempt, jobs.c.max_attempts).where(jobs.c.id == job_id)
+        sa.select(jobs.c.state, jobs.c.attempt, jobs.c.max_attempts, jobs.c.queue).where(jobs.c.id == job_id)
     ).first()
-    return None if row is None else Status(row.state, row.attempt, row.max_attempts)
+    return None if row is None else Status(row.state, row.attempt, row.max_attempts, row.queue)
 
 
 def state_of(conn: sa.Connection, job_id: uuid.UUID) -> State | None:
