@@ -2,7 +2,9 @@
 
 Tests run against their own database (``jobs_test``) and Redis db (11), never
 the development ones; ``make test`` sets both, and the defaults below match.
-The database is created if missing and migrated once per session.
+Run in parallel (pytest-xdist), each test process gets its own database and
+Redis db derived from these (``tests.support.isolation``). The database is
+created if missing and migrated once per session (per process).
 """
 
 from __future__ import annotations
@@ -10,8 +12,14 @@ from __future__ import annotations
 import os
 import tempfile
 
+import pytest
+
+from tests.support import isolation
+
 os.environ.setdefault("JOBS_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/jobs_test")
 os.environ.setdefault("JOBS_BROKER_URL", "redis://127.0.0.1:6379/11")
+# Before anything reads settings (get_settings is cached), and inherited by every process a test starts.
+isolation.isolate(os.environ)
 os.environ.setdefault("JOBS_KIND_MODULES", "tests.support.kinds")
 # Short timers so that scenarios take seconds, not the production minutes.
 os.environ.setdefault("JOBS_LEADER_TICK", "0.2")
@@ -28,3 +36,36 @@ if os.environ.pop("PYTHONDONTWRITEBYTECODE", None):
     os.environ.setdefault("PYTHONPYCACHEPREFIX", os.path.join(tempfile.gettempdir(), "jobs-tests-pycache"))
 
 pytest_plugins = ["tests.support.fixtures"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse, before any test runs, a parallel run whose processes cannot each have their own dbs."""
+    workers = getattr(config.option, "numprocesses", None)
+    if os.environ.get("PYTEST_XDIST_WORKER") or not isinstance(workers, int) or workers < 1:
+        return
+    try:
+        isolation.worker_database_url(os.environ["JOBS_DATABASE_URL"], "gw0")
+        isolation.worker_broker_urls(os.environ["JOBS_BROKER_URL"], workers)
+    except isolation.IsolationError as error:
+        raise pytest.UsageError(str(error)) from None
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks (--dist loadgroup, set in pyproject)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep together in one test process what shares expensive state, so that it starts once.
+
+    The fault scenarios share one private platform per process (servers, worker, leader):
+    they all run in one process. A test that uses a module-scoped fixture (the ``platform``
+    fixture's worker and leader, a module's own processes) runs in its module's process,
+    in the module's order. Every other test goes wherever a process is free.
+    """
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        if module.startswith("tests/faults/"):
+            item.add_marker(pytest.mark.xdist_group("faults"))
+        elif any(
+            definitions[-1].scope == "module"
+            for definitions in item._fixtureinfo.name2fixturedefs.values()
+            if definitions
+        ):
+            item.add_marker(pytest.mark.xdist_group(module))
