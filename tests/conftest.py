@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Any
 
 import pytest
 
@@ -50,22 +51,11 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(error)) from None
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks (--dist loadgroup, set in pyproject)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Keep together in one test process what shares expensive state, so that it starts once.
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under ``--dist loadscope`` (pyproject's addopts), hand out tests in the units they share state in."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from tests.support.scheduling import SharedStateScheduling
 
-    The fault scenarios share one private platform per process (servers, worker, leader):
-    they all run in one process. A test that uses a module-scoped fixture (the ``platform``
-    fixture's worker and leader, a module's own processes) runs in its module's process,
-    in the module's order. Every other test goes wherever a process is free.
-    """
-    for item in items:
-        module = item.nodeid.split("::", 1)[0]
-        if module.startswith("tests/faults/"):
-            item.add_marker(pytest.mark.xdist_group("faults"))
-        elif any(
-            definitions[-1].scope == "module"
-            for definitions in item._fixtureinfo.name2fixturedefs.values()
-            if definitions
-        ):
-            item.add_marker(pytest.mark.xdist_group(module))
+    return SharedStateScheduling(config, log)
