@@ -9,8 +9,8 @@ and ``JOBS_BROKER_URL``:
 - the Redis db ``B`` -> ``B - N``: a run of ``count`` workers uses dbs ``B - count + 1 .. B``,
   which must all lie in 1..15 (Redis has 16, and tests never use db 0); a run that
   would leave that range is refused before any test starts. Counting down keeps the
-  default run (db 11, four processes: 8..11) clear of the benchmark's db 12 and the
-  development db 5.
+  default run (db 11: dbs 9..11 with three processes, up to 6..11 with six) clear of
+  the benchmark's db 12 and the development db 5.
 
 A serial run (``-n 0``, or no xdist) uses the configured ones unchanged. The
 derived URLs are written into the environment before anything reads settings,
@@ -39,7 +39,7 @@ __all__ = [
 SUFFIX = "_test"
 REDIS_DBS = range(1, 16)  # db 0 is everyone's default: never a test's
 #: Set once a process's URLs are derived, so that a process started by a test does not derive them again.
-MARK = "JOBS_TEST_WORKER"
+MARK = "JOBS_TEST_ISOLATED_FOR"
 
 
 class IsolationError(ValueError):
