@@ -18,12 +18,13 @@ import sys
 import termios
 import time
 import uuid
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from jobs import wire
-from jobs.settings import get_settings
+from jobs.settings import Settings
 from tests.support.fixtures import ROOT, Processes, run_jobs, run_jobs_together, wait_for_state
 from tests.support.servers import free_port
 
@@ -36,11 +37,15 @@ def submit(*args: str) -> str:
     return result.stdout.strip()
 
 
-def long_job() -> str:
-    """A job that runs for a while (until cancelled), and is seen running."""
-    job = submit("test.effect", "-p", f"key={uuid.uuid4()}", "-p", "sleep=15")
-    wait_for_state(get_settings(), uuid.UUID(job), ("running",), timeout=60)
-    return job
+@pytest.fixture
+def long_job(clean: Settings, platform: Processes) -> Iterator[str]:
+    """A job seen running, that runs until cancelled when the test ends (however long it looks)."""
+    job = submit("test.hold", "-p", f"key={uuid.uuid4()}")
+    try:
+        wait_for_state(clean, uuid.UUID(job), ("running",), timeout=60)
+        yield job
+    finally:
+        run_jobs("cancel", job)
 
 
 def both(*args: str) -> tuple[dict, str]:
@@ -86,35 +91,31 @@ def test_queues_show_a_mismatch_between_the_ledger_and_redis(clean, platform, br
     assert "Redis holds a different number of messages" in human
 
 
-def test_workers_show_pool_queues_and_running_jobs(clean, platform):
-    job = long_job()
-
+def test_workers_show_pool_queues_and_running_jobs(long_job):
+    job = long_job
     report, human = both("workers")
-    run_jobs("cancel", job)
 
     [worker] = [worker for worker in report["workers"] if worker["state"] == "alive"]
     assert worker["pool"] == "prefork"
     assert worker["concurrency"] == 2
     assert "default" in worker["queues"]
     assert worker["uptime"] > 0
-    assert [(active["id"], active["kind"]) for active in worker["active"]] == [(job, "test.effect")]
+    assert [(active["id"], active["kind"]) for active in worker["active"]] == [(job, "test.hold")]
     assert "prefork x2" in human
     assert job in human
 
 
-def test_top_once_and_json(clean, platform):
-    job = long_job()
-
+def test_top_once_and_json(long_job):
+    job = long_job
     as_json, once = run_jobs_together(("top", "--json"), ("top", "--once"))
     report, text = json.loads(as_json.stdout), once.stdout
-    run_jobs("cancel", job)
 
     assert report["leader"].startswith("jobs-leader:")
     assert [running["id"] for running in report["running"]] == [job]
     assert len([worker for worker in report["workers"] if worker["state"] == "alive"]) == 1
     assert "jobs top" in text
     assert job[:8] in text
-    assert "test.effect" in text
+    assert "test.hold" in text
     assert "leader " in text
     assert "NONE" not in text
 

@@ -12,7 +12,9 @@ import uuid
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
+from jobs import db
 from jobs.app import get_app
 from jobs.schema import TERMINAL_STATES
 from tests.support.fixtures import effects, run_jobs, wait_for_state
@@ -69,14 +71,22 @@ def test_a_duplicate_after_success_does_not_run_the_body_again(platform, clean):
 
 
 def test_a_duplicate_while_running_does_not_run_the_body_twice(platform, clean):
-    job_id = submit_effect("while-running", sleep=2.0)
+    # The body runs until the test releases it, so the duplicate surely arrives while it runs.
+    result = run_jobs("submit", "test.hold", "-p", "key=while-running", "-p", "release=released")
+    assert result.returncode == 0, result.stderr
+    job_id = uuid.UUID(result.stdout.strip())
     row = wait_for_state(clean, job_id, states=("running", *TERMINAL_STATES))
-    assert row["state"] == "running", "the job finished before its duplicate could be sent"
+    assert row["state"] == "running", row["state"]
 
     publish_again(row)
+    platform.wait_log("worker", f"job {job_id} (test.hold) delivered again while running")
+    with db.transaction(clean) as conn:  # the release test.hold waits for
+        conn.execute(
+            sa.text("INSERT INTO test_effects (key, job_id, attempt) VALUES ('released', :j, 0)"),
+            {"j": job_id},
+        )
     final = wait_for_state(clean, job_id)
     wait_deliveries(platform, row, 2)
 
     assert (final["state"], final["attempt"]) == ("succeeded", 1)
     assert effects(clean, "while-running") == [{"key": "while-running", "job_id": job_id, "attempt": 1}]
-    assert f"job {job_id} (test.effect) delivered again while running" in platform.log("worker")

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from jobs import db, migrate
 from jobs.settings import Settings, load_settings
 from tests.support.fixtures import Processes, run_jobs, run_jobs_together
+from tests.support.isolation import scratch_database_url
 from tests.support.servers import RedisServer, free_port
 
 pytestmark = pytest.mark.acceptance
@@ -116,8 +117,7 @@ def test_postgresql_unreachable(clean, healthy):
 
 def test_migrations_behind(clean, healthy):
     _, env = healthy
-    url = sa.make_url(clean.database_url).set(database="jobs_cockpit_scratch_test")
-    scratch = load_settings(database_url=url.render_as_string(hide_password=False))
+    scratch = load_settings(database_url=scratch_database_url(clean.database_url, "cockpit_scratch"))
     migrate.create_database(scratch)
     migrate.downgrade(scratch, "base")
     migrate.upgrade(scratch, "0002")

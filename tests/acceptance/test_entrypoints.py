@@ -37,6 +37,7 @@ from jobs.producer import Producer
 from jobs.schema import jobs
 from jobs.settings import Settings, load_settings
 from tests.support.fixtures import ROOT, Processes, clear_broker, run_jobs, wait_for_state
+from tests.support.isolation import scratch_database_url
 
 pytestmark = pytest.mark.acceptance
 
@@ -185,8 +186,8 @@ def test_migrate_brings_an_empty_database_to_the_newest_schema(
     ledger_db: Settings, stack: Containers
 ) -> None:
     # (stack: the long-running services boot meanwhile)
-    scratch = sa.make_url(ledger_db.database_url).set(database=f"jobs_migrate_{uuid.uuid4().hex[:8]}_test")
-    url = scratch.render_as_string(hide_password=False)
+    url = scratch_database_url(ledger_db.database_url, f"migrate_{uuid.uuid4().hex[:8]}")
+    scratch = sa.make_url(url)
     migrate.create_database(load_settings(database_url=url))
     try:
         result = run_jobs(*command("migrate"), env={**image_env(), "JOBS_DATABASE_URL": url})

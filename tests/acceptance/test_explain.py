@@ -103,7 +103,7 @@ def test_a_job_in_a_paused_queue(clean, worker_only):
 
 
 def test_a_running_job_and_a_finished_one(clean, worker_only):
-    running = submit("test.effect", "-p", f"key={uuid.uuid4()}", "-p", "sleep=120")
+    running = submit("test.hold", "-p", f"key={uuid.uuid4()}")  # runs until cancelled
     wait_for_state(clean, uuid.UUID(running), ("running",), timeout=60)
     reasons, text = explain(running)
     assert codes(reasons) == ["running"]

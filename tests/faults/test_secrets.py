@@ -30,20 +30,25 @@ class TaskEvents:
     def __init__(self, platform: Platform) -> None:
         self.app = create_app(platform.settings)
         self.events: list[dict[str, Any]] = []
-        self.ready = threading.Event()
+        self.heard = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._receiver: Any = None
 
+    def _receive(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+        self.heard.set()
+
     def _run(self) -> None:
         with self.app.connection_for_read() as conn:
-            self._receiver = self.app.events.Receiver(conn, handlers={"*": self.events.append})
-            self._receiver.on_consume_ready = lambda *args, **kwargs: self.ready.set()
+            self._receiver = self.app.events.Receiver(conn, handlers={"*": self._receive})
             for _ in self._receiver.consume(limit=None, timeout=None):
                 pass
 
     def __enter__(self) -> TaskEvents:
         self._thread.start()
-        assert self.ready.wait(20)
+        # Consuming is not yet listening (Redis subscribes on the next read): a first event, say a
+        # worker's heartbeat (every 2 s), shows that no task event sent from now on can be missed.
+        assert self.heard.wait(30), "no Celery event arrived in 30 s (workers send a heartbeat every 2 s)"
         return self
 
     def __exit__(self, *exc: object) -> None:

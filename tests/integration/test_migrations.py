@@ -6,19 +6,20 @@ import pytest
 import sqlalchemy as sa
 
 from jobs import db, migrate
+from tests.support.isolation import scratch_database_url
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def scratch(settings):
-    url = sa.make_url(settings.database_url).set(database="jobs_migrations_test")
+    url = sa.make_url(scratch_database_url(settings.database_url, "migrations"))
     scratch_settings = settings.model_copy(update={"database_url": url.render_as_string(hide_password=False)})
     admin = sa.create_engine(
         url.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool
     )
     with admin.connect() as conn:  # a new, empty database every time
-        conn.exec_driver_sql("DROP DATABASE IF EXISTS jobs_migrations_test WITH (FORCE)")
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
     admin.dispose()
     migrate.create_database(scratch_settings)
     yield scratch_settings

@@ -187,3 +187,32 @@ def leak(ctx: jobs.JobContext, payload: Leak) -> dict[str, int]:
     """Keep ``megabytes`` of memory for good, as a leaking library would; returns the process id."""
     _LEAKED.append(bytearray(b"\x01") * (payload.megabytes * 1024 * 1024))
     return {"pid": os.getpid(), "leaked_mb": payload.megabytes * len(_LEAKED)}
+
+
+class Hold(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    key: str
+    release: str = ""
+    seconds: float = 120.0
+
+
+@jobs.kind("test.hold", payload=Hold, max_attempts=1, soft_time_limit=150.0, hard_time_limit=160.0)
+def hold(ctx: jobs.JobContext, payload: Hold) -> dict[str, Any]:
+    """Write an effect row, then run until cancelled, released or ``seconds`` pass.
+
+    Released: once a ``test_effects`` row keyed ``release`` exists. A test looks at (or
+    sends a duplicate of) a running job while it runs, however slow the machine is.
+    """
+    ctx.session.execute(
+        sa.text("INSERT INTO test_effects (key, job_id, attempt) VALUES (:k, :j, :a)"),
+        {"k": payload.key, "j": ctx.job_id, "a": ctx.attempt},
+    )
+    released = sa.text("SELECT EXISTS (SELECT 1 FROM test_effects WHERE key = :k)")
+    deadline = time.monotonic() + payload.seconds
+    while time.monotonic() < deadline:
+        if ctx.cancelled():
+            return {"cancelled": True}
+        if payload.release and ctx.session.execute(released, {"k": payload.release}).scalar():
+            break
+        time.sleep(0.05)
+    return {"key": payload.key}
