@@ -21,7 +21,7 @@ from typing import Any
 from celery import signals
 from celery.worker.consumer import Consumer as CeleryConsumer
 
-from jobs.errors import LedgerUnavailable
+from jobs.errors import ErrorRecord, LedgerUnavailable
 from jobs.settings import get_settings
 from workers import unknown
 
@@ -97,7 +97,8 @@ class Consumer(CeleryConsumer):
         if foreign is None:  # no job id: Celery's own log line is all there is
             return True
         try:
-            outcome = unknown.refuse(settings, foreign, {"type": "InvalidMessage", "message": reason})
+            refused: ErrorRecord = {"type": "InvalidMessage", "message": reason}
+            outcome = unknown.refuse(settings, foreign, refused, count_as=unknown.UNKNOWN_KIND_LABEL)
         except LedgerUnavailable as error:
             unknown.unavailable(foreign, error)
             self.timer.call_after(LEDGER_DOWN_PAUSE, self._requeue, (message,))

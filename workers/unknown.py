@@ -131,13 +131,22 @@ def _row(settings: Settings, message: Foreign) -> ledger.NewJob:
     )
 
 
-def refuse(settings: Settings, message: Foreign, error: ErrorRecord) -> Outcome:
-    """Record a message that cannot run as a ``failed`` job with ``error`` (a copy is left alone)."""
+#: The ``kind`` label a refused message of a kind this worker lacks is counted under: the name is
+#: the sender's to choose, and a flood of made-up names must not make a metric series each.
+UNKNOWN_KIND_LABEL = "(unknown)"
+
+
+def refuse(
+    settings: Settings, message: Foreign, error: ErrorRecord, *, count_as: str | None = None
+) -> Outcome:
+    """Record a message that cannot run as a ``failed`` job with ``error`` (a copy is left alone);
+    it is counted under its kind, or ``count_as``."""
     error = jsonsafe.escaped(error)  # a reason may quote what was refused
     row = _row(settings, message)
     with db.autocommit(settings) as conn:
         if ledger.record_refused(conn, row, error):
-            counters.process_tally(settings).count(counters.FINISHED, row.kind, row.queue, "failed")
+            label = count_as or row.kind
+            counters.process_tally(settings).count(counters.FINISHED, label, row.queue, "failed")
             return Outcome("failed", error["message"], error)
     return Outcome("stale", "a copy of a job that is already recorded; ignored")
 
@@ -161,9 +170,10 @@ def handle(settings: Settings, message: Foreign) -> Outcome:
         elif ledger.state_of(conn, message.job_id) is not None:
             return stale
         elif (bad := jsonsafe.unstorable(_fields(message))) is not None:
-            return refuse(settings, message, {"type": "InvalidPayload", "message": f"{bad}; kept escaped"})
+            invalid: ErrorRecord = {"type": "InvalidPayload", "message": f"{bad}; kept escaped"}
+            return refuse(settings, message, invalid, count_as=UNKNOWN_KIND_LABEL)
         elif not roster.ever_implemented(conn, [message.kind]):
-            return refuse(settings, message, _never_implemented(message.kind))
+            return refuse(settings, message, _never_implemented(message.kind), count_as=UNKNOWN_KIND_LABEL)
         elif ledger.adopt(conn, _row(settings, message), handed_back=True):
             what = "adopted"
         else:

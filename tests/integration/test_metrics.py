@@ -14,6 +14,7 @@ from beat.maintenance import Rescuer
 from jobs import control, counters, db, ledger, metrics
 from jobs.app import get_app
 from jobs.leader import LOCK_KEY
+from jobs.schema import counters as counters_table
 from jobs.schema import job_attempts, jobs
 from jobs.settings import Settings, load_settings
 from tests.integration.test_cockpit_ledger import ago, free_port, put
@@ -229,22 +230,26 @@ def test_counters_and_histograms_follow_the_ledger_and_outlive_pruning_and_resta
 
 
 def test_jobs_metrics_once_prints_the_counters(clean):
+    # Labels no other test counts under: this process's own tally may flush ping's counts meanwhile.
+    kind, queue = "test.metrics_once", "metrics-once"
     with db.transaction(clean) as conn:
+        conn.execute(sa.delete(counters_table).where(counters_table.c.kind == kind))
         tally = counters.Tally()
-        tally.attempt_ended("ping", "default", "succeeded", state="succeeded", ran=0.3)
-        tally.observe(counters.QUEUE_WAIT, "ping", "default", 42.0)
+        tally.attempt_ended(kind, queue, "succeeded", state="succeeded", ran=0.3)
+        tally.observe(counters.QUEUE_WAIT, kind, queue, 42.0)
         counters.write(conn, tally.take())
     result = run_jobs("metrics", "--once")
     assert result.returncode == 0, result.stderr
     text = result.stdout
+    labels = f'kind="{kind}",queue="{queue}"'
     assert "# TYPE jobs_finished_total counter" in text
-    assert 'jobs_finished_total{kind="ping",queue="default",state="succeeded"} 1.0' in text
-    assert 'jobs_attempts_total{kind="ping",outcome="succeeded",queue="default"} 1.0' in text
+    assert f'jobs_finished_total{{{labels},state="succeeded"}} 1.0' in text
+    assert f'jobs_attempts_total{{kind="{kind}",outcome="succeeded",queue="{queue}"}} 1.0' in text
     assert "# TYPE jobs_run_seconds histogram" in text
-    assert 'jobs_run_seconds_bucket{kind="ping",le="0.25",queue="default"} 0.0' in text
-    assert 'jobs_run_seconds_bucket{kind="ping",le="0.5",queue="default"} 1.0' in text
-    assert 'jobs_queue_wait_seconds_bucket{kind="ping",le="60.0",queue="default"} 1.0' in text
-    assert 'jobs_queue_wait_seconds_sum{kind="ping",queue="default"} 42.0' in text
+    assert f'jobs_run_seconds_bucket{{kind="{kind}",le="0.25",queue="{queue}"}} 0.0' in text
+    assert f'jobs_run_seconds_bucket{{kind="{kind}",le="0.5",queue="{queue}"}} 1.0' in text
+    assert f'jobs_queue_wait_seconds_bucket{{kind="{kind}",le="60.0",queue="{queue}"}} 1.0' in text
+    assert f"jobs_queue_wait_seconds_sum{{{labels}}} 42.0" in text
 
 
 def test_the_fleet_and_the_quarantine_are_metrics(clean, exporter, broker):
