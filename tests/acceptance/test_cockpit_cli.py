@@ -19,6 +19,7 @@ import termios
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -48,7 +49,7 @@ def long_job(clean: Settings, platform: Processes) -> Iterator[str]:
         run_jobs("cancel", job)
 
 
-def both(*args: str) -> tuple[dict, str]:
+def both(*args: str) -> tuple[dict[str, Any], str]:
     """The ``--json`` report and the human text of one read-only command, run side by side."""
     as_json, human = run_jobs_together((*args, "--json"), args)
     assert as_json.returncode == 0, as_json.stderr

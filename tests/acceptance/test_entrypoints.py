@@ -71,7 +71,7 @@ def service_env(service: str) -> dict[str, str]:
 
 def healthcheck(service: str) -> list[str]:
     """The service's healthcheck as ``jobs`` arguments."""
-    test = SERVICES[service]["healthcheck"]["test"]
+    test: list[str] = SERVICES[service]["healthcheck"]["test"]
     assert test[:2] == ["CMD", "jobs"], f"{service}: healthcheck is not an exec-form jobs command: {test}"
     return test[2:]
 
@@ -307,7 +307,9 @@ def test_redis_service_command_enforces_password_persistence_and_noeviction(tmp_
                 time.sleep(0.1)
         assert client.config_get("appendonly")["appendonly"] == "yes"
         assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
-        assert int(client.config_get("maxmemory")["maxmemory"]) > 0
+        maxmemory = client.config_get("maxmemory")["maxmemory"]
+        assert maxmemory is not None
+        assert int(maxmemory) > 0
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(port=port, socket_connect_timeout=1).ping()
     finally:

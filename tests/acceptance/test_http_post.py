@@ -41,12 +41,18 @@ class Hook:
             return [request for request in self.received if request[0] == path]
 
 
+class _Server(ThreadingHTTPServer):
+    """The HTTP server, holding the ``Hook`` its handlers answer from."""
+
+    hook: Hook
+
+
 @pytest.fixture
 def hook() -> Iterator[Hook]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server = _Server(("127.0.0.1", 0), _Handler)
     host, port = server.server_address[:2]
     endpoint = Hook(url=f"http://{host!s}:{port}")
-    server.hook = endpoint  # type: ignore[attr-defined]
+    server.hook = endpoint
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -59,7 +65,8 @@ def hook() -> Iterator[Hook]:
 
 class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
-        endpoint: Hook = self.server.hook  # type: ignore[attr-defined]
+        assert isinstance(self.server, _Server)
+        endpoint = self.server.hook
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
         with endpoint.lock:

@@ -160,7 +160,7 @@ def test_the_readme_schedule_examples_run_as_printed(clean):
             result = run_jobs(*command)
             assert result.returncode == 0, (command, result.returncode, result.stderr)
             assert "Traceback" not in result.stderr
-            action, name = command[1], (command[2] if len(command) > 2 else None)
+            action, name = command[1], (command[2] if len(command) > 2 else "")  # "": `schedule list`
             if action == "add":
                 expected[name] = "--paused" not in command
             elif action in ("pause", "resume"):

@@ -12,7 +12,7 @@ import json
 import re
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -85,7 +85,7 @@ def json_lines(stack: Processes, job_id: uuid.UUID) -> list[dict[str, Any]]:
     return [line for line in found if str(job_id) in json.dumps(line)]
 
 
-def attempts(settings, job_id: uuid.UUID) -> list[Any]:
+def attempts(settings, job_id: uuid.UUID) -> Sequence[Any]:
     with db.transaction(settings) as conn:
         return conn.execute(
             sa.select(job_attempts).where(job_attempts.c.job_id == job_id).order_by(job_attempts.c.attempt)
@@ -110,7 +110,9 @@ def test_a_retry_warns_once_with_its_next_run_time_and_a_final_failure_is_one_er
     assert retry.startswith(prefix), retry
     assert retry.endswith("): ConnectionError: not yet (attempt 1)"), retry
     # The time logged is when the retry runs: the ledger's not_before, 0.2 s after the failure.
-    logged = at_ms(re.search(r"retrying at (\S+) \(in ", retry).group(1))
+    retrying_at = re.search(r"retrying at (\S+) \(in ", retry)
+    assert retrying_at, retry
+    logged = at_ms(retrying_at.group(1))
     first, second = attempts(clean, flaky)
     assert abs(logged - (first.finished_at + timedelta(seconds=0.2))) <= timedelta(milliseconds=1)
     assert second.started_at >= logged - timedelta(milliseconds=1)

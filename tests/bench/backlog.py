@@ -34,7 +34,7 @@ def _fill(settings: Settings, size: int) -> list[uuid.UUID]:
     payload = json.dumps({"message": "pong"})
     raw = db.engine(settings).raw_connection()
     try:
-        with raw.cursor() as cursor:  # type: ignore[attr-defined]
+        with raw.cursor() as cursor:  # type: ignore[attr-defined]  # psycopg's is a context manager
             copy_sql = "COPY jobs (id, kind, queue, priority, payload, state, max_attempts) FROM STDIN"
             with cursor.copy(copy_sql) as copy:
                 for job in ids:
@@ -52,7 +52,7 @@ def _plans(settings: Settings, statements: list[tuple[str, Any]]) -> list[str]:
     found = []
     raw = db.engine(settings).raw_connection()
     try:
-        with raw.cursor() as cursor:  # type: ignore[attr-defined]
+        with raw.cursor() as cursor:  # type: ignore[attr-defined]  # psycopg's is a context manager
             for statement, params in statements:
                 cursor.execute("EXPLAIN (COSTS OFF) " + statement, params)
                 plan = "\n".join(row[0] for row in cursor.fetchall())

@@ -151,7 +151,7 @@ def fill(bench: Bench, system: str, n: int) -> dict[str, Any]:
         bench.producer.submit_many("ping", [dict(PAYLOAD) for _ in range(n)])
     else:
         # The worker keeps a result only if the message asks for one (the producer's ignore_result).
-        options = {"ignore_result": False} if system == "celery-db" else {}
+        options: dict[str, Any] = {"ignore_result": False} if system == "celery-db" else {}
         send = bare.noop.apply_async
         for _ in range(n):
             send(kwargs=PAYLOAD, **options)
@@ -363,7 +363,7 @@ def _starts(bench: Bench, system: str, ids: list[uuid.UUID]) -> dict[uuid.UUID, 
         return {row[0]: float(row[1]) for row in rows if row[1] is not None}
     stamps = {}
     for raw in bench.client.lrange(bare.STARTED_KEY, 0, -1):
-        job, at = raw.decode().split()
+        job, at = (raw.decode() if isinstance(raw, bytes) else raw).split()
         stamps[uuid.UUID(job)] = float(at)
     return {job: stamps[job] for job in ids if job in stamps}
 

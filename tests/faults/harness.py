@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 import redis
 import sqlalchemy as sa
+from kombu.transport import redis as kombu_redis
 
 from jobs import db, ledger, migrate
 from jobs.app import create_app
@@ -300,7 +301,9 @@ class Platform:
         """
         app = create_app(self.settings)
         with app.connection_for_write() as conn:
-            conn.default_channel.qos.restore_visible(num=1000, interval=1)
+            channel = conn.default_channel
+            assert isinstance(channel, kombu_redis.Channel), channel
+            channel.qos.restore_visible(num=1000, interval=1)
 
     def control(self, command: str, node: str = "worker") -> list[dict[str, Any]]:
         """Send a remote-control command to one worker node and return its replies."""

@@ -35,7 +35,9 @@ def test_04_a_job_running_longer_than_the_visibility_timeout_runs_once(faults: P
 def test_05_a_delay_longer_than_the_visibility_timeout_runs_once_on_time(faults: Platform) -> None:
     job = faults.submit("test.work", {"key": "s5"}, delay=9)
     time.sleep(1)
-    assert faults.row(job)["state"] == "scheduled"  # waiting in the ledger, not on the broker
+    row = faults.row(job)
+    assert row is not None
+    assert row["state"] == "scheduled"  # waiting in the ledger, not on the broker
     assert faults.queued_messages() == 0
     assert faults.broker().hlen("unacked") == 0
 

@@ -64,7 +64,9 @@ def test_a_secret_never_appears_in_logs_flower_status_or_list(faults: Platform) 
     faults.processes.wait_log("secrets-text", "ready.")
 
     parked = faults.submit("test.secret", {"user": "ada", "token": token}, queue="secrets-parked")
-    raw = json.loads(faults.broker().lindex(wire.queue_key("secrets-parked", 5), 0))
+    parked_message = faults.broker().lindex(wire.queue_key("secrets-parked", 5), 0)
+    assert parked_message is not None, "the parked job's message is not on its queue"
+    raw = json.loads(parked_message)
     assert token in base64.b64decode(raw["body"]).decode()  # the body carries it, for the worker
     assert token not in raw["headers"]["kwargsrepr"]
     assert "ada" in raw["headers"]["kwargsrepr"]
@@ -122,7 +124,7 @@ def test_celery_debug_line_for_each_task_withholds_the_message(caplog: pytest.Lo
 
     body = b'[[], {"user": "ada", "token": "tok-in-clear"}, {}]'
     pool = TaskPool()
-    pool._does_debug = True
+    pool._does_debug = True  # type: ignore[attr-defined]  # private in Celery (start() sets it), so untyped
     with caplog.at_level(logging.DEBUG, logger=POOL_LOGGER):
         pool.apply_async(
             lambda *args: None,

@@ -132,7 +132,9 @@ def test_13_two_workers_race_for_the_same_redelivered_job(faults: Platform) -> N
     faults.running_pid(job)
     faults.kill("worker", signal.SIGKILL)  # its message stays unacknowledged in Redis, its lease runs out
     faults.forget("worker")
-    claimed_at = faults.row(job)["started_at"]
+    claimed = faults.row(job)
+    assert claimed is not None
+    claimed_at = claimed["started_at"]
     while datetime.now(UTC) - claimed_at < timedelta(seconds=7.5):  # past the visibility timeout (7 s)
         time.sleep(0.1)
     faults.redeliver_expired()  # copy 1: Redis hands the unacknowledged message back

@@ -45,7 +45,7 @@ def test_refresh_materialized_view_runs_in_the_jobs_transaction(producer, worker
 def reltuples(settings) -> float:
     with db.transaction(settings) as conn:
         return float(
-            conn.execute(sa.text("SELECT reltuples FROM pg_class WHERE relname = 'test_orders'")).scalar()
+            conn.execute(sa.text("SELECT reltuples FROM pg_class WHERE relname = 'test_orders'")).scalar_one()
         )
 
 

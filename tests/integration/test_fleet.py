@@ -25,7 +25,7 @@ from workers import runner, unknown
 pytestmark = pytest.mark.integration
 
 
-def member(name: str, *, queues: tuple[str, ...] = ("default",), **kinds: str) -> roster.Member:
+def member(name: str, kinds: dict[str, str], *, queues: tuple[str, ...] = ("default",)) -> roster.Member:
     return roster.Member(
         name=name, host="h", pid=1, queues=queues, kinds=kinds, pool="prefork", concurrency=2
     )
@@ -60,8 +60,8 @@ def fresh_roster(clean: Settings) -> Settings:
 
 def test_the_roster_knows_who_is_alive_and_what_it_implements(fresh_roster):
     settings = fresh_roster
-    enlist(settings, member("w1@h", ping="schema:1", **{"greetings.greet": "2"}))
-    enlist(settings, member("w2@h", queues=("images",), ping="schema:1"))
+    enlist(settings, member("w1@h", {"ping": "schema:1", "greetings.greet": "2"}))
+    enlist(settings, member("w2@h", {"ping": "schema:1"}, queues=("images",)))
     with db.transaction(settings) as conn:
         assert [m.name for m in roster.members(conn, dead_after=30)] == ["w1@h", "w2@h"]
         assert [m.name for m in roster.implementers(conn, "greetings.greet", dead_after=30)] == ["w1@h"]
@@ -94,13 +94,13 @@ def test_a_job_handed_back_waits_until_a_live_worker_implements_its_kind(mainten
     relay = Relay(interval=1, grace=0)
 
     assert relay.run(maintenance) == 0  # nobody implements it: it stays in the ledger
-    enlist(settings, member("old@h", ping="1"))
-    enlist(settings, member("other-queue@h", queues=("images",), **{"greetings.greet": "1"}))
+    enlist(settings, member("old@h", {"ping": "1"}))
+    enlist(settings, member("other-queue@h", {"greetings.greet": "1"}, queues=("images",)))
     assert relay.run(maintenance) == 0
-    enlist(settings, member("new@h", **{"greetings.greet": "1"}))
+    enlist(settings, member("new@h", {"greetings.greet": "1"}))
     age_heartbeat(settings, "new@h", 60)
     assert relay.run(maintenance) == 0  # its only implementer on the queue is dead
-    enlist(settings, member("new@h", **{"greetings.greet": "1"}))
+    enlist(settings, member("new@h", {"greetings.greet": "1"}))
 
     assert relay.run(maintenance) == 1
     found = row(settings, job)
@@ -137,7 +137,7 @@ def test_a_worker_that_lacks_a_kind_hands_back_queued_jobs_and_leaves_others(fre
 
 def test_a_foreign_message_waits_if_the_fleet_ever_implemented_its_kind_else_fails(fresh_roster):
     settings = fresh_roster
-    enlist(settings, member("gone@h", **{"greetings.greet": "1"}))
+    enlist(settings, member("gone@h", {"greetings.greet": "1"}))
     with db.transaction(settings) as conn:
         roster.retire(conn, "gone@h")
 

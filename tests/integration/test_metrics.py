@@ -161,7 +161,7 @@ def exported(
 
 def wait_for_counts(
     url: str, expected: dict[str, dict[tuple[str, ...], float]], timeout: float = 15.0
-) -> dict:
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Scrape until the exporter says ``expected`` (each worker process writes its counts every few s)."""
     deadline = time.monotonic() + timeout
     while True:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from beat.cron import CronLoop
 from beat.runner import Runner
@@ -40,7 +40,7 @@ def sched(clean):
     wipe()
 
 
-def jobs_cli(*args: str) -> Any:
+def jobs_cli(*args: str) -> Result:
     """The jobs command in this process (same settings); returns click's result."""
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 

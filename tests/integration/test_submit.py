@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -12,13 +13,13 @@ from sqlalchemy.orm import Session
 
 from jobs import db, ledger
 from jobs.errors import IdempotencyConflict, InvalidPayload, PayloadTooLarge, UnknownKind
-from jobs.producer import Producer
+from jobs.producer import JobId, Producer
 from jobs.schema import jobs
 
 pytestmark = pytest.mark.integration
 
 
-def rows(settings) -> list[dict]:
+def rows(settings) -> list[dict[str, Any]]:
     with db.transaction(settings) as conn:
         return [dict(r._mapping) for r in conn.execute(sa.select(jobs).order_by(jobs.c.created_at))]
 
@@ -109,7 +110,7 @@ def test_two_concurrent_submitters_of_one_key_get_one_job(producer, clean, same)
     """Both INSERTs race for the key; the loser waits on the winner's row, then compares with it."""
     ready = threading.Barrier(2)
     hold = threading.Event()
-    outcomes: dict[str, object] = {}
+    outcomes: dict[str, JobId | IdempotencyConflict] = {}
 
     def first() -> None:
         with Session(db.engine(clean)) as session:
@@ -139,7 +140,8 @@ def test_two_concurrent_submitters_of_one_key_get_one_job(producer, clean, same)
     assert [r["id"] for r in rows(clean)] == [outcomes["first"]]
     if same:
         assert outcomes["second"] == outcomes["first"]
-        assert outcomes["second"].duplicate  # type: ignore[attr-defined]
+        assert isinstance(outcomes["second"], JobId)
+        assert outcomes["second"].duplicate
     else:
         assert isinstance(outcomes["second"], IdempotencyConflict)
         assert str(outcomes["first"]) in str(outcomes["second"])

@@ -94,7 +94,7 @@ def ledger_can_store(settings_: Any, value: Any) -> bool:
             ).scalar_one()
     except sa_exc.DataError:
         return False
-    return normal(back) == normal(value)
+    return bool(normal(back) == normal(value))
 
 
 def text_storable(value: str | None) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from typing import Any
 
 import pytest
 import redis
@@ -15,8 +16,8 @@ from jobs.app import get_app
 pytestmark = pytest.mark.integration
 
 
-def decoded(raw: bytes) -> dict:
-    message = json.loads(raw)
+def decoded(raw: bytes) -> dict[str, Any]:
+    message: dict[str, Any] = json.loads(raw)
     message["body"] = json.loads(base64.b64decode(message["body"]))
     return message
 

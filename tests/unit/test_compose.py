@@ -51,7 +51,8 @@ NODES = top_level_nodes()
 
 def child(node: yaml.Node, name: str) -> yaml.Node:
     assert isinstance(node, yaml.MappingNode)
-    return next(value for key, value in node.value if key.value == name)
+    pairs: list[tuple[yaml.Node, yaml.Node]] = node.value
+    return next(value for key, value in pairs if key.value == name)
 
 
 def service_node(name: str) -> yaml.MappingNode:

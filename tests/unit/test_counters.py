@@ -36,7 +36,7 @@ def test_stored_buckets_become_cumulative_with_inf_last():
     ]
     buckets, total = counters.histogram(rows)
     as_dict = dict(buckets)
-    assert buckets[-1] == ("+Inf", 4)
+    assert buckets[-1] == ("+Inf", 4.0)
     assert [bound for bound, _ in buckets[:-1]] == [repr(bound) for bound in counters.BUCKETS]
     assert (as_dict["0.005"], as_dict["0.25"], as_dict["0.5"], as_dict["3600.0"]) == (1, 1, 3, 3)
     assert total == 4.0

@@ -6,6 +6,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from jobs.cli.dev import flower_login, jobs_command
 from jobs.settings import Settings
@@ -13,8 +14,9 @@ from jobs.settings import Settings
 pytestmark = pytest.mark.unit
 
 
-def settings(**flower: str | None) -> Settings:
-    return Settings(_env_file=None, **{"flower_user": None, "flower_password": None, **flower})  # type: ignore[arg-type]
+def settings(flower_user: str | None = None, flower_password: str | None = None) -> Settings:
+    password = None if flower_password is None else SecretStr(flower_password)
+    return Settings(_env_file=None, flower_user=flower_user, flower_password=password)
 
 
 def test_the_first_start_makes_credentials_and_keeps_them_for_the_next(tmp_path):

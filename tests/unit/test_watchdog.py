@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -10,8 +11,8 @@ from typing import Any
 import pytest
 from celery.worker import state as worker_state
 
+from jobs import broker
 from jobs.settings import get_settings
-from workers import watchdog
 from workers.watchdog import Receipts, StallWatchdog
 
 TIMEOUT = 30.0
@@ -39,7 +40,7 @@ class Busy:
 def killed(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     """The signals the watchdog sends (recorded, never delivered: it would stop the test run)."""
     sent: list[tuple[int, int]] = []
-    monkeypatch.setattr(watchdog.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append((pid, sig)))
     return sent
 
 
@@ -47,9 +48,7 @@ def killed(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
 def waiting(monkeypatch: pytest.MonkeyPatch, killed: list[tuple[int, int]]) -> Iterator[dict[str, int]]:
     """Messages in Redis per queue, as the watchdog will read them."""
     ready = {"default": 5}
-    monkeypatch.setattr(
-        watchdog.broker, "ready_messages", lambda _client, queues: {q: ready[q] for q in queues}
-    )
+    monkeypatch.setattr(broker, "ready_messages", lambda _client, queues: {q: ready[q] for q in queues})
     monkeypatch.setattr(StallWatchdog, "_redis", lambda self: None)
     monkeypatch.setenv("JOBS_WORKER_STALL_TIMEOUT", str(TIMEOUT))
     get_settings.cache_clear()
@@ -93,7 +92,7 @@ def test_a_full_worker_or_empty_queues_are_not_a_stall(waiting: dict[str, int]) 
     c = Consumer(prefetch=1)
     step = make(c)
     busy = Busy()  # held here: the set only keeps weak references
-    worker_state.reserved_requests.add(busy)  # type: ignore[arg-type]
+    worker_state.reserved_requests.add(busy)
     try:
         step.check(c, 100.0)  # every process is busy: taking nothing is right
     finally:
@@ -120,7 +119,7 @@ def test_a_consumer_that_does_not_reconnect_gets_its_worker_stopped(
     step.check(c, 45.0)  # the event loop has not run the reconnect yet
     assert not sent
     step.check(c, 60.0)
-    assert sent == [(watchdog.os.getpid(), signal.SIGTERM)]
+    assert sent == [(os.getpid(), signal.SIGTERM)]
     assert step.stopping.is_set()
 
 
