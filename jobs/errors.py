@@ -18,7 +18,9 @@ branches to exit codes (bad input: 2, infrastructure: 3) and prints one line.
     │   ├── InvalidTransition         the job's state does not allow that action
     │   ├── InvalidSchedule           a schedule's name, timing, zone or policy is off
     │   ├── ScheduleNotFound          no schedule has that name
-    │   └── ScheduleConflict          the schedule exists, or is declared in code
+    │   ├── ScheduleConflict          the schedule exists, or is declared in code
+    │   ├── InvalidLimit              a limit, unique window or debounce is off
+    │   └── LimitNotFound             no limit has that name
     └── InfrastructureError           exit 3: a server is unreachable
         ├── LedgerUnavailable         PostgreSQL
         └── BrokerUnavailable         Redis
@@ -44,12 +46,14 @@ __all__ = [
     "IdempotencyConflict",
     "InfrastructureError",
     "InvalidJobOptions",
+    "InvalidLimit",
     "InvalidPayload",
     "InvalidSchedule",
     "InvalidTransition",
     "JobNotFound",
     "JobsError",
     "LedgerUnavailable",
+    "LimitNotFound",
     "PayloadTooLarge",
     "RetryLater",
     "ScheduleConflict",
@@ -137,6 +141,14 @@ class ScheduleNotFound(BadInput):
 
 class ScheduleConflict(BadInput):
     """The schedule cannot be changed that way."""
+
+
+class InvalidLimit(BadInput):
+    """The limit is invalid."""
+
+
+class LimitNotFound(BadInput):
+    """No limit has that name."""
 
 
 class RetryLater(Exception):

@@ -37,6 +37,7 @@ from jobs import jsonsafe
 from jobs.backoff import Backoff
 from jobs.context import JobContext
 from jobs.errors import DuplicateKind, InvalidPayload, UnknownKind
+from jobs.limits import Debounce, Limit, Unique, check_path
 from jobs.settings import Settings
 
 __all__ = ["Body", "Kind", "Registry", "declare", "kind", "lease_for", "registry"]
@@ -64,6 +65,10 @@ class Kind:
     description: str = ""
     version: str | None = None
     """What workers advertise for this kind; by default a fingerprint of the payload's schema."""
+    limits: tuple[Limit, ...] = ()
+    """Flow control (``jobs.limits``): the limits its jobs start under."""
+    unique: Unique | None = None
+    debounce: Debounce | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -75,6 +80,19 @@ class Kind:
         soft, hard = self.soft_time_limit, self.hard_time_limit
         if soft is not None and hard is not None and soft >= hard:
             raise ValueError(f"kind {self.name}: soft_time_limit must be below hard_time_limit")
+        owned = tuple(
+            limit if limit.queue is not None else dataclasses.replace(limit, kind=self.name)
+            for limit in self.limits
+        )
+        object.__setattr__(self, "limits", owned)
+        for limit in owned:
+            if limit.path is not None:
+                check_path(self.payload, limit.path, kind=self.name)
+        for paths in (self.unique.paths if self.unique else (), self.debounce.paths if self.debounce else ()):
+            for path in paths:
+                check_path(self.payload, path, kind=self.name)
+        if self.unique is not None and self.debounce is not None:
+            raise ValueError(f"kind {self.name}: a unique window and a debounce exclude each other")
 
     @property
     def advertised_version(self) -> str:

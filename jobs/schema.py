@@ -25,6 +25,9 @@ __all__ = [
     "broker_epochs",
     "counters",
     "fleet_kinds",
+    "limit_keys",
+    "limit_slots",
+    "limits",
     "job_attempts",
     "jobs",
     "maintenance_runs",
@@ -76,6 +79,12 @@ jobs = sa.Table(
     # Set when a worker that does not implement the kind handed the job back: the relay publishes
     # it again only once a live worker implements the kind (jobs.roster, docs/architecture.md).
     sa.Column("handed_back_at", _TZ),
+    # Flow control (docs/flow-control.md): the job has rows in ``limit_slots`` (it waits for, or
+    # holds, a slot or a token of a limit); ``unique_key``/``debounce_key`` identify its content
+    # for the kind's unique window and debounce.
+    sa.Column("limited", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("unique_key", sa.Text),
+    sa.Column("debounce_key", sa.Text),
     sa.CheckConstraint(f"state IN ({_state_list})", name="state"),
     sa.CheckConstraint("priority BETWEEN 0 AND 9", name="priority"),
     sa.CheckConstraint("attempt >= 0 AND max_attempts >= 1", name="attempts"),
@@ -113,6 +122,14 @@ jobs = sa.Table(
     # The rescuer: running jobs whose lease expired.
     sa.Index("ix_jobs_lease", "lease_until", postgresql_where=sa.text("state = 'running'")),
     sa.Index("ix_jobs_retry_of", "retry_of", postgresql_where=sa.text("retry_of IS NOT NULL")),
+    # Flow control: jobs held by a limit; the unique window's and debounce's look-ups.
+    sa.Index("ix_jobs_held", "created_at", postgresql_where=sa.text("state = 'held'")),
+    sa.Index("ix_jobs_unique_key", "unique_key", "created_at", postgresql_where=sa.text("unique_key IS NOT NULL")),
+    sa.Index(
+        "ix_jobs_debounce_key",
+        "debounce_key",
+        postgresql_where=sa.text("debounce_key IS NOT NULL AND state = 'scheduled'"),
+    ),
 )
 
 job_attempts = sa.Table(
@@ -243,4 +260,72 @@ counters = sa.Table(
     sa.Column("le", sa.Text, primary_key=True),
     sa.Column("value", sa.Float, nullable=False),
     sa.Column("updated_at", _TZ, nullable=False, server_default=sa.func.now()),
+)
+
+# Flow control (docs/flow-control.md). ``limits``: one row per limit, declared on a kind in code
+# or set at runtime (``jobs limits``); it applies to a kind (optionally per value of a payload
+# field, ``key``) or to a queue, and is either a concurrency cap or a rate (with a burst).
+limits = sa.Table(
+    "limits",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("kind", sa.Text),
+    sa.Column("queue", sa.Text),
+    sa.Column("key", pg.ARRAY(sa.Text)),
+    sa.Column("concurrency", sa.Integer),
+    sa.Column("rate", sa.Integer),
+    sa.Column("period", sa.Float),
+    sa.Column("burst", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("declared", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", _TZ, nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", _TZ, nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_by", sa.Text),
+    sa.CheckConstraint("(kind IS NULL) <> (queue IS NULL)", name="target"),
+    sa.CheckConstraint("key IS NULL OR kind IS NOT NULL", name="key_needs_kind"),
+    sa.CheckConstraint("(concurrency IS NULL) <> (rate IS NULL)", name="shape"),
+    sa.CheckConstraint("concurrency IS NULL OR concurrency >= 1", name="concurrency"),
+    sa.CheckConstraint("rate IS NULL OR (rate >= 1 AND period > 0)", name="rate"),
+    sa.CheckConstraint("burst >= 0", name="burst"),
+)
+
+# One row per (job, limit) while a limited job is unfinished: waiting (``admitted_at`` NULL) or
+# admitted. A job runs only when all its rows are admitted; a concurrency cap counts the admitted
+# rows whose job is queued or running (jobs.ledger.admission).
+limit_slots = sa.Table(
+    "limit_slots",
+    metadata,
+    sa.Column("job_id", sa.Uuid, sa.ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column(
+        "limit_name",
+        sa.Text,
+        sa.ForeignKey("limits.name", ondelete="CASCADE", onupdate="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("waiting_since", _TZ, nullable=False, server_default=sa.func.now()),
+    sa.Column("admitted_at", _TZ),
+    sa.Index(
+        "ix_limit_slots_waiting",
+        "limit_name",
+        "key",
+        "waiting_since",
+        postgresql_where=sa.text("admitted_at IS NULL"),
+    ),
+    sa.Index("ix_limit_slots_admitted", "limit_name", "key", postgresql_where=sa.text("admitted_at IS NOT NULL")),
+)
+
+# Per (limit, key): a rate limit's theoretical arrival time (GCRA) and when the key was last
+# served (round-robin across keys). Written only under the limit's admission lock.
+limit_keys = sa.Table(
+    "limit_keys",
+    metadata,
+    sa.Column(
+        "limit_name",
+        sa.Text,
+        sa.ForeignKey("limits.name", ondelete="CASCADE", onupdate="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("tat", _TZ),
+    sa.Column("last_admitted_at", _TZ),
 )

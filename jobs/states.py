@@ -11,11 +11,11 @@ from typing import Literal, get_args
 
 __all__ = ["ACTIVE_STATES", "STATES", "TERMINAL_STATES", "State"]
 
-State = Literal["scheduled", "queued", "running", "retrying", "succeeded", "failed", "cancelled"]
+State = Literal["scheduled", "held", "queued", "running", "retrying", "succeeded", "failed", "cancelled"]
 
 STATES: tuple[State, ...] = get_args(State)
 #: Jobs not finished yet.
-ACTIVE_STATES: tuple[State, ...] = ("scheduled", "queued", "running", "retrying")
+ACTIVE_STATES: tuple[State, ...] = ("scheduled", "held", "queued", "running", "retrying")
 #: Finished for good: a job in one of these never moves again.
 TERMINAL_STATES: tuple[State, ...] = ("succeeded", "failed", "cancelled")
 
