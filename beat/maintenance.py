@@ -7,7 +7,12 @@
 - **republisher**: publishes again queued jobs that no worker took for
   ``JOBS_REPUBLISH_AFTER`` seconds (their message may be lost);
 - **rescuer**: moves running jobs whose lease expired (their worker died) to
-  ``retrying``, or to ``failed`` on their last attempt.
+  ``retrying``, or to ``failed`` on their last attempt, and admits the jobs
+  waiting for the slots they held;
+- **admitter**: flow control's safety net and clock (``jobs.ledger.admission``):
+  due delayed and retrying jobs under a limit become ``held``; held jobs are
+  admitted as rates allow and wherever a finish's own admission lost a race;
+  held jobs whose limits were removed are queued.
 
 - **pruner**: deletes finished jobs past their retention, in bounded batches
   (failed jobs are kept longer than succeeded and cancelled ones), and workers
@@ -32,10 +37,10 @@ from beat.context import Loop, Maintenance, publish_taken
 from beat.cron import CronLoop
 from beat.reclaim import Reclaimer
 from beat.redrive import Redrive
-from jobs import counters, db, ledger, roster
+from jobs import counters, db, ledger, publisher, roster
 from jobs.settings import Settings
 
-__all__ = ["Pruner", "Relay", "Republisher", "Rescuer", "Stager", "default_loops"]
+__all__ = ["Admitter", "Pruner", "Relay", "Republisher", "Rescuer", "Stager", "default_loops"]
 
 log = logging.getLogger("jobs.beat")
 
@@ -108,9 +113,37 @@ class Rescuer:
         with db.transaction(env.settings) as conn:
             rescued = ledger.rescue_expired(conn, limit=BATCH, tally=tally)
             counters.write(conn, tally.take())  # the counts commit with the rescue
+            admitted = ledger.release(conn, [job_id for job_id, _ in rescued])
+        publisher.publish_committed(env.settings, env.registry, admitted)
         for job_id, state in rescued:
             log.warning("rescuer: job %s lost its worker; now %s", job_id, state)
         return len(rescued)
+
+
+@dataclass
+class Admitter:
+    """Flow control's tick: holds due limited jobs, admits what time (rates) or a lost race left
+    waiting, and queues held jobs whose limits were removed (every ``orphans_every`` rounds)."""
+
+    interval: float
+    orphans_every: int = 25
+    name: str = "admitter"
+    rounds: int = 0
+
+    def run(self, env: Maintenance) -> int:
+        self.rounds += 1
+        moved = 0
+        while True:
+            with db.transaction(env.settings) as conn:
+                held = ledger.hold_due(conn, limit=BATCH)
+            if held < BATCH:
+                break
+        with db.transaction(env.settings) as conn:
+            admitted = ledger.admit(conn)
+            if self.rounds % self.orphans_every == 1:
+                admitted += ledger.admit_orphans(conn, limit=BATCH)
+        moved += publisher.publish_committed(env.settings, env.registry, admitted)
+        return moved
 
 
 @dataclass
@@ -150,6 +183,7 @@ def default_loops(settings: Settings) -> list[Loop]:
         CronLoop(tick, settings.schedule_grace, settings.schedule_catchup),
         Redrive(tick),
         Stager(tick),
+        Admitter(settings.admit_interval),
         Relay(tick, settings.relay_grace),
         Republisher(max(tick, 5.0), settings.republish_after),
         Rescuer(max(tick, 5.0)),

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from jobs import counters, db, ledger
+from jobs import counters, db, kinds, ledger, publisher
 from jobs.errors import BadInput, InvalidTransition, JobNotFound
 from jobs.lookup import Filters
 from jobs.producer import JobId, Producer
@@ -139,6 +139,9 @@ def cancel_many(
             left = [job_id for job_id in chunk if job_id not in done]
             now = _states(conn, left) if left else {}
             counters.write(conn, tally.take())  # the counts commit with the cancellations
+            # Jobs under a limit free their slots: the next waiting ones are admitted with the cancel.
+            admitted = ledger.release(conn, list(done))
+        publisher.publish_committed(settings, kinds.registry, admitted)
         running = [str(job_id) for job_id, was in done.items() if was == "running"]
         if running:
             _revoke(app, running)

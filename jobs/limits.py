@@ -87,7 +87,9 @@ def check_path(model: type[BaseModel], path: Sequence[str], *, kind: str) -> Non
         if part not in fields:
             where = ".".join(path[:depth]) or "the payload"
             known = ", ".join(sorted(fields)) or "none"
-            raise InvalidLimit(f"kind {kind!r} has no field {'.'.join(path[: depth + 1])!r} ({where} has: {known})")
+            raise InvalidLimit(
+                f"kind {kind!r} has no field {'.'.join(path[: depth + 1])!r} ({where} has: {known})"
+            )
         current = _model_of(fields[part].annotation)
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, event
 
-from jobs import db, jsonsafe, ledger, publisher
+from jobs import db, jsonsafe, ledger, limit_store, publisher
 from jobs.catalog import load_kinds
 from jobs.errors import BadInput, IdempotencyConflict, InvalidJobOptions, PayloadTooLarge
 from jobs.kinds import Kind, Registry
@@ -78,6 +78,7 @@ class Producer:
     ) -> None:
         self.settings = settings or get_settings()
         self.registry = registry or load_kinds(self.settings.kind_modules)
+        self._synced: set[str] = set()
 
     def submit(
         self,
@@ -114,10 +115,20 @@ class Producer:
         if session is not None:
             return self._submit_in(session, [row], key=idempotency_key)[0]
         with db.autocommit(self.settings) as conn:
-            existing = _insert_or_existing(conn, row, idempotency_key)
+            limited = self._limited(conn, definition, row.queue)
+            if not limited:
+                existing = _insert_or_existing(conn, row, idempotency_key)
+                if existing is not None:
+                    return JobId(existing, duplicate=True)
+        if not limited:
+            return JobId(row.id, published=self._publish([row]) == 1)
+        # Under a limit: created held, and admitted in the same transaction if there is room.
+        with db.transaction(self.settings) as conn:
+            existing = _insert_or_existing(conn, _held(row), idempotency_key)
             if existing is not None:
                 return JobId(existing, duplicate=True)
-        return JobId(row.id, published=self._publish([row]) == 1)
+            admitted = _hold(conn, [row])
+        return JobId(row.id, published=self._send(admitted) == len(admitted) > 0)
 
     def submit_many(
         self,
@@ -164,11 +175,15 @@ class Producer:
         # Rows stream into COPY as they are checked, so PostgreSQL works while Python validates;
         # an invalid item aborts the COPY and the transaction: nothing is inserted.
         with db.transaction(self.settings) as conn:
-            ledger.copy_rows(conn, checked())
+            limited = self._limited(
+                conn, definition, options.queue or definition.queue or self.settings.default_queue
+            )
+            ledger.copy_rows(conn, (_held(row) for row in checked()) if limited else checked())
+            admitted = _hold(conn, rows) if limited else []
         if not rows:
             return []
         report("committed", len(rows))
-        items = [_publishable(row) for row in rows if row.state == "queued"]
+        items = admitted if limited else [_publishable(row) for row in rows if row.state == "queued"]
         sent = publisher.publish_committed(
             self.settings, self.registry, items, batch=BATCH, progress=lambda n: report("published", n)
         )
@@ -228,30 +243,46 @@ class Producer:
 
     def _submit_in(self, session: Session, rows: list[ledger.NewJob], *, key: str | None) -> list[JobId]:
         conn = session.connection()
+        limited = self._limited(conn, self.registry.get(rows[0].kind), rows[0].queue)
+        if limited:
+            rows = [_held(row) for row in rows]
         if len(rows) == 1:
             existing = _insert_or_existing(conn, rows[0], key)
             if existing is not None:
                 return [JobId(existing, duplicate=True)]
         else:
             ledger.insert_rows(conn, [row.columns() for row in rows], idempotent=False)
+        # Under a limit, the jobs are admitted (or not) in the caller's transaction.
+        items = _hold(conn, rows) if limited else [_publishable(row) for row in rows if row.state == "queued"]
         if not session.info.get("jobs.listening"):
             session.info["jobs.listening"] = True
             event.listen(session, "after_commit", self._after_commit)
             event.listen(session, "after_rollback", _forget)
-        session.info.setdefault("jobs.pending", []).extend(rows)
+        session.info.setdefault("jobs.pending", []).extend(items)
         return [JobId(row.id) for row in rows]
 
     def _after_commit(self, session: Session) -> None:
-        rows = session.info.pop("jobs.pending", [])
-        if rows:
-            self._publish(rows)
+        items = session.info.pop("jobs.pending", [])
+        if items:
+            self._send(items)
 
     def _publish(self, rows: Sequence[ledger.NewJob]) -> int:
         items = [_publishable(r) for r in rows if r.state == "queued"]
         if not items:
             return len(rows)
-        sent = publisher.publish_committed(self.settings, self.registry, items)
-        return sent + (len(rows) - len(items))
+        return self._send(items) + (len(rows) - len(items))
+
+    def _send(self, items: Sequence[ledger.Published]) -> int:
+        return publisher.publish_committed(self.settings, self.registry, items) if items else 0
+
+    def _limited(self, conn: Connection, kind: Kind, queue: str) -> bool:
+        """Whether jobs of ``kind`` on ``queue`` are under a limit (declared, or set at runtime);
+        the declared limits of a kind reach the ledger on its first submit in this process."""
+        if kind.limits and kind.name not in self._synced:
+            limit_store.ensure_declared(conn, kind.limits)
+            ledger.forget_targets()
+            self._synced.add(kind.name)
+        return ledger.applies(conn, kind.name, queue)
 
 
 def _check_texts(options: _Options, key: str | None) -> None:
@@ -305,6 +336,21 @@ def _check_same(holder: ledger.KeyHolder, row: ledger.NewJob, key: str | None) -
             f"the idempotency key {key!r} is already bound to job {holder.id}, whose payload differs "
             "from this one: use another key for another job"
         )
+
+
+def _held(row: ledger.NewJob) -> ledger.NewJob:
+    """A job under a limit is created ``held`` (``scheduled`` when delayed), never published."""
+    if row.state == "queued":
+        row.state = "held"
+    row.published_at = None
+    return row
+
+
+def _hold(conn: Connection, rows: Sequence[ledger.NewJob]) -> list[ledger.Published]:
+    """Open the slots of new jobs under limits and admit those that fit now (in this transaction)."""
+    ids = [row.id for row in rows]
+    ledger.hold(conn, ids)
+    return ledger.admit_jobs(conn, [row.id for row in rows if row.state == "held"])
 
 
 def _publishable(row: ledger.NewJob) -> ledger.Published:

@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     schedule_catchup: float = Field(
         3600.0, ge=0, description="misfire=all fires missed slots up to this many seconds back."
     )
+    admit_interval: float = Field(
+        0.25,
+        gt=0,
+        description="Seconds between two admission rounds of the leader (rate limits' clock, safety net).",
+    )
     relay_grace: float = Field(
         5.0, ge=0, description="A committed job not published after this many seconds is relayed."
     )

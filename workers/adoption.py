@@ -1,7 +1,8 @@
 """A delivery the claim found nothing for: a duplicate, a stale redelivery, or a message from outside.
 
 A message whose id the ledger does not know was sent by a plain Celery
-producer (``send_task``): it is adopted as a queued job and claimed, or, if
+producer (``send_task``): it is adopted as a queued job and claimed (``held``
+for admission, the message acknowledged, when its kind is under a limit), or, if
 its payload fails the kind's model or cannot be stored as it came (a NUL
 character), recorded as ``failed`` with the reason and a safely escaped copy.
 A copy of a job the ledger knows runs nothing (``NotRun``); a copy of a job
@@ -13,15 +14,15 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import sqlalchemy as sa
 
-from jobs import counters, jsonsafe, ledger
+from jobs import counters, db, jsonsafe, ledger
 from jobs.errors import ErrorRecord, InvalidPayload
 from jobs.kinds import Registry, lease_for
 from jobs.settings import Settings
-from workers.outcomes import AttemptFailed, NotRun
+from workers.outcomes import AttemptFailed, NotRun, publish_admitted
 
 __all__ = ["Delivery", "unclaimed"]
 
@@ -109,9 +110,26 @@ def _adopt(conn: sa.Connection, settings: Settings, registry: Registry, delivery
         )
         log.error("job %s (%s) refused: %s", delivery.job_id, delivery.kind, refused.message)
         raise AttemptFailed("failed", "InvalidPayload", refused.message) from None
+    if ledger.applies(conn, kind.name, delivery.queue):
+        _adopt_held(settings, row(payload))
     if ledger.adopt(conn, row(payload)):
         log.info("job %s (%s) adopted into the ledger", delivery.job_id, delivery.kind)
     claimed = ledger.claim(conn, delivery.job_id, worker=delivery.worker, lease=lease_for(settings, kind))
     if claimed is None:
         raise NotRun(ledger.state_of(conn, delivery.job_id))
     return claimed
+
+
+def _adopt_held(settings: Settings, job: ledger.NewJob) -> NoReturn:
+    """A foreign message of a kind under a limit: the job waits ``held`` for admission like any
+    other, and this message is acknowledged without running (the admission publishes the job)."""
+    with db.transaction(settings) as conn:
+        adopted = ledger.adopt(conn, job, held=True)
+        if adopted:
+            ledger.hold(conn, [job.id])
+        admitted = ledger.admit_jobs(conn, [job.id]) if adopted else []
+        state = "held" if adopted else ledger.state_of(conn, job.id)
+    if adopted:
+        log.info("job %s (%s) adopted into the ledger; it waits for its limits", job.id, job.kind)
+    publish_admitted(settings, admitted)
+    raise NotRun(state)

@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from jobs import counters, db, ledger
+from jobs import counters, db, kinds, ledger, publisher
 from jobs.backoff import Decision
 from jobs.errors import ErrorRecord
 from jobs.kinds import Kind
@@ -34,6 +34,7 @@ __all__ = [
     "log_failure",
     "log_line",
     "next_run",
+    "publish_admitted",
     "record_failure",
     "record_success",
 ]
@@ -218,22 +219,39 @@ def log_failure(
 
 
 def record_success(settings: Settings, session: Session | None, claimed: ledger.Claimed, result: Any) -> bool:
-    """Record success: in the body's transaction if it used its session, else as one statement."""
-    if session is None or not session.in_transaction():
-        with db.direct(settings) as direct:
-            finished = ledger.succeed(direct, claimed.id, claimed.attempt, result)
-    else:
-        finished = ledger.succeed(session.connection(), claimed.id, claimed.attempt, result)
+    """Record success: in the body's transaction if it used its session, else as one statement
+    (a job under a limit: with the admission of the next waiting jobs, in one transaction)."""
+    admitted: list[ledger.Published] = []
+    if session is not None and session.in_transaction():
+        conn = session.connection()
+        finished = ledger.succeed(conn, claimed.id, claimed.attempt, result)
+        if finished and claimed.limited:
+            admitted = ledger.release(conn, [claimed.id])
         if finished:
             session.commit()
         else:
             session.rollback()
+    elif claimed.limited:
+        with db.transaction(settings) as conn:
+            finished = ledger.succeed(conn, claimed.id, claimed.attempt, result)
+            if finished:
+                admitted = ledger.release(conn, [claimed.id])
+    else:
+        with db.direct(settings) as direct:
+            finished = ledger.succeed(direct, claimed.id, claimed.attempt, result)
+    publish_admitted(settings, admitted)
     if finished is None:
         return False
     counters.process_tally(settings).attempt_ended(
         finished.kind, finished.queue, "succeeded", state="succeeded", ran=finished.ran
     )
     return True
+
+
+def publish_admitted(settings: Settings, admitted: list[ledger.Published]) -> None:
+    """Send the jobs a finish admitted (after its commit; what fails waits for the relay)."""
+    if admitted:
+        publisher.publish_committed(settings, kinds.registry, admitted)
 
 
 def record_failure(
@@ -245,13 +263,16 @@ def record_failure(
 ) -> Recorded:
     """Store a failed attempt's outcome as decided (``jobs.backoff.decide``) and count it;
     returns the state the job moved to."""
-    with db.autocommit(settings) as conn:
+    with db.transaction(settings) as conn:
         if decision.retry:
             finished = ledger.retry(conn, job_id, attempt, record, decision.delay)
             state, final = "retrying", None
         else:
             finished = ledger.fail(conn, job_id, attempt, record)
             state, final = "failed", "failed"
+        # A job under a limit frees its slot: the next waiting job is admitted in this transaction.
+        admitted = ledger.release(conn, [job_id]) if finished is not None else []
+    publish_admitted(settings, admitted)
     if finished is None:
         return Recorded("")
     counters.process_tally(settings).attempt_ended(

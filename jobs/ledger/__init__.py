@@ -9,6 +9,7 @@ so). The lifecycle those statements enforce is drawn once, in
 - ``intake``: new jobs (submitted, in bulk, adopted from a foreign message,
   recorded as refused) and the lookups a submission needs;
 - ``publishing``: jobs taken to be put on the broker, and given back if it refused;
+- ``admission``: jobs held by a limit, and their admission (flow control);
 - ``attempts``: claim, succeed, retry, fail, rescue, cancel, progress, and the
   worker's main process's leases and hand-backs;
 - ``upkeep``: a job's state, and pruning finished jobs;
@@ -18,6 +19,16 @@ so). The lifecycle those statements enforce is drawn once, in
 
 from __future__ import annotations
 
+from jobs.ledger.admission import (
+    admit,
+    admit_jobs,
+    admit_orphans,
+    applies,
+    forget_targets,
+    hold,
+    hold_due,
+    release,
+)
 from jobs.ledger.attempts import (
     LOST_ERROR,
     Claimed,
@@ -62,12 +73,19 @@ __all__ = [
     "NewJob",
     "Published",
     "Status",
+    "admit",
+    "admit_jobs",
+    "admit_orphans",
     "adopt",
+    "applies",
     "cancel",
     "claim",
     "copy_rows",
     "fail",
+    "forget_targets",
     "hand_back",
+    "hold",
+    "hold_due",
     "holder_of_key",
     "id_for_slot",
     "insert_rows",
@@ -75,6 +93,7 @@ __all__ = [
     "progress",
     "prune",
     "record_refused",
+    "release",
     "release_lease",
     "republish_stale",
     "rescue_expired",

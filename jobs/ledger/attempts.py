@@ -62,6 +62,8 @@ class Claimed:
     lease) to this claim."""
     lost: bool = False
     """This claim took over a job whose previous attempt lost its lease (now recorded ``lost``)."""
+    limited: bool = False
+    """The job is under a limit: its finish admits the next waiting job (``jobs.ledger.admission``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +111,7 @@ def _claim_statement() -> sa.Select[Any]:
             jobs.c.max_attempts,
             jobs.c.queue,
             seconds_since(sa.func.greatest(jobs.c.created_at, jobs.c.not_before), now()).label("waited"),
+            jobs.c.limited,
         )
         .cte("claimed")
     )
@@ -148,6 +151,7 @@ def claim(conn: Executor, job_id: uuid.UUID, *, worker: str, lease: float) -> Cl
         row.queue,
         waited=max(row.waited or 0.0, 0.0),
         lost=bool(row.lost),
+        limited=bool(row.limited),
     )
 
 

@@ -89,15 +89,16 @@ class NewJob:
         return found
 
 
-def adopt(conn: sa.Connection, job: NewJob, *, handed_back: bool = False) -> bool:
+def adopt(conn: sa.Connection, job: NewJob, *, handed_back: bool = False, held: bool = False) -> bool:
     """Record a foreign message (a plain Celery ``send_task``) as a queued job; ``False`` if a job
     with its id exists already (the message was a copy).
 
     ``handed_back``: the worker that got it lacks the kind; the relay publishes the job again once
-    a live worker implements it (its payload is checked by the worker that runs it).
+    a live worker implements it (its payload is checked by the worker that runs it). ``held``: the
+    kind is under a limit; the job waits for admission (``jobs.ledger.admission``).
     """
     values = job.columns()
-    values.update(state="queued", published_at=None if handed_back else now())
+    values.update(state="held" if held else "queued", published_at=None if handed_back or held else now())
     if handed_back:
         values["handed_back_at"] = now()
     inserted = conn.execute(

@@ -6,19 +6,27 @@ terminal and never left::
                  ┌──────────────────────── cancel ─────────────────────────┐
                  │                                                          ▼
   submit ─► scheduled ──stage──► queued ──claim──► running ──succeed──► succeeded
-  (delayed)                        ▲     (a worker)  │  ▲ │
-                                   │                 │  │ ├──fail────────► failed
-                                 stage      retry/rescue│ │  (no attempts left,
-                                   │                 ▼  │ │   not retryable)
-                                   └──────────── retrying │
-                                                        claim (lease expired)
-                                                          └──cancel──────► cancelled
+  (delayed)      │                ▲  ▲   (a worker)  │  ▲ │
+                 │             admit stage           │  │ ├──fail────────► failed
+                 │                │  │   retry/rescue│  │ │  (no attempts left,
+                 │ stage          │  │               ▼  │ │   not retryable)
+                 │ (limited)      │  └──────── retrying │
+                 ▼                │  stage (limited) │  claim (lease expired)
+  submit ─────► held ─────────────┘◄─────────────────┘  └──cancel──────► cancelled
+  (limited)
+
+A job under a limit (docs/flow-control.md) waits ``held`` in the ledger, never on the broker,
+until every limit it is under admits it (``jobs.ledger.admission``); ``held`` jobs can be
+cancelled too.
 
 The transitions, one per line (``from --event--> to``); the unit tests check
 ``TRANSITIONS`` against this list and against ``docs/architecture.md``::
 
     scheduled --stage--> queued        the leader publishes a delayed job when due
     retrying --stage--> queued         the leader publishes a retry when its backoff ends
+    scheduled --stage--> held          a due delayed job under a limit waits for admission
+    retrying --stage--> held           a due retry under a limit waits for admission
+    held --admit--> queued             every limit of the job has room: published
     queued --claim--> running          a worker takes the job: attempt + 1, lease taken
     running --claim--> running         a redelivery takes a job whose lease expired
     running --succeed--> succeeded     the body returned; result stored
@@ -27,6 +35,7 @@ The transitions, one per line (``from --event--> to``); the unit tests check
     running --rescue--> retrying       the lease expired (worker lost), attempts left
     running --rescue--> failed         the lease expired on the last attempt
     scheduled --cancel--> cancelled    an operator cancelled it
+    held --cancel--> cancelled         an operator cancelled it
     queued --cancel--> cancelled       an operator cancelled it
     retrying --cancel--> cancelled     an operator cancelled it
     running --cancel--> cancelled      an operator cancelled it; the worker stops it
@@ -49,6 +58,9 @@ TRANSITIONS: frozenset[tuple[State, str, State]] = frozenset(
     {
         ("scheduled", "stage", "queued"),
         ("retrying", "stage", "queued"),
+        ("scheduled", "stage", "held"),
+        ("retrying", "stage", "held"),
+        ("held", "admit", "queued"),
         ("queued", "claim", "running"),
         ("running", "claim", "running"),
         ("running", "succeed", "succeeded"),
@@ -57,6 +69,7 @@ TRANSITIONS: frozenset[tuple[State, str, State]] = frozenset(
         ("running", "rescue", "retrying"),
         ("running", "rescue", "failed"),
         ("scheduled", "cancel", "cancelled"),
+        ("held", "cancel", "cancelled"),
         ("queued", "cancel", "cancelled"),
         ("retrying", "cancel", "cancelled"),
         ("running", "cancel", "cancelled"),

@@ -216,3 +216,23 @@ def hold(ctx: jobs.JobContext, payload: Hold) -> dict[str, Any]:
             break
         time.sleep(0.05)
     return {"key": payload.key}
+
+
+class Tenant(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    tenant: str
+    seconds: float = 0.0
+    n: int = 0
+
+
+@jobs.kind("test.tenant", payload=Tenant, max_attempts=2, backoff=FAST)
+def tenant(ctx: jobs.JobContext, payload: Tenant) -> dict[str, Any]:
+    """Flow control's workload: record a start (``test_effects`` keyed by tenant) and sleep.
+    Tests put limits on it at runtime (``jobs limits set`` or ``jobs.limit_store``)."""
+    with ctx.session.begin():
+        ctx.session.execute(
+            sa.text("INSERT INTO test_effects (key, job_id, attempt) VALUES (:k, :j, :a)"),
+            {"k": payload.tenant, "j": ctx.job_id, "a": ctx.attempt},
+        )
+    time.sleep(payload.seconds)
+    return {"tenant": payload.tenant, "n": payload.n}

@@ -42,7 +42,8 @@ def test_every_state_is_reachable_and_known():
 
 
 def test_sources_follow_the_table():
-    assert ledger.sources("cancel") == ("queued", "retrying", "running", "scheduled")
+    assert ledger.sources("cancel") == ("held", "queued", "retrying", "running", "scheduled")
+    assert ledger.sources("admit") == ("held",)
     assert ledger.sources("stage") == ("retrying", "scheduled")
     with pytest.raises(KeyError):
         ledger.sources("explode")
