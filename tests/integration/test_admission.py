@@ -139,7 +139,7 @@ def test_concurrent_admitters_never_exceed_the_cap(producer: Producer):
             for _ in range(20):
                 with db.transaction(settings) as conn:
                     ledger.admit(conn)
-        except BaseException as error:  # noqa: BLE001 - reported below
+        except BaseException as error:
             errors.append(error)
 
     with db.transaction(settings) as conn:  # free every slot at once: four admitters race for them
