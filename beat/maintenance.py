@@ -37,7 +37,7 @@ from beat.context import Loop, Maintenance, publish_taken
 from beat.cron import CronLoop
 from beat.reclaim import Reclaimer
 from beat.redrive import Redrive
-from jobs import counters, db, ledger, publisher, roster
+from jobs import counters, db, ledger, limit_store, publisher, roster
 from jobs.settings import Settings
 
 __all__ = ["Admitter", "Pruner", "Relay", "Republisher", "Rescuer", "Stager", "default_loops"]
@@ -133,6 +133,9 @@ class Admitter:
     def run(self, env: Maintenance) -> int:
         self.rounds += 1
         moved = 0
+        if self.rounds == 1:  # the limits kinds declare in code, when this leader starts leading
+            with db.transaction(env.settings) as conn:
+                limit_store.ensure_declared(conn, [limit for kind in env.registry for limit in kind.limits])
         while True:
             with db.transaction(env.settings) as conn:
                 held = ledger.hold_due(conn, limit=BATCH)

@@ -23,7 +23,7 @@ from typing import Any
 
 from celery import Celery, bootsteps
 
-from jobs import db, roster
+from jobs import db, limit_store, roster
 from jobs.errors import JobsError
 from jobs.kinds import Registry
 from jobs.settings import Settings, get_settings
@@ -98,6 +98,11 @@ class Presence(bootsteps.StartStopStep):
                 if not self.enlisted or not roster.heartbeat(conn, self.member.name):
                     roster.enlist(conn, self.member)
                     if not self.enlisted:
+                        # The limits its kinds declare in code reach the ledger with the worker.
+                        assert self.registry is not None
+                        limit_store.ensure_declared(
+                            conn, [lim for kind in self.registry for lim in kind.limits]
+                        )
                         log.info(
                             "%s enlisted in the roster: queues %s, %d kind(s)",
                             self.member.name,
