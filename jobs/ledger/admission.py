@@ -30,8 +30,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -39,6 +37,7 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from jobs.ledger.publishing import Published
+from jobs.ledger.room import Pair, Pass, begin, waiting
 from jobs.ledger.statements import any_id, now
 from jobs.schema import jobs, limit_keys, limit_slots, limits
 from jobs.states import TERMINAL_STATES
@@ -55,10 +54,6 @@ __all__ = [
     "release",
 ]
 
-#: A limit's name and a key ('' for a limit without a key).
-Pair = tuple[str, str]
-
-_LOCK_SPACE = sa.func.hashtext("jobs.limits")
 _PUBLISH_COLUMNS = (jobs.c.id, jobs.c.kind, jobs.c.queue, jobs.c.priority, jobs.c.payload)
 
 #: Seconds a process trusts its list of limited kinds and queues (``applies``): a limit set at
@@ -164,99 +159,11 @@ def release(conn: sa.Connection, ids: Sequence[uuid.UUID]) -> list[Published]:
     return admit(conn, pairs={(row.limit_name, row.key) for row in rows})
 
 
-@dataclass(slots=True)
-class _Limit:
-    name: str
-    keyed: bool
-    concurrency: int | None
-    interval: float  # a rate's emission interval T (seconds); 0 for a cap
-    tolerance: float  # burst * T
-
-
-@dataclass(slots=True)
-class _Pass:
-    """One admission pass: the limits it holds locks for, the room it found per pair."""
-
-    conn: sa.Connection
-    limits: dict[str, _Limit]
-    locked: set[str]
-    clock: datetime
-    room: dict[Pair, int]
-    tat: dict[Pair, datetime]
-    moved: set[Pair]
-    """Pairs this pass admitted to (their ``limit_keys`` row is written by ``_mark``)."""
-
-    def lock(self, names: Iterable[str], *, wait: bool) -> bool:
-        """Take the advisory locks of ``names`` (in name order); without ``wait``, only if free."""
-        for name in sorted(set(names) - self.locked):
-            if wait:
-                self.conn.execute(
-                    sa.select(sa.func.pg_advisory_xact_lock(_LOCK_SPACE, sa.func.hashtext(name)))
-                )
-            elif not self.conn.execute(
-                sa.select(sa.func.pg_try_advisory_xact_lock(_LOCK_SPACE, sa.func.hashtext(name)))
-            ).scalar_one():
-                return False
-            self.locked.add(name)
-        return True
-
-    def free(self, pair: Pair) -> int:
-        """Starts the pair allows now (a cap's free slots; a rate's tokens)."""
-        if pair in self.room:
-            return self.room[pair]
-        limit = self.limits[pair[0]]
-        if limit.concurrency is not None:
-            used = self.conn.execute(
-                sa.select(sa.func.count())
-                .select_from(limit_slots.join(jobs, jobs.c.id == limit_slots.c.job_id))
-                .where(
-                    limit_slots.c.limit_name == pair[0],
-                    limit_slots.c.key == pair[1],
-                    limit_slots.c.admitted_at.is_not(None),
-                    jobs.c.state.in_(("queued", "running")),
-                )
-            ).scalar_one()
-            found = max(limit.concurrency - used, 0)
-        else:
-            stored = self.conn.execute(
-                sa.select(limit_keys.c.tat).where(
-                    limit_keys.c.limit_name == pair[0], limit_keys.c.key == pair[1]
-                )
-            ).scalar_one_or_none()
-            tat = max(stored or self.clock, self.clock)
-            self.tat[pair] = tat
-            ahead = (tat - self.clock).total_seconds()
-            found = (
-                int((limit.tolerance - ahead) / limit.interval + 1e-9) + 1 if ahead <= limit.tolerance else 0
-            )
-        self.room[pair] = found
-        return found
-
-    def take(self, pair: Pair) -> None:
-        self.room[pair] -= 1
-        self.moved.add(pair)
-        limit = self.limits[pair[0]]
-        if limit.concurrency is None:
-            self.tat[pair] += timedelta(seconds=limit.interval)
-
-
-def _begin(conn: sa.Connection) -> _Pass:
-    found = {}
-    for row in conn.execute(sa.select(limits)).all():
-        if row.concurrency is not None:
-            found[row.name] = _Limit(row.name, row.key is not None, row.concurrency, 0.0, 0.0)
-        else:
-            interval = row.period / row.rate
-            found[row.name] = _Limit(row.name, row.key is not None, None, interval, row.burst * interval)
-    clock = conn.execute(sa.select(sa.func.clock_timestamp())).scalar_one()
-    return _Pass(conn, found, set(), clock, {}, {}, set())
-
-
 def admit_jobs(conn: sa.Connection, ids: Sequence[uuid.UUID]) -> list[Published]:
     """Admit these held jobs (just submitted) if their limits have room, in this order."""
     if not ids:
         return []
-    run = _begin(conn)
+    run = begin(conn)
     names = conn.execute(
         sa.select(limit_slots.c.limit_name)
         .where(limit_slots.c.job_id == sa.any_(sa.bindparam(None, list(ids), type_=pg.ARRAY(sa.Uuid))))
@@ -271,7 +178,7 @@ def admit(
 ) -> list[Published]:
     """Admit waiting jobs of these limit keys (``pairs``), of every key of ``names``, or of every
     limit when neither is given: as many as every limit of each job allows, fairly."""
-    run = _begin(conn)
+    run = begin(conn)
     if not run.limits:
         return []
     if pairs is not None:
@@ -293,55 +200,12 @@ def admit(
         room = run.free(pair)
         if room <= 0:
             continue
-        candidates = _waiting(run, pair, room * 2 + 8)
+        candidates = waiting(run, pair, room * 2 + 8)
         admitted += _admit(run, candidates)
     return admitted
 
 
-def _waiting(run: _Pass, pair: Pair, count: int) -> list[uuid.UUID]:
-    """The next held jobs waiting on ``pair``, in admission order. A limit without a key serves the
-    keys of the jobs' first keyed limit round-robin: each key's first job before any key's second,
-    and among keys of the same rank, the one served longest ago first."""
-    slot = limit_slots.alias("slot")
-    base = (
-        sa.select(slot.c.job_id, jobs.c.priority, slot.c.waiting_since)
-        .select_from(slot)
-        .join(jobs, sa.and_(jobs.c.id == slot.c.job_id, jobs.c.state == "held"))
-        .where(slot.c.limit_name == pair[0], slot.c.key == pair[1], slot.c.admitted_at.is_(None))
-    )
-    if run.limits[pair[0]].keyed or not any(limit.keyed for limit in run.limits.values()):
-        ordered = base.order_by(jobs.c.priority, slot.c.waiting_since, slot.c.job_id)
-        return list(run.conn.execute(ordered.limit(count)).scalars())
-    other = limit_slots.alias("other")
-    keyed = limits.alias("keyed")
-    fair = (
-        sa.select(other.c.limit_name.label("fair_limit"), other.c.key.label("fair_key"))
-        .join(keyed, sa.and_(keyed.c.name == other.c.limit_name, keyed.c.key.is_not(None)))
-        .where(other.c.job_id == slot.c.job_id)
-        .order_by(other.c.limit_name)
-        .limit(1)
-        .lateral("fair")
-    )
-    served = limit_keys.alias("served")
-    fair_key = sa.func.coalesce(fair.c.fair_key, "")
-    rank = sa.func.row_number().over(partition_by=fair_key, order_by=(jobs.c.priority, slot.c.waiting_since))
-    ranked = (
-        base.add_columns(rank.label("rank"), served.c.last_admitted_at.label("served_at"))
-        .outerjoin(fair, sa.true())
-        .outerjoin(served, sa.and_(served.c.limit_name == fair.c.fair_limit, served.c.key == fair.c.fair_key))
-        .subquery()
-    )
-    ordered = sa.select(ranked.c.job_id).order_by(
-        ranked.c.rank,
-        ranked.c.served_at.asc().nulls_first(),
-        ranked.c.priority,
-        ranked.c.waiting_since,
-        ranked.c.job_id,
-    )
-    return list(run.conn.execute(ordered.limit(count)).scalars())
-
-
-def _admit(run: _Pass, candidates: list[uuid.UUID]) -> list[Published]:
+def _admit(run: Pass, candidates: list[uuid.UUID]) -> list[Published]:
     """Admit each candidate whose every waiting slot has room; returns them to publish."""
     if not candidates:
         return []
@@ -367,7 +231,7 @@ def _admit(run: _Pass, candidates: list[uuid.UUID]) -> list[Published]:
     return _mark(run, chosen)
 
 
-def _mark(run: _Pass, chosen: list[uuid.UUID]) -> list[Published]:
+def _mark(run: Pass, chosen: list[uuid.UUID]) -> list[Published]:
     conn = run.conn
     conn.execute(
         sa.update(limit_slots)

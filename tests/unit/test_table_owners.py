@@ -23,6 +23,9 @@ OWNERS = {
     "fleet_kinds": "jobs/roster.py",
     "counters": "jobs/counters.py",
     "broker_epochs": "beat/redrive.py",
+    "limits": "jobs/limit_store.py",
+    "limit_slots": "jobs/ledger/admission.py",
+    "limit_keys": "jobs/ledger/admission.py",
 }
 
 
