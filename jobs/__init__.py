@@ -30,16 +30,19 @@ if TYPE_CHECKING:
         IdempotencyConflict,
         InfrastructureError,
         InvalidJobOptions,
+        InvalidLimit,
         InvalidPayload,
         InvalidTransition,
         JobNotFound,
         JobsError,
         LedgerUnavailable,
+        LimitNotFound,
         PayloadTooLarge,
         RetryLater,
         UnknownKind,
     )
     from jobs.kinds import Kind, declare, kind, registry
+    from jobs.limits import Debounce, Limit, Unique
     from jobs.producer import JobId, Producer, submit, submit_many
     from jobs.settings import Settings, get_settings, load_settings
 
@@ -48,11 +51,13 @@ __all__ = [
     "BadInput",
     "BrokerUnavailable",
     "ConfigError",
+    "Debounce",
     "DuplicateKind",
     "Fail",
     "IdempotencyConflict",
     "InfrastructureError",
     "InvalidJobOptions",
+    "InvalidLimit",
     "InvalidPayload",
     "InvalidTransition",
     "JobContext",
@@ -61,10 +66,13 @@ __all__ = [
     "JobsError",
     "Kind",
     "LedgerUnavailable",
+    "Limit",
+    "LimitNotFound",
     "PayloadTooLarge",
     "Producer",
     "RetryLater",
     "Settings",
+    "Unique",
     "UnknownKind",
     "declare",
     "get_settings",
@@ -77,9 +85,8 @@ __all__ = [
 
 _ERRORS = (
     "BadInput BrokerUnavailable ConfigError DuplicateKind Fail IdempotencyConflict InfrastructureError "
-    "InvalidJobOptions "
-    "InvalidPayload InvalidTransition JobNotFound JobsError LedgerUnavailable PayloadTooLarge RetryLater "
-    "UnknownKind"
+    "InvalidJobOptions InvalidLimit InvalidPayload InvalidTransition JobNotFound JobsError "
+    "LedgerUnavailable LimitNotFound PayloadTooLarge RetryLater UnknownKind"
 )
 
 #: Where each public name lives.
@@ -88,6 +95,7 @@ _HOMES = {
     "JobContext": "jobs.context",
     **dict.fromkeys(_ERRORS.split(), "jobs.errors"),
     **dict.fromkeys(("Kind", "declare", "kind", "registry"), "jobs.kinds"),
+    **dict.fromkeys(("Debounce", "Limit", "Unique"), "jobs.limits"),
     **dict.fromkeys(("JobId", "Producer", "submit", "submit_many"), "jobs.producer"),
     **dict.fromkeys(("Settings", "get_settings", "load_settings"), "jobs.settings"),
 }
