@@ -123,7 +123,8 @@ class Rescuer:
 @dataclass
 class Admitter:
     """Flow control's tick: holds due limited jobs, admits what time (rates) or a lost race left
-    waiting, and queues held jobs whose limits were removed (every ``orphans_every`` rounds)."""
+    waiting; every ``orphans_every`` rounds, drops slot rows a crash left and queues held jobs
+    whose limits were removed."""
 
     interval: float
     orphans_every: int = 25
@@ -144,6 +145,7 @@ class Admitter:
         with db.transaction(env.settings) as conn:
             admitted = ledger.admit(conn)
             if self.rounds % self.orphans_every == 1:
+                ledger.settle(conn)
                 admitted += ledger.admit_orphans(conn, limit=BATCH)
         moved += publisher.publish_committed(env.settings, env.registry, admitted)
         return moved

@@ -114,13 +114,15 @@ class Producer:
         row = self._row(definition, payload or {}, options, idempotency_key)
         if session is not None:
             return self._submit_in(session, [row], key=idempotency_key)[0]
-        with db.autocommit(self.settings) as conn:
-            limited = self._limited(conn, definition, row.queue)
-            if not limited:
-                existing = _insert_or_existing(conn, row, idempotency_key)
-                if existing is not None:
-                    return JobId(existing, duplicate=True)
+        limited = self._known_limited(definition, row.queue)
+        if limited is None:  # the cached list of limited kinds is stale: read it (once a second)
+            with db.autocommit(self.settings) as conn:
+                limited = self._limited(conn, definition, row.queue)
         if not limited:
+            with db.autocommit(self.settings) as conn:
+                existing = _insert_or_existing(conn, row, idempotency_key)
+            if existing is not None:
+                return JobId(existing, duplicate=True)
             return JobId(row.id, published=self._publish([row]) == 1)
         # Under a limit: created held, and admitted in the same transaction if there is room.
         with db.transaction(self.settings) as conn:
@@ -252,8 +254,13 @@ class Producer:
                 return [JobId(existing, duplicate=True)]
         else:
             ledger.insert_rows(conn, [row.columns() for row in rows], idempotent=False)
-        # Under a limit, the jobs are admitted (or not) in the caller's transaction.
-        items = _hold(conn, rows) if limited else [_publishable(row) for row in rows if row.state == "queued"]
+        # Under a limit, the jobs wait held; the leader admits them once the caller's transaction
+        # commits (admitting here would hold the limit's lock until then, stalling its finishes).
+        items = (
+            _hold(conn, rows, admit=False)
+            if limited
+            else [_publishable(r) for r in rows if r.state == "queued"]
+        )
         if not session.info.get("jobs.listening"):
             session.info["jobs.listening"] = True
             event.listen(session, "after_commit", self._after_commit)
@@ -274,6 +281,12 @@ class Producer:
 
     def _send(self, items: Sequence[ledger.Published]) -> int:
         return publisher.publish_committed(self.settings, self.registry, items) if items else 0
+
+    def _known_limited(self, kind: Kind, queue: str) -> bool | None:
+        """``_limited`` from this process's cache, or ``None`` when it must ask the ledger."""
+        if kind.limits and kind.name not in self._synced:
+            return None
+        return ledger.cached_applies(kind.name, queue)
 
     def _limited(self, conn: Connection, kind: Kind, queue: str) -> bool:
         """Whether jobs of ``kind`` on ``queue`` are under a limit (declared, or set at runtime);
@@ -346,11 +359,12 @@ def _held(row: ledger.NewJob) -> ledger.NewJob:
     return row
 
 
-def _hold(conn: Connection, rows: Sequence[ledger.NewJob]) -> list[ledger.Published]:
-    """Open the slots of new jobs under limits and admit those that fit now (in this transaction)."""
-    ids = [row.id for row in rows]
+def _hold(conn: Connection, rows: Sequence[ledger.NewJob], *, admit: bool = True) -> list[ledger.Published]:
+    """Open the slots of new held jobs and admit those that fit now (in this transaction). A
+    delayed job gets its slots when it is due (``ledger.hold_due``)."""
+    ids = [row.id for row in rows if row.state == "held"]
     ledger.hold(conn, ids)
-    return ledger.admit_jobs(conn, [row.id for row in rows if row.state == "held"])
+    return ledger.admit_jobs(conn, ids) if admit else []
 
 
 def _publishable(row: ledger.NewJob) -> ledger.Published:

@@ -290,9 +290,11 @@ limits = sa.Table(
     sa.CheckConstraint("burst >= 0", name="burst"),
 )
 
-# One row per (job, limit) while a limited job is unfinished: waiting (``admitted_at`` NULL) or
-# admitted. A job runs only when all its rows are admitted; a concurrency cap counts the admitted
-# rows whose job is queued or running (jobs.ledger.admission).
+# One row per (job, limit) while a limited job waits (``admitted_at`` NULL: the job is ``held``)
+# or holds its admission (the job is ``queued`` or ``running``); gone when the job finishes or
+# backs off for a retry. A concurrency cap's usage is its admitted rows (jobs.ledger.admission).
+# ``priority`` is the job's; ``fair`` names the key of the job's first keyed limit
+# ("limit<US>key", '' when none), by which a limit without a key serves keys round-robin.
 limit_slots = sa.Table(
     "limit_slots",
     metadata,
@@ -304,12 +306,24 @@ limit_slots = sa.Table(
         primary_key=True,
     ),
     sa.Column("key", sa.Text, nullable=False),
+    sa.Column("priority", sa.SmallInteger, nullable=False, server_default=sa.text("5")),
+    sa.Column("fair", sa.Text, nullable=False, server_default=""),
     sa.Column("waiting_since", _TZ, nullable=False, server_default=sa.func.now()),
     sa.Column("admitted_at", _TZ),
     sa.Index(
         "ix_limit_slots_waiting",
         "limit_name",
         "key",
+        "priority",
+        "waiting_since",
+        postgresql_where=sa.text("admitted_at IS NULL"),
+    ),
+    sa.Index(
+        "ix_limit_slots_fair",
+        "limit_name",
+        "key",
+        "fair",
+        "priority",
         "waiting_since",
         postgresql_where=sa.text("admitted_at IS NULL"),
     ),

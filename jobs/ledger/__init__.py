@@ -24,10 +24,12 @@ from jobs.ledger.admission import (
     admit_jobs,
     admit_orphans,
     applies,
+    cached_applies,
     forget_targets,
     hold,
     hold_due,
     release,
+    settle,
 )
 from jobs.ledger.attempts import (
     LOST_ERROR,
@@ -78,6 +80,7 @@ __all__ = [
     "admit_orphans",
     "adopt",
     "applies",
+    "cached_applies",
     "cancel",
     "claim",
     "copy_rows",
@@ -98,6 +101,7 @@ __all__ = [
     "republish_stale",
     "rescue_expired",
     "retry",
+    "settle",
     "sources",
     "stage_due",
     "state_of",

@@ -5,24 +5,24 @@ broker, with one ``limit_slots`` row per limit that applies to it (``hold``). It
 (``held --admit--> queued``, marked published, sent after commit by the caller) when every one
 of its limits has room:
 
-- a **concurrency** cap's usage is derived from rows: the admitted slots of the limit and key
-  whose job is ``queued`` or ``running``. A finish, a retry, a cancel or a rescue frees the slot
-  by the job's state alone, in its own transaction;
+- a **concurrency** cap's usage is the number of its admitted slot rows for the key. A row
+  lives while its job is ``queued`` or ``running``: the finish, retry, cancel or rescue that
+  ends that (``release``, in the same transaction) deletes it, and the leader's ``settle``
+  deletes any a crash left behind (until then the cap is under-used, never exceeded);
 - a **rate**'s state is GCRA's theoretical arrival time per key (``limit_keys.tat``): emission
   interval ``T = period / rate``, tolerance ``burst * T``; a start is allowed while
   ``tat - tolerance <= now``, and each moves ``tat`` on by ``T``. So in any window of one
   period at most ``rate + burst`` jobs are admitted.
 
 Admission runs in the transaction that frees room: at submit (``admit_jobs``), in every finish
-of a limited job (``release``), and on the leader's tick for what time frees (rates) or a lost
-race left (``admit``). Every admission of a limit takes the limit's advisory transaction lock
-(blocking, in name order, so two admitters never deadlock; a candidate that needs another
-limit too takes that one only if it is free, else waits for the next pass): two workers, two
-leaders or a submitter never admit past a cap together.
+of a limited job that others wait behind (``release``), and on the leader's round for what time
+frees (rates) or a lost race left (``admit``). Every admission of a limit holds the limit's
+advisory transaction lock (taken in name order, so two admitters never deadlock; a job that
+needs another limit too takes that one only if it is free, else waits for the next pass): two
+workers, two leaders or a submitter never admit past a cap together.
 
-Fairness: within a key, jobs go by priority, then by how long they waited. A limit without a
-key serves the keys of the kind's keyed limit round-robin (the first waiting job of every key,
-then the second of every key, ...), so a key with 10,000 waiting jobs does not delay one with 10.
+Fairness (``jobs.ledger.room.waiting``): within a key, jobs go by priority, then by how long
+they waited. A limit without a key serves the keys of the jobs' keyed limit round-robin.
 """
 
 from __future__ import annotations
@@ -37,10 +37,9 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from jobs.ledger.publishing import Published
-from jobs.ledger.room import Pair, Pass, begin, waiting
+from jobs.ledger.room import FAIR_SEPARATOR, Pair, Pass, begin, waiting
 from jobs.ledger.statements import any_id, now
 from jobs.schema import jobs, limit_keys, limit_slots, limits
-from jobs.states import TERMINAL_STATES
 
 __all__ = [
     "Pair",
@@ -48,18 +47,29 @@ __all__ = [
     "admit_jobs",
     "admit_orphans",
     "applies",
+    "cached_applies",
     "forget_targets",
     "hold",
     "hold_due",
     "release",
+    "settle",
 ]
 
 _PUBLISH_COLUMNS = (jobs.c.id, jobs.c.kind, jobs.c.queue, jobs.c.priority, jobs.c.payload)
+_UNFINISHED_ADMITTED = ("queued", "running")
 
 #: Seconds a process trusts its list of limited kinds and queues (``applies``): a limit set at
 #: runtime holds new submissions within this time.
 TARGETS_TTL = 1.0
 _targets: tuple[float, frozenset[str], frozenset[str]] = (-1e9, frozenset(), frozenset())
+
+
+def cached_applies(kind: str, queue: str) -> bool | None:
+    """``applies`` from this process's cache, or ``None`` when the cache is stale."""
+    stamp, kinds, queues = _targets
+    if time.monotonic() - stamp > TARGETS_TTL:
+        return None
+    return kind in kinds or queue in queues
 
 
 def applies(conn: sa.Connection, kind: str, queue: str) -> bool:
@@ -81,29 +91,26 @@ def forget_targets() -> None:
     _targets = (-1e9, frozenset(), frozenset())
 
 
-def _applicable(ids_filter: sa.ColumnElement[bool]) -> sa.Select[Any]:
-    """(job, limit, key) for every limit that applies to the selected jobs; the key is the
-    payload's value at the limit's field path as text ('' when missing or without a key)."""
-    key = sa.func.coalesce(jobs.c.payload.op("#>>")(limits.c.key), "")
-    return (
-        sa.select(jobs.c.id, limits.c.name, key)
-        .select_from(jobs)
-        .join(limits, sa.or_(limits.c.kind == jobs.c.kind, limits.c.queue == jobs.c.queue))
-        .where(ids_filter)
-    )
-
-
-def hold(conn: sa.Connection, ids: Sequence[uuid.UUID]) -> None:
-    """Give new jobs (created ``held``, or ``scheduled`` when delayed) their slot rows."""
-    if not ids:
-        return
-    _add_slots(conn, any_id(ids))
+def _ids(ids: Iterable[uuid.UUID]) -> sa.BindParameter[Any]:
+    return sa.bindparam(None, list(ids), type_=pg.ARRAY(sa.Uuid))
 
 
 def _add_slots(conn: sa.Connection, which: sa.ColumnElement[bool]) -> None:
+    """Open the missing slot rows of the selected jobs (one per limit that applies), and mark the
+    jobs limited. The key is the payload's text at the limit's field path ('' without one)."""
+    key = sa.func.coalesce(jobs.c.payload.op("#>>")(limits.c.key), "")
+    fair = sa.func.first_value(
+        sa.case((limits.c.key.is_not(None), limits.c.name + FAIR_SEPARATOR + key), else_=None)
+    ).over(partition_by=jobs.c.id, order_by=(limits.c.key.is_(None), limits.c.name))
+    applicable = (
+        sa.select(jobs.c.id, limits.c.name, key, jobs.c.priority, sa.func.coalesce(fair, ""))
+        .select_from(jobs)
+        .join(limits, sa.or_(limits.c.kind == jobs.c.kind, limits.c.queue == jobs.c.queue))
+        .where(which)
+    )
     inserted = (
         pg_insert(limit_slots)
-        .from_select(["job_id", "limit_name", "key"], _applicable(which))
+        .from_select(["job_id", "limit_name", "key", "priority", "fair"], applicable)
         .on_conflict_do_nothing()
         .returning(limit_slots.c.job_id)
         .cte("inserted")
@@ -115,9 +122,15 @@ def _add_slots(conn: sa.Connection, which: sa.ColumnElement[bool]) -> None:
     )
 
 
+def hold(conn: sa.Connection, ids: Sequence[uuid.UUID]) -> None:
+    """Give new ``held`` jobs their slot rows (one statement)."""
+    if ids:
+        _add_slots(conn, any_id(ids))
+
+
 def hold_due(conn: sa.Connection, *, limit: int = 1000) -> int:
-    """Due ``scheduled`` and ``retrying`` jobs under a limit become ``held`` instead of queued:
-    their slots are (re)opened for admission, new limits included. Returns how many."""
+    """Due ``scheduled`` and ``retrying`` jobs under a limit become ``held`` instead of queued,
+    with a waiting slot row for every limit that applies now. Returns how many."""
     under_limit = sa.or_(
         jobs.c.limited.is_(True),
         sa.exists().where(sa.or_(limits.c.kind == jobs.c.kind, limits.c.queue == jobs.c.queue)),
@@ -132,31 +145,44 @@ def hold_due(conn: sa.Connection, *, limit: int = 1000) -> int:
     ids = list(conn.execute(due).scalars())
     if not ids:
         return 0
-    _add_slots(conn, any_id(ids))
+    # A row a crash left admitted waits again; then the missing ones (limits new since) open.
     conn.execute(
-        sa.update(limit_slots)
-        .where(limit_slots.c.job_id == sa.any_(sa.bindparam(None, ids, type_=pg.ARRAY(sa.Uuid))))
-        .values(admitted_at=None)
+        sa.update(limit_slots).where(limit_slots.c.job_id == sa.any_(_ids(ids))).values(admitted_at=None)
     )
+    _add_slots(conn, any_id(ids))
     conn.execute(sa.update(jobs).where(any_id(ids)).values(state="held", limited=True, published_at=None))
     return len(ids)
 
 
 def release(conn: sa.Connection, ids: Sequence[uuid.UUID]) -> list[Published]:
-    """After these jobs finished, were retried, cancelled or rescued (in this transaction): drop
-    the slot rows of those now finished, and admit the next waiting jobs of their limits' keys."""
+    """After these jobs finished, were retried, cancelled or rescued (in this transaction): their
+    slot rows go, and the jobs waiting behind the keys they freed are admitted. One statement
+    when nothing waits behind them."""
     if not ids:
         return []
-    rows = conn.execute(
-        sa.select(limit_slots.c.limit_name, limit_slots.c.key).where(
-            limit_slots.c.job_id == sa.any_(sa.bindparam(None, list(ids), type_=pg.ARRAY(sa.Uuid)))
-        )
-    ).all()
-    if not rows:
+    ended = sa.select(jobs.c.id).where(any_id(ids), jobs.c.state.not_in(("held", *_UNFINISHED_ADMITTED)))
+    gone = (
+        sa.delete(limit_slots)
+        .where(limit_slots.c.job_id.in_(ended))
+        .returning(limit_slots.c.limit_name, limit_slots.c.key)
+        .cte("gone")
+    )
+    behind = limit_slots.alias("behind")
+    waiting_behind = sa.exists().where(
+        behind.c.limit_name == gone.c.limit_name, behind.c.key == gone.c.key, behind.c.admitted_at.is_(None)
+    )
+    pairs = conn.execute(sa.select(gone.c.limit_name, gone.c.key).where(waiting_behind).distinct()).all()
+    if not pairs:
         return []
-    finished = sa.select(jobs.c.id).where(any_id(ids), jobs.c.state.in_(TERMINAL_STATES))
-    conn.execute(sa.delete(limit_slots).where(limit_slots.c.job_id.in_(finished)))
-    return admit(conn, pairs={(row.limit_name, row.key) for row in rows})
+    return admit(conn, pairs=[(row.limit_name, row.key) for row in pairs])
+
+
+def settle(conn: sa.Connection) -> int:
+    """Delete slot rows whose job is no longer held, queued or running (a worker that died between
+    its finish and its release): the cap they kept under-used is whole again."""
+    live = ("held", *_UNFINISHED_ADMITTED)
+    stale = sa.select(jobs.c.id).where(jobs.c.id == limit_slots.c.job_id, jobs.c.state.in_(live))
+    return conn.execute(sa.delete(limit_slots).where(~sa.exists(stale))).rowcount
 
 
 def admit_jobs(conn: sa.Connection, ids: Sequence[uuid.UUID]) -> list[Published]:
@@ -164,13 +190,9 @@ def admit_jobs(conn: sa.Connection, ids: Sequence[uuid.UUID]) -> list[Published]
     if not ids:
         return []
     run = begin(conn)
-    names = conn.execute(
-        sa.select(limit_slots.c.limit_name)
-        .where(limit_slots.c.job_id == sa.any_(sa.bindparam(None, list(ids), type_=pg.ARRAY(sa.Uuid))))
-        .distinct()
-    ).scalars()
-    run.lock(names, wait=True)
-    return _admit(run, list(ids))
+    slots = _slots_of(run, list(ids))
+    run.lock(name for pairs in slots.values() for name, _ in pairs)
+    return _admit(run, list(ids), slots)
 
 
 def admit(
@@ -183,67 +205,70 @@ def admit(
         return []
     if pairs is not None:
         wanted = sorted({pair for pair in pairs if pair[0] in run.limits})
+        run.lock(name for name, _ in wanted)
     else:
         chosen = sorted(run.limits if names is None else set(names) & set(run.limits))
-        run.lock(chosen, wait=True)
-        wanted = [
-            (row.limit_name, row.key)
-            for row in conn.execute(
-                sa.select(limit_slots.c.limit_name, limit_slots.c.key)
-                .where(limit_slots.c.limit_name.in_(chosen), limit_slots.c.admitted_at.is_(None))
-                .distinct()
-            )
-        ]
-    run.lock((name for name, _ in wanted), wait=True)
+        run.lock(chosen)
+        waiting_pairs = (
+            sa.select(limit_slots.c.limit_name, limit_slots.c.key)
+            .where(limit_slots.c.limit_name.in_(chosen), limit_slots.c.admitted_at.is_(None))
+            .distinct()
+        )
+        wanted = [(row.limit_name, row.key) for row in conn.execute(waiting_pairs)]
     admitted: list[Published] = []
     for pair in wanted:
-        room = run.free(pair)
-        if room <= 0:
-            continue
-        candidates = waiting(run, pair, room * 2 + 8)
-        admitted += _admit(run, candidates)
+        while (room := run.free(pair)) > 0:
+            candidates = waiting(run, pair, room * 2 + 8)
+            got = _admit(run, candidates, _slots_of(run, candidates)) if candidates else []
+            admitted += got
+            if not got:
+                break
     return admitted
 
 
-def _admit(run: Pass, candidates: list[uuid.UUID]) -> list[Published]:
-    """Admit each candidate whose every waiting slot has room; returns them to publish."""
-    if not candidates:
-        return []
-    slots: dict[uuid.UUID, list[Pair]] = {job_id: [] for job_id in candidates}
-    for row in run.conn.execute(
-        sa.select(limit_slots.c.job_id, limit_slots.c.limit_name, limit_slots.c.key).where(
-            limit_slots.c.job_id == sa.any_(sa.bindparam(None, candidates, type_=pg.ARRAY(sa.Uuid))),
-            limit_slots.c.admitted_at.is_(None),
+def _slots_of(run: Pass, ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Pair]]:
+    """The waiting slots of each job (the limits that must still admit it)."""
+    found: dict[uuid.UUID, list[Pair]] = {job_id: [] for job_id in ids}
+    if ids:
+        rows = run.conn.execute(
+            sa.select(limit_slots.c.job_id, limit_slots.c.limit_name, limit_slots.c.key).where(
+                limit_slots.c.job_id == sa.any_(_ids(ids)), limit_slots.c.admitted_at.is_(None)
+            )
         )
-    ):
-        slots[row.job_id].append((row.limit_name, row.key))
+        for row in rows:
+            found[row.job_id].append((row.limit_name, row.key))
+    return found
+
+
+def _admit(run: Pass, candidates: list[uuid.UUID], slots: dict[uuid.UUID, list[Pair]]) -> list[Published]:
+    """Admit each candidate whose every waiting slot has room; returns them to publish."""
     chosen: list[uuid.UUID] = []
     for job_id in candidates:
         pairs = [pair for pair in slots[job_id] if pair[0] in run.limits]
-        if not run.lock((name for name, _ in pairs), wait=False):
+        if not run.try_lock(name for name, _ in pairs):
             continue  # another admitter holds one of its limits: the next pass takes it
         if all(run.free(pair) > 0 for pair in pairs):
             for pair in pairs:
                 run.take(pair)
             chosen.append(job_id)
-    if not chosen:
-        return []
-    return _mark(run, chosen)
+    return _mark(run, chosen) if chosen else []
 
 
 def _mark(run: Pass, chosen: list[uuid.UUID]) -> list[Published]:
+    """The chosen jobs are admitted: their slots, their keys' clocks and turns, their rows."""
     conn = run.conn
-    conn.execute(
-        sa.update(limit_slots)
-        .where(
-            limit_slots.c.job_id == sa.any_(sa.bindparam(None, chosen, type_=pg.ARRAY(sa.Uuid))),
-            limit_slots.c.admitted_at.is_(None),
-        )
-        .values(admitted_at=run.clock)
-    )
-    for pair in sorted(run.moved):
+    if run.moved:
+        moved = sorted(run.moved)
         statement = pg_insert(limit_keys).values(
-            limit_name=pair[0], key=pair[1], tat=run.tat.get(pair), last_admitted_at=run.clock
+            [
+                {
+                    "limit_name": name,
+                    "key": key,
+                    "tat": run.tat.get((name, key)),
+                    "last_admitted_at": run.clock,
+                }
+                for name, key in moved
+            ]
         )
         conn.execute(
             statement.on_conflict_do_update(
@@ -251,22 +276,29 @@ def _mark(run: Pass, chosen: list[uuid.UUID]) -> list[Published]:
                 set_={"tat": statement.excluded.tat, "last_admitted_at": statement.excluded.last_admitted_at},
             )
         )
-    run.moved.clear()
+        run.moved.clear()
+    opened = (
+        sa.update(limit_slots)
+        .where(limit_slots.c.job_id == sa.any_(_ids(chosen)), limit_slots.c.admitted_at.is_(None))
+        .values(admitted_at=run.clock)
+        .cte("opened")
+    )
     rows = conn.execute(
         sa.update(jobs)
         .where(any_id(chosen), jobs.c.state == "held")
         .values(state="queued", published_at=now())
         .returning(*_PUBLISH_COLUMNS)
+        .add_cte(opened)
     ).all()
     return [Published(*row) for row in rows]
 
 
 def admit_orphans(conn: sa.Connection, *, limit: int = 1000) -> list[Published]:
     """Held jobs left with no waiting slot (their limits were removed) are queued."""
-    waiting = sa.exists().where(limit_slots.c.job_id == jobs.c.id, limit_slots.c.admitted_at.is_(None))
+    waiting_slot = sa.exists().where(limit_slots.c.job_id == jobs.c.id, limit_slots.c.admitted_at.is_(None))
     due = (
         sa.select(jobs.c.id)
-        .where(jobs.c.state == "held", ~waiting)
+        .where(jobs.c.state == "held", ~waiting_slot)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )

@@ -8,23 +8,30 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
 
-from jobs.schema import jobs, limit_keys, limit_slots, limits
+from jobs.schema import limit_keys, limit_slots, limits
 
-__all__ = ["LimitRule", "Pair", "Pass", "begin", "waiting"]
+__all__ = ["FAIR_SEPARATOR", "LimitRule", "Pair", "Pass", "begin", "waiting"]
 
 #: A limit's name and a key ('' for a limit without a key).
 Pair = tuple[str, str]
+
+#: Between a keyed limit's name and the key in ``limit_slots.fair`` (a unit separator: a limit
+#: name cannot hold it).
+FAIR_SEPARATOR = "\x1f"
 
 _LOCK_SPACE = sa.func.hashtext("jobs.limits")
 
 
 @dataclass(slots=True)
 class LimitRule:
+    """A limit as admission applies it."""
+
     name: str
     keyed: bool
     concurrency: int | None
@@ -34,27 +41,34 @@ class LimitRule:
 
 @dataclass(slots=True)
 class Pass:
-    """One admission pass: the limits it holds locks for, the room it found per pair."""
+    """One admission pass: the limits, the locks it holds, the room it found per pair."""
 
     conn: sa.Connection
     limits: dict[str, LimitRule]
-    locked: set[str]
     clock: datetime
-    room: dict[Pair, int]
-    tat: dict[Pair, datetime]
-    moved: set[Pair]
-    """Pairs this pass admitted to (their ``limit_keys`` row is written by ``_mark``)."""
+    locked: set[str] = field(default_factory=set)
+    room: dict[Pair, int] = field(default_factory=dict)
+    tat: dict[Pair, datetime] = field(default_factory=dict)
+    moved: set[Pair] = field(default_factory=set)
+    """Pairs this pass admitted to (their ``limit_keys`` row is written by the admission)."""
 
-    def lock(self, names: Iterable[str], *, wait: bool) -> bool:
-        """Take the advisory locks of ``names`` (in name order); without ``wait``, only if free."""
+    def lock(self, names: Iterable[str]) -> None:
+        """Take the advisory locks of ``names``, waiting, in name order (one statement)."""
+        wanted = sorted(set(names) - self.locked)
+        if wanted:
+            listed = sa.func.unnest(sa.bindparam(None, wanted, type_=pg.ARRAY(sa.Text))).table_valued("name")
+            self.conn.execute(
+                sa.select(sa.func.pg_advisory_xact_lock(_LOCK_SPACE, sa.func.hashtext(listed.c.name)))
+            ).all()
+            self.locked.update(wanted)
+
+    def try_lock(self, names: Iterable[str]) -> bool:
+        """Take the advisory locks of ``names`` only if no other admitter holds them."""
         for name in sorted(set(names) - self.locked):
-            if wait:
-                self.conn.execute(
-                    sa.select(sa.func.pg_advisory_xact_lock(_LOCK_SPACE, sa.func.hashtext(name)))
-                )
-            elif not self.conn.execute(
+            taken = self.conn.execute(
                 sa.select(sa.func.pg_try_advisory_xact_lock(_LOCK_SPACE, sa.func.hashtext(name)))
-            ).scalar_one():
+            ).scalar_one()
+            if not taken:
                 return False
             self.locked.add(name)
         return True
@@ -65,17 +79,18 @@ class Pass:
             return self.room[pair]
         limit = self.limits[pair[0]]
         if limit.concurrency is not None:
-            used = self.conn.execute(
-                sa.select(sa.func.count())
-                .select_from(limit_slots.join(jobs, jobs.c.id == limit_slots.c.job_id))
+            admitted = (
+                sa.select(limit_slots.c.job_id)
                 .where(
                     limit_slots.c.limit_name == pair[0],
                     limit_slots.c.key == pair[1],
                     limit_slots.c.admitted_at.is_not(None),
-                    jobs.c.state.in_(("queued", "running")),
                 )
-            ).scalar_one()
-            found = max(limit.concurrency - used, 0)
+                .limit(limit.concurrency)
+                .subquery()
+            )
+            used = self.conn.execute(sa.select(sa.func.count()).select_from(admitted)).scalar_one()
+            found = limit.concurrency - used
         else:
             stored = self.conn.execute(
                 sa.select(limit_keys.c.tat).where(
@@ -88,67 +103,85 @@ class Pass:
             found = (
                 int((limit.tolerance - ahead) / limit.interval + 1e-9) + 1 if ahead <= limit.tolerance else 0
             )
-        self.room[pair] = found
-        return found
+        self.room[pair] = max(found, 0)
+        return self.room[pair]
 
     def take(self, pair: Pair) -> None:
         self.room[pair] -= 1
-        self.moved.add(pair)
         limit = self.limits[pair[0]]
         if limit.concurrency is None:
             self.tat[pair] += timedelta(seconds=limit.interval)
+        if limit.concurrency is None or limit.keyed:  # a rate's clock; a key's turn (round-robin)
+            self.moved.add(pair)
 
 
 def begin(conn: sa.Connection) -> Pass:
-    found = {}
-    for row in conn.execute(sa.select(limits)).all():
+    """A pass over the limits as they are now, on the database's clock."""
+    rules = {}
+    clock = None
+    for row in conn.execute(sa.select(limits, sa.func.clock_timestamp().label("clock"))).all():
+        clock = row.clock
         if row.concurrency is not None:
-            found[row.name] = LimitRule(row.name, row.key is not None, row.concurrency, 0.0, 0.0)
+            rules[row.name] = LimitRule(row.name, row.key is not None, row.concurrency, 0.0, 0.0)
         else:
             interval = row.period / row.rate
-            found[row.name] = LimitRule(row.name, row.key is not None, None, interval, row.burst * interval)
-    clock = conn.execute(sa.select(sa.func.clock_timestamp())).scalar_one()
-    return Pass(conn, found, set(), clock, {}, {}, set())
+            rules[row.name] = LimitRule(row.name, row.key is not None, None, interval, row.burst * interval)
+    if clock is None:
+        clock = conn.execute(sa.select(sa.func.clock_timestamp())).scalar_one()
+    return Pass(conn, rules, clock)
 
 
 def waiting(run: Pass, pair: Pair, count: int) -> list[uuid.UUID]:
-    """The next held jobs waiting on ``pair``, in admission order. A limit without a key serves the
-    keys of the jobs' first keyed limit round-robin: each key's first job before any key's second,
-    and among keys of the same rank, the one served longest ago first."""
-    slot = limit_slots.alias("slot")
-    base = (
-        sa.select(slot.c.job_id, jobs.c.priority, slot.c.waiting_since)
-        .select_from(slot)
-        .join(jobs, sa.and_(jobs.c.id == slot.c.job_id, jobs.c.state == "held"))
-        .where(slot.c.limit_name == pair[0], slot.c.key == pair[1], slot.c.admitted_at.is_(None))
-    )
+    """The next jobs waiting on ``pair``, in admission order: by priority, then waiting time.
+
+    A limit without a key, when keyed limits exist, serves the keys round-robin: the first
+    waiting job of each key (of the jobs' first keyed limit), the key served longest ago first.
+    The caller asks again while there is room, so a key's second job follows every key's first.
+    """
     if run.limits[pair[0]].keyed or not any(limit.keyed for limit in run.limits.values()):
-        ordered = base.order_by(jobs.c.priority, slot.c.waiting_since, slot.c.job_id)
-        return list(run.conn.execute(ordered.limit(count)).scalars())
-    other = limit_slots.alias("other")
-    keyed = limits.alias("keyed")
-    fair = (
-        sa.select(other.c.limit_name.label("fair_limit"), other.c.key.label("fair_key"))
-        .join(keyed, sa.and_(keyed.c.name == other.c.limit_name, keyed.c.key.is_not(None)))
-        .where(other.c.job_id == slot.c.job_id)
-        .order_by(other.c.limit_name)
-        .limit(1)
-        .lateral("fair")
+        query = (
+            sa.select(limit_slots.c.job_id)
+            .where(
+                limit_slots.c.limit_name == pair[0],
+                limit_slots.c.key == pair[1],
+                limit_slots.c.admitted_at.is_(None),
+            )
+            .order_by(limit_slots.c.priority, limit_slots.c.waiting_since, limit_slots.c.job_id)
+            .limit(count)
+        )
+        return list(run.conn.execute(query).scalars())
+    rows = run.conn.execute(_HEADS, {"name": pair[0], "key": pair[1], "count": count, "sep": FAIR_SEPARATOR})
+    return [row.job_id for row in rows]
+
+
+# The first waiting job of every fairness key: the distinct keys by a loose index scan (one index
+# probe per key, not a walk over every waiting job), each key's head by the index, the key
+# served longest ago first.
+_HEADS = sa.text(
+    """
+    WITH RECURSIVE fairs(fair) AS (
+        (SELECT fair FROM limit_slots
+         WHERE limit_name = :name AND key = :key AND admitted_at IS NULL
+         ORDER BY fair LIMIT 1)
+        UNION ALL
+        SELECT (SELECT s.fair FROM limit_slots s
+                WHERE s.limit_name = :name AND s.key = :key AND s.admitted_at IS NULL AND s.fair > fairs.fair
+                ORDER BY s.fair LIMIT 1)
+        FROM fairs WHERE fairs.fair IS NOT NULL
     )
-    served = limit_keys.alias("served")
-    fair_key = sa.func.coalesce(fair.c.fair_key, "")
-    rank = sa.func.row_number().over(partition_by=fair_key, order_by=(jobs.c.priority, slot.c.waiting_since))
-    ranked = (
-        base.add_columns(rank.label("rank"), served.c.last_admitted_at.label("served_at"))
-        .outerjoin(fair, sa.true())
-        .outerjoin(served, sa.and_(served.c.limit_name == fair.c.fair_limit, served.c.key == fair.c.fair_key))
-        .subquery()
-    )
-    ordered = sa.select(ranked.c.job_id).order_by(
-        ranked.c.rank,
-        ranked.c.served_at.asc().nulls_first(),
-        ranked.c.priority,
-        ranked.c.waiting_since,
-        ranked.c.job_id,
-    )
-    return list(run.conn.execute(ordered.limit(count)).scalars())
+    SELECT head.job_id
+    FROM fairs
+    CROSS JOIN LATERAL (
+        SELECT s.job_id, s.priority, s.waiting_since FROM limit_slots s
+        WHERE s.limit_name = :name AND s.key = :key AND s.admitted_at IS NULL AND s.fair = fairs.fair
+        ORDER BY s.priority, s.waiting_since, s.job_id LIMIT 1
+    ) head
+    LEFT JOIN limit_keys served
+        ON fairs.fair <> ''
+        AND served.limit_name = split_part(fairs.fair, :sep, 1)
+        AND served.key = substr(fairs.fair, strpos(fairs.fair, :sep) + 1)
+    WHERE fairs.fair IS NOT NULL
+    ORDER BY served.last_admitted_at ASC NULLS FIRST, head.priority, head.waiting_since
+    LIMIT :count
+    """
+).columns(job_id=sa.Uuid)

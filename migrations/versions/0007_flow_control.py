@@ -69,6 +69,8 @@ def upgrade() -> None:
         sa.Column("job_id", sa.Uuid(), nullable=False),
         sa.Column("limit_name", sa.Text(), nullable=False),
         sa.Column("key", sa.Text(), nullable=False),
+        sa.Column("priority", sa.SmallInteger(), server_default=sa.text("5"), nullable=False),
+        sa.Column("fair", sa.Text(), server_default="", nullable=False),
         sa.Column("waiting_since", _TZ, server_default=_NOW, nullable=False),
         sa.Column("admitted_at", _TZ, nullable=True),
         sa.ForeignKeyConstraint(
@@ -86,7 +88,13 @@ def upgrade() -> None:
     op.create_index(
         "ix_limit_slots_waiting",
         "limit_slots",
-        ["limit_name", "key", "waiting_since"],
+        ["limit_name", "key", "priority", "waiting_since"],
+        postgresql_where=sa.text("admitted_at IS NULL"),
+    )
+    op.create_index(
+        "ix_limit_slots_fair",
+        "limit_slots",
+        ["limit_name", "key", "fair", "priority", "waiting_since"],
         postgresql_where=sa.text("admitted_at IS NULL"),
     )
     op.create_index(
