@@ -258,6 +258,8 @@ class LedgerTask(Task[Any, Any]):
                 rescued = ledger.rescue_expired(
                     conn, only=job_id, tally=counters.process_tally(self.settings)
                 )
+                admitted = ledger.release(conn, [job_id])  # under a limit: the next job's turn
+            outcomes.publish_admitted(self.settings, admitted)
             if rescued:
                 recorded = outcomes.Recorded(rescued[0][1])
         message = f"WorkerLostError: its pool process was lost ({why})"
