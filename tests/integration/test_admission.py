@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import uuid
 from collections import Counter
@@ -173,3 +174,37 @@ def test_unlimited_kinds_are_untouched(producer: Producer):
     job = producer.submit("ping", {})
     assert job.published
     assert states(producer.settings, [job]) == {"queued": 1}
+
+
+def test_a_foreign_message_of_a_limited_kind_waits_held_and_is_admitted_like_any(clean, registry, broker):
+    from tests.support.fixtures import queued_messages
+    from workers import runner
+
+    set_limits(clean, Limit("one", concurrency=1, kind="test.tenant"))
+    first, second = uuid.uuid4(), uuid.uuid4()
+    for job_id in (first, second):
+        delivery = runner.Delivery(job_id, "test.tenant", {"tenant": "x"}, "default", 5, "w@h")
+        with pytest.raises(runner.NotRun):  # acknowledged without running: the ledger's copy runs
+            runner.run(clean, registry, delivery)
+    assert states(clean, [first]) == {"queued": 1}  # admitted at once and published again
+    assert states(clean, [second]) == {"held": 1}  # the cap is taken: it waits in the ledger
+    assert queued_messages(broker) == 1
+
+
+def test_a_worker_runs_limited_jobs_and_admits_the_next_in_its_finish(producer: Producer, worker):
+    from tests.support.fixtures import wait_for_state
+
+    settings = producer.settings
+    set_limits(settings, Limit("one", concurrency=1, kind="test.tenant"))
+    ids = [producer.submit("test.tenant", {"tenant": "x", "n": n}) for n in range(4)]
+    for job_id in ids:  # no leader runs: each next job is admitted by the previous one's finish
+        assert wait_for_state(settings, job_id, ("succeeded",), timeout=30)["state"] == "succeeded"
+    with db.transaction(settings) as conn:
+        starts = conn.execute(
+            sa.select(jobs.c.started_at, jobs.c.finished_at)
+            .where(jobs.c.id.in_(ids))
+            .order_by(jobs.c.started_at)
+        ).all()
+        left = conn.execute(sa.select(sa.func.count()).select_from(limit_slots)).scalar_one()
+    assert all(later.started_at >= earlier.finished_at for earlier, later in itertools.pairwise(starts))
+    assert left == 0
