@@ -8,12 +8,12 @@ __all__ = ["reset"]
 
 
 def reset() -> None:
-    """Forget the process-wide settings, app, producer and database pools.
+    """Forget the process-wide settings, app, producer, list of limited kinds and database pools.
 
     Call it after changing ``JOBS_*`` variables in a test, so the next use
     reads them again.
     """
-    from jobs import producer
+    from jobs import ledger, producer
     from jobs.cli import context
 
     settings.get_settings.cache_clear()
@@ -21,4 +21,5 @@ def reset() -> None:
     context.registry.cache_clear()
     context.producer.cache_clear()
     producer._default = None
+    ledger.forget_targets()
     db.dispose()
