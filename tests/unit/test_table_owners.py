@@ -23,6 +23,7 @@ OWNERS = {
     "fleet_kinds": "jobs/roster.py",
     "counters": "jobs/counters.py",
     "broker_epochs": "beat/redrive.py",
+    "limits": "jobs/limit_store.py",
 }
 
 
