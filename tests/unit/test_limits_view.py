@@ -285,3 +285,13 @@ def test_top_without_limits_shows_no_limits_section():
     console = Console(width=80, height=24, record=True, color_system=None, file=io.StringIO())
     console.print(top.render(busy_snapshot(queues=2, running=2, failures=1), 24))
     assert "limited" not in console.export_text()
+
+
+def test_state_completion_and_choices_offer_held():
+    from click.shell_completion import ShellComplete
+
+    completion = ShellComplete(cli, {}, "jobs", "_JOBS_COMPLETE")
+    assert [item.value for item in completion.get_completions(["list", "--state"], "h")] == ["held"]
+    result = CliRunner().invoke(cli, ["list", "--state", "hold"], env=UNREACHABLE)
+    assert result.exit_code == 2
+    assert "'held'" in result.output
