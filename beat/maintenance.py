@@ -136,7 +136,9 @@ class Admitter:
         moved = 0
         if self.rounds == 1:  # the limits kinds declare in code, when this leader starts leading
             with db.transaction(env.settings) as conn:
-                limit_store.ensure_declared(conn, [limit for kind in env.registry for limit in kind.limits])
+                changed = limit_store.sync_declared(conn, env.registry)
+            if changed:
+                log.info("admitter: limits declared in code written to the ledger: %s", ", ".join(changed))
         while True:
             with db.transaction(env.settings) as conn:
                 held = ledger.hold_due(conn, limit=BATCH)

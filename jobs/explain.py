@@ -1,7 +1,8 @@
 """Why a job is not running, and what to do about it (``jobs explain ID``).
 
 ``gather`` collects the facts (the job's row from the ledger, paused queues,
-the leader, the workers that answer, how many jobs wait ahead); ``reasons``
+the leader, the workers that answer, how many jobs wait ahead, the limits a
+held job waits for); ``reasons``
 is a pure function of those facts, so every case is tested without servers.
 The first reason is the one that matters; later ones are also true.
 """
@@ -10,12 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
-from jobs import db, fleet, observe, pauses
+from jobs import db, fleet, limit_usage, observe, pauses
 from jobs.errors import BrokerUnavailable, JobNotFound
 from jobs.leader import current_leader
 from jobs.schema import TERMINAL_STATES, jobs
@@ -40,6 +41,8 @@ class Facts:
     """Live workers on the job's queue that implement its kind; None when the roster is unknown."""
     implemented_elsewhere: list[str] = dataclasses.field(default_factory=list)
     """Live workers that implement the kind on other queues."""
+    limits: list[limit_usage.Wait] = dataclasses.field(default_factory=list)
+    """A held job's limits: each with how full the job's key is now."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -177,14 +180,77 @@ def _waiting(facts: Facts) -> list[Reason]:
     return found
 
 
+def _seconds(seconds: float) -> str:
+    """Short waits to a tenth of a second (a rate limit's pace), longer ones as ``observe.span``."""
+    return f"{seconds:.1f}s" if seconds < 10 else observe.span(seconds)
+
+
+def _holding(wait: limit_usage.Wait, now: datetime) -> Reason | None:
+    """Why one limit does not admit the job now, or None when it would (or already did)."""
+    limit = wait.limit
+    if wait.admitted_at is not None:
+        return None
+    where = f"limit {limit.name}" + (f" (queue {limit.queue})" if limit.queue else "")
+    where += f", key {limit.key}={wait.key}" if limit.key else ""
+    ahead = f"; {wait.ahead} waiting ahead of it" if wait.ahead else ""
+    if limit.concurrency is not None:
+        if wait.running + wait.ahead < limit.concurrency:
+            return None
+        started = wait.oldest_started_at
+        oldest = f" (oldest started {observe.span((now - started).total_seconds())} ago)" if started else ""
+        return Reason(
+            "limit",
+            f"waiting for {where}: {wait.running}/{limit.concurrency} running{oldest}{ahead}",
+            f"it starts as those finish; to raise the cap: `jobs limits set {limit.name} --concurrency N`",
+        )
+    interval = limit.interval or 0.0
+    due = wait.tat - timedelta(seconds=limit.burst * interval) if wait.tat else None
+    left = max(0.0, (due - now).total_seconds()) if due else 0.0
+    if left <= 0 and not wait.ahead:
+        return None
+    pace = f"next start in {_seconds(left)}" if left > 0 else "next start now"
+    turn = f" (its turn in about {_seconds(left + wait.ahead * interval)})" if wait.ahead else ""
+    return Reason(
+        "limit",
+        f"waiting for {where}: {limit.describe()}, {pace}{ahead}{turn}",
+        f"it starts at the limit's pace; to change it: `jobs limits set {limit.name} --rate N/PERIOD`",
+    )
+
+
+def _held(facts: Facts) -> list[Reason]:
+    """A held job waits in the ledger for its limits (``jobs limits``): one line per limit that
+    does not admit it now."""
+    found = [reason for wait in facts.limits if (reason := _holding(wait, facts.now)) is not None]
+    if not found:
+        why = "every limit it waits for has room" if facts.limits else "no limit holds it any more"
+        found.append(
+            Reason(
+                "admitting",
+                f"held, but {why}: it is being admitted (the leader releases it within a tick)",
+                "wait a second; if it stays held, check the leader (`jobs health beat`) and its log",
+            )
+        )
+    if facts.leader is None:
+        found.append(
+            Reason(
+                "no_leader",
+                "no beat process leads, so held jobs are admitted only when a job of their limits is "
+                "submitted or finishes (a rate limit's next start waits for the leader)",
+                "start the leader: `jobs beat` (check it with `jobs health beat`)",
+            )
+        )
+    return found
+
+
 def reasons(facts: Facts) -> list[Reason]:
     """Why the job is where it is, the most useful reason first."""
     job, now = facts.job, facts.now
     state = job["state"]
     if state in TERMINAL_STATES:
         return [_finished(job)]
-    if state == "running":
-        return _running(facts)
+    by_state = {"running": _running, "held": _held}.get(state)
+    if by_state is not None:
+        return by_state(facts)
     if state in ("scheduled", "retrying"):
         not_before = job.get("not_before")
         if not_before is not None and not_before > now:
@@ -223,6 +289,7 @@ def gather(settings: Settings, job_id: uuid.UUID, *, timeout: float = 1.0) -> Fa
         is_paused = job["queue"] in pauses.paused(conn)
         leader = current_leader(conn)
         ahead = observe.ahead_of(conn, job_id) if job["state"] == "queued" else 0
+        waits = limit_usage.waits_of(conn, job_id) if job["state"] == "held" else []
     consumers: list[str] | None = None
     live: list[str] | None = None
     implementers: list[str] | None = None
@@ -248,4 +315,5 @@ def gather(settings: Settings, job_id: uuid.UUID, *, timeout: float = 1.0) -> Fa
         ahead=ahead,
         implementers=implementers,
         implemented_elsewhere=elsewhere,
+        limits=waits,
     )

@@ -13,6 +13,10 @@ Flower's own ``/metrics`` covers what Celery's events say (tasks received,
 started, succeeded per worker, runtimes); these cover what the ledger says
 (every job, whether or not a worker saw it). ``docs/operations.md`` says which
 to scrape for what.
+
+Limits (flow control) are gauges per limit and key; a limit with many keys
+(one per tenant, say) shows its ``LIMIT_KEYS`` busiest keys and sums the rest
+under ``key="other"``, so a scrape's size does not grow with the tenants.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from jobs import broker, counters, db, observe, pauses, roster
+from jobs import broker, counters, db, limit_store, limit_usage, observe, pauses, roster
 from jobs.errors import LedgerUnavailable
 from jobs.leader import current_leader
 from jobs.settings import Settings
@@ -31,6 +35,8 @@ from jobs.settings import Settings
 __all__ = ["LedgerCollector", "registry", "serve"]
 
 LIVE_STATES = observe.LIVE_STATES
+#: Keys per limit with series of their own; the rest are summed under ``key="other"``.
+LIMIT_KEYS = 20
 
 
 class LedgerCollector(Collector):
@@ -50,6 +56,8 @@ class LedgerCollector(Collector):
                 leader = current_leader(conn)
                 totals = counters.read(conn)
                 fleet = roster.members(conn, dead_after=self.settings.worker_dead_after, include_dead=True)
+                limits = limit_store.list_limits(conn)
+                limited = limit_usage.usage(conn, top=LIMIT_KEYS)
         except LedgerUnavailable:
             up.add_metric([], 0)
             yield up
@@ -98,6 +106,7 @@ class LedgerCollector(Collector):
         yield tried
 
         yield from _totals(totals)
+        yield from _limits(limits, limited)
 
         leads = GaugeMetricFamily("jobs_leader_up", "1 if a beat process holds the leader lock.")
         leads.add_metric([], 1 if leader else 0)
@@ -117,6 +126,38 @@ class LedgerCollector(Collector):
         live.add_metric(["silent"], sum(not member.alive and member.stopped_at is None for member in fleet))
         yield live
         yield from _quarantine(self.settings)
+
+
+def _limits(
+    limits: list[limit_store.LimitRow], used: dict[str, list[limit_usage.KeyUsage]]
+) -> Iterator[Metric]:
+    """Per limit and key: jobs running under it and held jobs waiting for it; each cap."""
+    running = GaugeMetricFamily(
+        "jobs_limit_running",
+        "Jobs admitted by a limit and not finished (queued or running), by limit and key"
+        f' (the {LIMIT_KEYS} busiest keys of a limit; key="other" sums the rest).',
+        labels=["limit", "key"],
+    )
+    waiting = GaugeMetricFamily(
+        "jobs_limit_waiting",
+        f"Held jobs waiting for a limit, by limit and key (the {LIMIT_KEYS} busiest keys of a limit;"
+        ' key="other" sums the rest).',
+        labels=["limit", "key"],
+    )
+    cap = GaugeMetricFamily(
+        "jobs_limit_concurrency",
+        "A concurrency limit's cap (per key when the limit has a key).",
+        labels=["limit"],
+    )
+    for row in limits:
+        if row.concurrency is not None:
+            cap.add_metric([row.name], row.concurrency)
+        for key in used.get(row.name, []):
+            running.add_metric([row.name, key.label], key.running)
+            waiting.add_metric([row.name, key.label], key.waiting)
+    yield running
+    yield waiting
+    yield cap
 
 
 def _quarantine(settings: Settings) -> Iterator[Metric]:

@@ -39,7 +39,7 @@ __all__ = [
 #: The window of "recent" throughput and failures, seconds.
 WINDOW = 60.0
 
-LIVE_STATES = ("scheduled", "queued", "running", "retrying")
+LIVE_STATES = ("scheduled", "held", "queued", "running", "retrying")
 
 _waiting_since = sa.func.greatest(jobs.c.created_at, sa.func.coalesce(jobs.c.not_before, jobs.c.created_at))
 

@@ -16,9 +16,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobs import broker, db, fleet, observe, pauses
+from jobs import broker, db, fleet, limit_usage, observe, pauses
 from jobs.errors import BrokerUnavailable
 from jobs.leader import current_leader
+from jobs.limit_store import LimitRow
 from jobs.settings import Settings
 
 __all__ = ["Ledger", "QueueView", "Snapshot", "ask_workers", "queue_views", "read_ledger", "take"]
@@ -34,9 +35,11 @@ class Ledger:
     leader: str | None
     running: list[observe.Running]
     failures: list[observe.Failure]
+    limits: list[tuple[LimitRow, limit_usage.KeyUsage]] = dataclasses.field(default_factory=list)
+    """The busiest keys of the limits (flow control), each with its limit."""
 
 
-def read_ledger(settings: Settings, *, running: int = 100, failures: int = 10) -> Ledger:
+def read_ledger(settings: Settings, *, running: int = 100, failures: int = 10, limits: int = 10) -> Ledger:
     """The ledger's side of a snapshot; raises ``LedgerUnavailable``."""
     with db.transaction(settings) as conn:
         return Ledger(
@@ -46,6 +49,7 @@ def read_ledger(settings: Settings, *, running: int = 100, failures: int = 10) -
             leader=current_leader(conn),
             running=observe.running_jobs(conn, limit=running),
             failures=observe.recent_failures(conn, limit=failures),
+            limits=limit_usage.busiest(conn, count=limits),
         )
 
 
@@ -137,6 +141,10 @@ class Snapshot:
             "queues": [view.as_dict() for view in self.queues],
             "running": [job.as_dict() for job in self.ledger.running],
             "recent_failures": [failure.as_dict() for failure in self.ledger.failures],
+            "limits": [
+                {"limit": row.name, "target": row.target, "definition": row.describe(), **used.as_dict()}
+                for row, used in self.ledger.limits
+            ],
             "workers": None if self.workers is None else [worker.as_dict() for worker in self.workers],
             "redis_error": self.redis_error,
             "workers_error": self.workers_error,

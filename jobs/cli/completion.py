@@ -1,11 +1,11 @@
-"""Shell completion of the names operators type: kinds, queues and schedules.
+"""Shell completion of the names operators type: kinds, queues, schedules and limits.
 
 click completes the commands and options (``eval "$(_JOBS_COMPLETE=bash_source jobs)"``,
 see docs/operations.md); the arguments and options that take a name use these
 callbacks as their ``shell_complete=``. Kind names come from the registry (the
 built-ins and ``JOBS_KIND_MODULES``); queue names from the kinds, the default
 queue and the ledger (paused queues, schedules' queues, jobs' queues); schedule
-names from the ledger.
+and limit names from the ledger.
 
 Completion never fails and never hangs: what cannot be read (a kind module that
 does not import, an invalid setting, PostgreSQL down or slow) is left out, and
@@ -28,7 +28,7 @@ from jobs.states import STATES, TERMINAL_STATES
 if TYPE_CHECKING:
     from jobs.kinds import Kind
 
-__all__ = ["LEDGER_BUDGET", "kind_names", "queue_lists", "queue_names", "schedule_names"]
+__all__ = ["LEDGER_BUDGET", "kind_names", "limit_names", "queue_lists", "queue_names", "schedule_names"]
 
 #: Seconds completion waits for the ledger before suggesting what it has without it.
 LEDGER_BUDGET = 1.0
@@ -44,6 +44,10 @@ QUEUE_QUERIES = (
     "SELECT DISTINCT queue FROM jobs WHERE starts_with(queue, %(prefix)s)",
 )
 SCHEDULE_QUERY = "SELECT name, kind FROM schedules WHERE starts_with(name, %(prefix)s) ORDER BY name"
+LIMIT_QUERY = (
+    "SELECT name, coalesce(kind, 'queue ' || queue) FROM limits WHERE starts_with(name, %(prefix)s)"
+    " ORDER BY name"
+)
 
 
 def _kinds() -> list[Kind]:
@@ -123,3 +127,9 @@ def schedule_names(ctx: click.Context, param: click.Parameter, incomplete: str) 
     """Schedules in the ledger whose name starts with ``incomplete``, each with its kind."""
     rows = _read_ledger((SCHEDULE_QUERY,), {"prefix": incomplete})
     return [CompletionItem(str(name), help=str(kind)) for name, kind in rows]
+
+
+def limit_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Limits in the ledger whose name starts with ``incomplete``, each with what it limits."""
+    rows = _read_ledger((LIMIT_QUERY,), {"prefix": incomplete})
+    return [CompletionItem(str(name), help=str(target)) for name, target in rows]

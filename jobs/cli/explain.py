@@ -34,6 +34,7 @@ def explain(job_id: str, timeout: float, as_json: bool) -> None:
                 "queue": job["queue"],
                 "state": job["state"],
                 "reasons": [reason.as_dict() for reason in found],
+                "limits": [wait.as_dict() for wait in facts.limits],
                 "workers_asked": facts.live_workers is not None,
             }
         )

@@ -17,6 +17,9 @@ from jobs.states import STATES
 __all__ = ["list_", "status", "wait"]
 
 
+_HELD = " (waiting for its limits: `jobs explain ID` says which)"
+
+
 @click.command()
 @click.argument("job_id")
 @options.json_output()
@@ -38,7 +41,7 @@ def status(job_id: str, as_json: bool) -> None:
     rows: list[tuple[str, Any]] = [
         ("id", job["id"]),
         ("kind", job["kind"]),
-        ("state", state(job["state"])),
+        ("state", state(job["state"]) + (_HELD if job["state"] == "held" else "")),
         ("queue", f"{job['queue']} (priority {job['priority']})"),
         ("attempts", f"{job['attempt']} of {job['max_attempts']}"),
         ("created", humanize(job["created_at"])),

@@ -58,6 +58,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "jobs.cli.schedule:schedule",
         "Schedules: jobs the leader (jobs beat) fires on a cron expression or a fixed interval.",
     ),
+    "limits": (
+        "jobs.cli.limits:limits",
+        "Limits on starting jobs: N at once or N per period, for a kind (per payload key) or a queue.",
+    ),
     "queue": (
         "jobs.cli.queue:queue",
         "Pause and resume queues: workers stop taking a paused queue's jobs (running ones finish).",

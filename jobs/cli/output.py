@@ -70,6 +70,7 @@ def humanize(moment: datetime | None) -> str:
 
 STATE_STYLES = {
     "scheduled": "cyan",
+    "held": "bright_magenta",
     "queued": "blue",
     "running": "yellow",
     "retrying": "magenta",

@@ -29,6 +29,7 @@ def queues_table(views: list[snapshot.QueueView]) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
     table.add_column("queue", overflow="fold")
     table.add_column("queued", justify="right")
+    table.add_column("held", justify="right")
     table.add_column("redis", justify="right")
     table.add_column("running", justify="right")
     table.add_column("reserved", justify="right")
@@ -50,6 +51,7 @@ def queues_table(views: list[snapshot.QueueView]) -> Table:
         table.add_row(
             escape(view.name),
             str(view.queued),
+            str(states.get("held", 0)),
             redis,
             str(states.get("running", 0)),
             "?" if view.redis is None else str(view.redis.reserved),

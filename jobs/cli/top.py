@@ -1,8 +1,9 @@
 """``jobs top``: the platform live, refreshed every second, in a terminal as small as 80x24.
 
 Per queue the depth (ledger and Redis), the oldest waiting job and the last
-minute's throughput; running jobs with kind, worker, runtime and progress;
-recent failures; the leader and the workers that answer. ``q`` (or Ctrl-C)
+minute's throughput; the busiest keys of the limits (running against the cap,
+held jobs waiting), when any limit holds jobs; running jobs with kind, worker,
+runtime and progress; recent failures; the leader and the workers that answer. ``q`` (or Ctrl-C)
 quits. The ledger and Redis are read every refresh; the workers are asked in
 a background thread every few seconds, since asking them costs a timeout.
 
@@ -42,6 +43,7 @@ __all__ = ["render", "top"]
 
 WORKERS_EVERY = 5.0
 FIXED_LINES = 8  # header, three section titles, three table headers, one spare
+LIMIT_LINES = 2  # the limits section's title and table header, when it is shown
 
 
 def _table(*columns: tuple[str, str, int | None]) -> Table:
@@ -71,17 +73,22 @@ def _progress(report: dict[str, object] | None) -> str:
     return f"{percent} {message}" if message else percent
 
 
-def _budget(rows: int | None, queues: int, running: int, failures: int) -> tuple[int, int, int]:
-    """How many rows of each table fit in ``rows`` lines of content (None: all)."""
+def _budget(
+    rows: int | None, queues: int, running: int, failures: int, limits: int = 0
+) -> tuple[int, int, int, int]:
+    """How many rows of each table (queues, running, failures, limits) fit in ``rows`` lines of
+    content (None: all)."""
     if rows is None:
-        return queues, running, failures
-    room = max(3, rows)
+        return queues, running, failures, limits
+    room = max(4 if limits else 3, rows)
     shown_queues = min(queues, max(1, room // 3))
     room -= shown_queues
+    shown_limits = min(limits, max(1, room // 4))
+    room -= shown_limits
     shown_failures = min(failures, max(1, room // 3))
     shown_running = min(running, room - shown_failures)
     shown_failures = min(failures, room - shown_running)
-    return shown_queues, shown_running, shown_failures
+    return shown_queues, shown_running, shown_failures, shown_limits
 
 
 def _header(taken: snapshot.Snapshot) -> Text:
@@ -121,9 +128,10 @@ def render(taken: snapshot.Snapshot, height: int | None) -> RenderableType:
     from jobs import observe
 
     ledger = taken.ledger
-    rows = None if height is None else height - FIXED_LINES
-    n_queues, n_running, n_failures = _budget(
-        rows, len(taken.queues), len(ledger.running), len(ledger.failures)
+    fixed = FIXED_LINES + (LIMIT_LINES if ledger.limits else 0)
+    rows = None if height is None else height - fixed
+    n_queues, n_running, n_failures, n_limits = _budget(
+        rows, len(taken.queues), len(ledger.running), len(ledger.failures), len(ledger.limits)
     )
     queues = _table(
         ("queue", "l", 16),
@@ -181,15 +189,32 @@ def render(taken: snapshot.Snapshot, height: int | None) -> RenderableType:
     problems = [problem for problem in (taken.redis_error, taken.workers_error) if problem]
     if problems:
         parts.append(Text(problems[0], style="yellow", no_wrap=True, overflow="ellipsis"))
+    parts += [_title("queues", len(taken.queues), n_queues), queues]
+    if ledger.limits:
+        parts += [_title("busiest limited keys", len(ledger.limits), n_limits), _limits(taken, n_limits)]
     parts += [
-        _title("queues", len(taken.queues), n_queues),
-        queues,
         _title("running", len(ledger.running), n_running),
         running,
         _title("failed in the last hour", len(ledger.failures), n_failures),
         failures,
     ]
     return Group(*parts)
+
+
+def _limits(taken: snapshot.Snapshot, shown: int) -> Table:
+    """The busiest keys of the limits: running against the cap, waiting, oldest start, next start."""
+    from rich.markup import escape
+
+    from jobs.cli.limit_tables import key_cells, key_label
+
+    table = _table(
+        ("limit", "l", 16), ("key", "l", 16), ("run", "r", None), ("wait", "r", None), ("oldest", "r", None)
+    )
+    table.add_column("next", justify="right", no_wrap=True)
+    for row, used in taken.ledger.limits[:shown]:
+        running, waiting, oldest, following = key_cells(row, used, taken.ledger.now)
+        table.add_row(escape(row.name), escape(key_label(row, used)), running, waiting, oldest, following)
+    return table
 
 
 def _title(name: str, total: int, shown: int) -> Text:

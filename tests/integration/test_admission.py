@@ -117,7 +117,7 @@ def test_the_global_cap_is_fair_across_keys(producer: Producer):
     big = producer.submit_many("test.tenant", [{"tenant": "big", "n": n} for n in range(200)])
     small = [producer.submit("test.tenant", {"tenant": "small", "n": n}) for n in range(3)]
     order: list[uuid.UUID] = [big[0]]
-    current = big[0]
+    current: uuid.UUID = big[0]
     for _ in range(6):
         admitted = run_one(settings, current)
         assert len(admitted) == 1

@@ -1,26 +1,90 @@
-"""Limits for tests: set one as an operator would at runtime (``jobs limits set``), at once."""
+"""Limits for tests: set one as an operator would (``set_limit``); limited jobs made by hand.
+
+Admission (``jobs.ledger.admission``) makes these rows in production; these helpers write a job
+and its ``limit_slots`` row straight into the ledger, so a test can set up any usage it needs
+(tests only: no module of the platform writes ``limit_slots`` outside the ledger).
+"""
 
 from __future__ import annotations
 
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
 
 from jobs import db, ledger, limit_store
 from jobs.limits import Limit
-from jobs.schema import limits
+from jobs.schema import jobs, limit_keys, limit_slots
 from jobs.settings import Settings
 
-__all__ = ["set_limit"]
+
+def ago(seconds: float) -> Any:
+    return sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+
+
+def limited_job(
+    settings: Settings,
+    limit: str,
+    key: str = "",
+    *,
+    state: str = "held",
+    kind: str = "test.work",
+    waited: float = 60.0,
+    started: float | None = None,
+    admitted: float | None = None,
+    payload: dict[str, Any] | None = None,
+) -> uuid.UUID:
+    """A job of ``kind`` in ``state`` with a slot for ``limit`` and ``key``: waiting since
+    ``waited`` seconds ago, admitted ``admitted`` seconds ago (None: still waiting), started
+    ``started`` seconds ago (None: not started)."""
+    job_id = uuid.uuid4()
+    with db.transaction(settings) as conn:
+        ledger.insert_rows(
+            conn,
+            [
+                {
+                    "id": job_id,
+                    "kind": kind,
+                    "queue": "default",
+                    "priority": 5,
+                    "payload": payload if payload is not None else {"key": key or "k"},
+                    "state": state,
+                    "max_attempts": 3,
+                }
+            ],
+            idempotent=False,
+        )
+        values: dict[str, Any] = {"limited": True}
+        if started is not None:
+            values["started_at"] = ago(started)
+        conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(**values))
+        conn.execute(
+            sa.insert(limit_slots).values(
+                job_id=job_id,
+                limit_name=limit,
+                key=key,
+                waiting_since=ago(waited),
+                admitted_at=None if admitted is None else ago(admitted),
+            )
+        )
+    return job_id
+
+
+def rate_state(
+    settings: Settings, limit: str, key: str = "", *, tat_in: float, last_ago: float = 0.0
+) -> None:
+    """A rate limit's GCRA state for a key: ``tat`` ``tat_in`` seconds from now."""
+    with db.transaction(settings) as conn:
+        conn.execute(
+            sa.insert(limit_keys).values(
+                limit_name=limit, key=key, tat=ago(-tat_in), last_admitted_at=ago(last_ago)
+            )
+        )
 
 
 def set_limit(settings: Settings, limit: Limit) -> None:
-    """Create or replace ``limit`` in the ledger; this process sees it at once."""
-    values = limit_store.values_of(limit)
-    statement = pg_insert(limits).values(**values)
+    """Create or change ``limit`` as ``jobs limits set`` does (without its admission pass); this
+    process sees it at once."""
     with db.transaction(settings) as conn:
-        conn.execute(
-            statement.on_conflict_do_update(
-                index_elements=["name"],
-                set_={name: statement.excluded[name] for name in values if name != "name"},
-            )
-        )
+        limit_store.put(conn, limit, by="tests", retarget=True)
     ledger.forget_targets()

@@ -261,7 +261,11 @@ def test_top_shows_everything_when_there_is_room():
 
 
 def test_top_budget_splits_the_rows():
-    assert top._budget(None, 5, 50, 9) == (5, 50, 9)
+    assert top._budget(None, 5, 50, 9) == (5, 50, 9, 0)
     shown = top._budget(17, 12, 30, 10)
     assert sum(shown) <= 17
-    assert all(count >= 1 for count in shown)
+    assert all(count >= 1 for count in shown[:3])
+    assert shown[3] == 0  # no limit holds jobs: no limits section
+    with_limits = top._budget(17, 12, 30, 10, 8)
+    assert sum(with_limits) <= 17
+    assert all(count >= 1 for count in with_limits)
