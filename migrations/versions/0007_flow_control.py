@@ -26,7 +26,7 @@ _NEW_STATES = "'scheduled', 'held', 'queued', 'running', 'retrying', 'succeeded'
 
 def upgrade() -> None:
     """Upgrade schema."""
-    op.drop_constraint("ck_jobs_state", "jobs", type_="check")
+    op.drop_constraint(op.f("ck_jobs_state"), "jobs", type_="check")
     op.create_check_constraint("state", "jobs", f"state IN ({_NEW_STATES})")
     # A NOT NULL column with a constant default and nullable ones: no table rewrite.
     op.add_column("jobs", sa.Column("limited", sa.Boolean(), server_default=sa.false(), nullable=False))
@@ -124,5 +124,5 @@ def downgrade() -> None:
     op.drop_column("jobs", "unique_key")
     op.drop_column("jobs", "limited")
     op.execute("UPDATE jobs SET state = 'queued', published_at = NULL WHERE state = 'held'")
-    op.drop_constraint("ck_jobs_state", "jobs", type_="check")
+    op.drop_constraint(op.f("ck_jobs_state"), "jobs", type_="check")
     op.create_check_constraint("state", "jobs", f"state IN ({_OLD_STATES})")

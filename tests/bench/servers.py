@@ -52,7 +52,7 @@ def prepare(settings: Settings) -> None:
 def clear(settings: Settings, client: redis.Redis) -> None:
     """Empty the ledger and this Redis db's keys (kombu's bindings stay), and Celery's result tables."""
     with db.transaction(settings) as conn:
-        conn.execute(sa.text("TRUNCATE jobs, job_attempts"))
+        conn.execute(sa.text("TRUNCATE jobs, job_attempts, limit_slots"))
         for table in CELERY_TABLES:
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
     keys = [key for key in client.scan_iter(count=1000) if not key.startswith(b"_kombu.binding")]
