@@ -25,11 +25,11 @@ __all__ = [
     "broker_epochs",
     "counters",
     "fleet_kinds",
+    "job_attempts",
+    "jobs",
     "limit_keys",
     "limit_slots",
     "limits",
-    "job_attempts",
-    "jobs",
     "maintenance_runs",
     "metadata",
     "queue_pauses",
@@ -124,7 +124,9 @@ jobs = sa.Table(
     sa.Index("ix_jobs_retry_of", "retry_of", postgresql_where=sa.text("retry_of IS NOT NULL")),
     # Flow control: jobs held by a limit; the unique window's and debounce's look-ups.
     sa.Index("ix_jobs_held", "created_at", postgresql_where=sa.text("state = 'held'")),
-    sa.Index("ix_jobs_unique_key", "unique_key", "created_at", postgresql_where=sa.text("unique_key IS NOT NULL")),
+    sa.Index(
+        "ix_jobs_unique_key", "unique_key", "created_at", postgresql_where=sa.text("unique_key IS NOT NULL")
+    ),
     sa.Index(
         "ix_jobs_debounce_key",
         "debounce_key",
@@ -311,7 +313,9 @@ limit_slots = sa.Table(
         "waiting_since",
         postgresql_where=sa.text("admitted_at IS NULL"),
     ),
-    sa.Index("ix_limit_slots_admitted", "limit_name", "key", postgresql_where=sa.text("admitted_at IS NOT NULL")),
+    sa.Index(
+        "ix_limit_slots_admitted", "limit_name", "key", postgresql_where=sa.text("admitted_at IS NOT NULL")
+    ),
 )
 
 # Per (limit, key): a rate limit's theoretical arrival time (GCRA) and when the key was last

@@ -110,7 +110,10 @@ def clean(ledger_db: Settings, broker: redis.Redis) -> Settings:
     with db.transaction(ledger_db) as conn:
         # The roster (workers, fleet_kinds) stays: module-scoped workers enlisted once.
         conn.execute(
-            sa.text("TRUNCATE jobs, job_attempts, limit_slots, limit_keys, test_effects, queue_pauses, broker_epochs, counters")
+            sa.text(
+                "TRUNCATE jobs, job_attempts, limit_slots, limit_keys, test_effects, queue_pauses, "
+                "broker_epochs, counters"
+            )
         )
     return ledger_db
 
