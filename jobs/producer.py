@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, event
+from sqlalchemy import event
 
-from jobs import db, jsonsafe, ledger, publisher
+from jobs import db, duplicates, jsonsafe, ledger, publisher
 from jobs.catalog import load_kinds
-from jobs.errors import BadInput, IdempotencyConflict, InvalidJobOptions, PayloadTooLarge
+from jobs.errors import BadInput, InvalidJobOptions, PayloadTooLarge
 from jobs.kinds import Kind, Registry
+from jobs.limits import content_key
 from jobs.settings import Settings, get_settings
 
 if TYPE_CHECKING:  # sessions come from the caller; the ORM is not needed to submit
@@ -37,21 +38,32 @@ BATCH = 1000
 class JobId(uuid.UUID):
     """A submitted job's id, which also says how the submission went.
 
-    ``duplicate``: the idempotency key was already in use, and this is the
-    existing job's id. ``published``: the message reached Redis now (if not,
-    the job is safe in the ledger and the relay publishes it later).
+    ``duplicate``: no job was created, and this is the existing job's id;
+    ``reason`` says why (``jobs.duplicates.Reason``: its idempotency key, its
+    schedule's slot, its kind's unique window, or its debounce). ``published``:
+    the message reached Redis now (if not, the job is safe in the ledger and
+    the relay publishes it later).
     """
 
-    __slots__ = ("duplicate", "published")
+    __slots__ = ("duplicate", "published", "reason")
     duplicate: bool
     published: bool
+    reason: duplicates.Reason | None
 
-    def __init__(self, value: uuid.UUID, *, duplicate: bool = False, published: bool = False) -> None:
+    def __init__(
+        self,
+        value: uuid.UUID,
+        *,
+        duplicate: bool = False,
+        published: bool = False,
+        reason: duplicates.Reason | None = None,
+    ) -> None:
         # As uuid.UUID.__init__ sets its slots, without parsing again a value that is a UUID already.
         object.__setattr__(self, "int", value.int)
         object.__setattr__(self, "is_safe", value.is_safe)
         object.__setattr__(self, "duplicate", duplicate)
         object.__setattr__(self, "published", published)
+        object.__setattr__(self, "reason", reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +116,8 @@ class Producer:
         ``IdempotencyConflict``. ``schedule_name`` and ``schedule_slot`` (given
         together) mark a firing of a schedule: the pair is unique, so a second
         submit for the same slot returns the existing job with ``duplicate`` set.
+        A kind with a unique window or a debounce may return an existing job
+        too (``duplicate``, with the ``reason``); docs/flow-control.md.
         """
         options = _Options(
             queue, priority, delay, at, max_attempts, submitted_by, retry_of, schedule_name, schedule_slot
@@ -112,11 +126,15 @@ class Producer:
         _check_texts(options, idempotency_key)
         row = self._row(definition, payload or {}, options, idempotency_key)
         if session is not None:
-            return self._submit_in(session, [row], key=idempotency_key)[0]
-        with db.autocommit(self.settings) as conn:
-            existing = _insert_or_existing(conn, row, idempotency_key)
-            if existing is not None:
-                return JobId(existing, duplicate=True)
+            return self._submit_in(session, [row], key=idempotency_key, kind=definition)[0]
+        if row.unique_key is None and row.debounce_key is None:
+            with db.autocommit(self.settings) as conn:
+                existing = duplicates.insert_or_existing(conn, row, idempotency_key)
+        else:  # the content key's lock lasts until the commit
+            with db.transaction(self.settings) as conn:
+                existing = duplicates.collapse_or_insert(conn, definition, row, idempotency_key)
+        if existing is not None:
+            return _existing(existing)
         return JobId(row.id, published=self._publish([row]) == 1)
 
     def submit_many(
@@ -143,6 +161,9 @@ class Producer:
         report = progress or (lambda phase, count: None)
         options = _Options(queue, priority, delay, at, max_attempts, submitted_by)
         definition = self.registry.get(kind)
+        if definition.unique is not None or definition.debounce is not None:
+            which = "a unique window" if definition.unique is not None else "a debounce"
+            raise InvalidJobOptions(f"kind {kind} has {which}: submit its jobs one by one")
         _check_texts(options, None)
         rows: list[ledger.NewJob] = []
 
@@ -201,6 +222,16 @@ class Producer:
         if key is not None and not 0 < len(key) <= 255:
             raise InvalidJobOptions("an idempotency key must be 1 to 255 characters")
         not_before = _due(options.delay, options.at)
+        unique_key = content_key(kind.name, data, kind.unique.paths) if kind.unique else None
+        debounce_key = content_key(kind.name, data, kind.debounce.paths) if kind.debounce else None
+        if kind.debounce is not None and options.retry_of is None:
+            if options.delay is not None or options.at is not None:
+                raise InvalidJobOptions(
+                    f"kind {kind.name} debounces: its job runs {kind.debounce.period:g}s after the last "
+                    "submission, so it takes no delay or time"
+                )
+            # Replaced by the server's clock when inserted (jobs.duplicates.collapse_or_insert).
+            not_before = datetime.now(UTC) + timedelta(seconds=kind.debounce.period)
         if options.schedule_name is not None or options.schedule_slot is not None:
             if options.schedule_name is None or options.schedule_slot is None:
                 raise InvalidJobOptions("a schedule firing needs both its schedule name and its slot")
@@ -224,14 +255,23 @@ class Producer:
             published_at=None if not_before is not None else ledger.SERVER_NOW,
             schedule_name=options.schedule_name,
             schedule_slot=options.schedule_slot,
+            unique_key=unique_key,
+            debounce_key=debounce_key,
         )
 
-    def _submit_in(self, session: Session, rows: list[ledger.NewJob], *, key: str | None) -> list[JobId]:
+    def _submit_in(
+        self, session: Session, rows: list[ledger.NewJob], *, key: str | None, kind: Kind | None = None
+    ) -> list[JobId]:
         conn = session.connection()
         if len(rows) == 1:
-            existing = _insert_or_existing(conn, rows[0], key)
+            row = rows[0]
+            if kind is not None and (row.unique_key is not None or row.debounce_key is not None):
+                # The content key's lock lasts until the caller commits.
+                existing = duplicates.collapse_or_insert(conn, kind, row, key)
+            else:
+                existing = duplicates.insert_or_existing(conn, row, key)
             if existing is not None:
-                return [JobId(existing, duplicate=True)]
+                return [_existing(existing)]
         else:
             ledger.insert_rows(conn, [row.columns() for row in rows], idempotent=False)
         if not session.info.get("jobs.listening"):
@@ -268,43 +308,8 @@ def _check_texts(options: _Options, key: str | None) -> None:
                 raise InvalidJobOptions(problem)
 
 
-# A key's holder can vanish between the conflicting INSERT and the look-up (the leader pruned it,
-# or an operator deleted it): the INSERT is then tried again, a bounded number of times.
-_KEY_RACE_TRIES = 3
-
-
-def _insert_or_existing(conn: Connection, row: ledger.NewJob, key: str | None) -> uuid.UUID | None:
-    """Insert one new job; ``None`` when inserted, else the existing job that holds its key or slot.
-
-    The existing job must have the same kind and payload as ``row``: if not,
-    ``IdempotencyConflict`` names it and what differs.
-    """
-    scheduled = row.schedule_name is not None
-    for _ in range(_KEY_RACE_TRIES):
-        if ledger.insert_rows(conn, [row.columns()], idempotent=key is not None, scheduled=scheduled):
-            return None
-        holder = ledger.holder_of_key(conn, key, row.payload_json) if key is not None else None
-        if holder is not None:
-            _check_same(holder, row, key)
-            return holder.id
-        if row.schedule_name is not None and row.schedule_slot is not None:
-            existing = ledger.id_for_slot(conn, row.schedule_name, row.schedule_slot)
-            if existing is not None:
-                return existing
-    raise AssertionError(f"job {row.id} was neither inserted nor found after {_KEY_RACE_TRIES} tries")
-
-
-def _check_same(holder: ledger.KeyHolder, row: ledger.NewJob, key: str | None) -> None:
-    if holder.kind != row.kind:
-        raise IdempotencyConflict(
-            f"the idempotency key {key!r} is already bound to job {holder.id} of kind {holder.kind!r}, "
-            f"not {row.kind!r}: use another key for another job"
-        )
-    if not holder.same_payload:
-        raise IdempotencyConflict(
-            f"the idempotency key {key!r} is already bound to job {holder.id}, whose payload differs "
-            "from this one: use another key for another job"
-        )
+def _existing(found: duplicates.Existing) -> JobId:
+    return JobId(found.id, duplicate=True, reason=found.reason)
 
 
 def _publishable(row: ledger.NewJob) -> ledger.Published:
