@@ -87,7 +87,9 @@ def check_path(model: type[BaseModel], path: Sequence[str], *, kind: str) -> Non
         if part not in fields:
             where = ".".join(path[:depth]) or "the payload"
             known = ", ".join(sorted(fields)) or "none"
-            raise InvalidLimit(f"kind {kind!r} has no field {'.'.join(path[: depth + 1])!r} ({where} has: {known})")
+            raise InvalidLimit(
+                f"kind {kind!r} has no field {'.'.join(path[: depth + 1])!r} ({where} has: {known})"
+            )
         current = _model_of(fields[part].annotation)
 
 
@@ -208,6 +210,11 @@ class Unique:
     def paths(self) -> tuple[tuple[str, ...], ...]:
         return tuple(parse_path(path) for path in self.fields)
 
+    def describe(self) -> str:
+        """``same tenant within 60s`` / ``same payload while unfinished``."""
+        when = "while unfinished" if self.period is None else f"within {self.period:g}s"
+        return f"same {_fields_text(self.fields)} {when}"
+
 
 @dataclass(frozen=True, slots=True)
 class Debounce:
@@ -227,3 +234,11 @@ class Debounce:
     @property
     def paths(self) -> tuple[tuple[str, ...], ...]:
         return tuple(parse_path(path) for path in self.fields)
+
+    def describe(self) -> str:
+        """``same tenant: runs 5s after the last submission``."""
+        return f"same {_fields_text(self.fields)}: runs {self.period:g}s after the last submission"
+
+
+def _fields_text(fields: Sequence[str]) -> str:
+    return ", ".join(fields) if fields else "payload"
