@@ -210,6 +210,11 @@ class Unique:
     def paths(self) -> tuple[tuple[str, ...], ...]:
         return tuple(parse_path(path) for path in self.fields)
 
+    def describe(self) -> str:
+        """``same tenant within 60s`` / ``same payload while unfinished``."""
+        when = "while unfinished" if self.period is None else f"within {self.period:g}s"
+        return f"same {_fields_text(self.fields)} {when}"
+
 
 @dataclass(frozen=True, slots=True)
 class Debounce:
@@ -229,3 +234,11 @@ class Debounce:
     @property
     def paths(self) -> tuple[tuple[str, ...], ...]:
         return tuple(parse_path(path) for path in self.fields)
+
+    def describe(self) -> str:
+        """``same tenant: runs 5s after the last submission``."""
+        return f"same {_fields_text(self.fields)}: runs {self.period:g}s after the last submission"
+
+
+def _fields_text(fields: Sequence[str]) -> str:
+    return ", ".join(fields) if fields else "payload"

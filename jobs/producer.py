@@ -12,15 +12,14 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, event
 
-from jobs import db, jsonsafe, ledger, limit_store, publisher
+from jobs import db, duplicates, ledger, limit_store, publisher, submission
 from jobs.catalog import load_kinds
-from jobs.errors import BadInput, IdempotencyConflict, InvalidJobOptions, PayloadTooLarge
+from jobs.errors import BadInput, InvalidJobOptions
 from jobs.kinds import Kind, Registry
 from jobs.settings import Settings, get_settings
 
@@ -37,34 +36,32 @@ BATCH = 1000
 class JobId(uuid.UUID):
     """A submitted job's id, which also says how the submission went.
 
-    ``duplicate``: the idempotency key was already in use, and this is the
-    existing job's id. ``published``: the message reached Redis now (if not,
-    the job is safe in the ledger and the relay publishes it later).
+    ``duplicate``: no job was created, and this is the existing job's id;
+    ``reason`` says why (``jobs.duplicates.Reason``: its idempotency key, its
+    schedule's slot, its kind's unique window, or its debounce). ``published``:
+    the message reached Redis now (if not, the job is safe in the ledger and
+    the relay publishes it later).
     """
 
-    __slots__ = ("duplicate", "published")
+    __slots__ = ("duplicate", "published", "reason")
     duplicate: bool
     published: bool
+    reason: duplicates.Reason | None
 
-    def __init__(self, value: uuid.UUID, *, duplicate: bool = False, published: bool = False) -> None:
+    def __init__(
+        self,
+        value: uuid.UUID,
+        *,
+        duplicate: bool = False,
+        published: bool = False,
+        reason: duplicates.Reason | None = None,
+    ) -> None:
         # As uuid.UUID.__init__ sets its slots, without parsing again a value that is a UUID already.
         object.__setattr__(self, "int", value.int)
         object.__setattr__(self, "is_safe", value.is_safe)
         object.__setattr__(self, "duplicate", duplicate)
         object.__setattr__(self, "published", published)
-
-
-@dataclass(frozen=True, slots=True)
-class _Options:
-    queue: str | None = None
-    priority: int | None = None
-    delay: float | timedelta | None = None
-    at: datetime | None = None
-    max_attempts: int | None = None
-    submitted_by: str | None = None
-    retry_of: uuid.UUID | None = None
-    schedule_name: str | None = None
-    schedule_slot: datetime | None = None
+        object.__setattr__(self, "reason", reason)
 
 
 class Producer:
@@ -105,32 +102,45 @@ class Producer:
         ``IdempotencyConflict``. ``schedule_name`` and ``schedule_slot`` (given
         together) mark a firing of a schedule: the pair is unique, so a second
         submit for the same slot returns the existing job with ``duplicate`` set.
+        A kind with a unique window or a debounce may return an existing job
+        too (``duplicate``, with the ``reason``); docs/flow-control.md.
         """
-        options = _Options(
+        options = submission.Options(
             queue, priority, delay, at, max_attempts, submitted_by, retry_of, schedule_name, schedule_slot
         )
         definition = self.registry.get(kind)
-        _check_texts(options, idempotency_key)
-        row = self._row(definition, payload or {}, options, idempotency_key)
+        submission.check_texts(options, idempotency_key)
+        row = submission.new_job(self.settings, definition, payload or {}, options, idempotency_key)
         if session is not None:
-            return self._submit_in(session, [row], key=idempotency_key)[0]
+            return self._submit_in(session, [row], key=idempotency_key, kind=definition)[0]
         limited = self._known_limited(definition, row.queue)
         if limited is None:  # the cached list of limited kinds is stale: read it (once a second)
             with db.autocommit(self.settings) as conn:
                 limited = self._limited(conn, definition, row.queue)
-        if not limited:
+        collapsing = row.unique_key is not None or row.debounce_key is not None
+        if not limited and not collapsing:  # the common case: one autocommitted statement
             with db.autocommit(self.settings) as conn:
-                existing = _insert_or_existing(conn, row, idempotency_key)
+                existing = duplicates.insert_or_existing(conn, row, idempotency_key)
             if existing is not None:
-                return JobId(existing, duplicate=True)
+                return _existing(existing)
             return JobId(row.id, published=self._publish([row]) == 1)
-        # Under a limit: created held, and admitted in the same transaction if there is room.
+        # One transaction: a content key's lock lasts until the commit, and a job under a limit is
+        # created held and admitted in it if there is room.
+        admitted: list[ledger.Published] = []
         with db.transaction(self.settings) as conn:
-            existing = _insert_or_existing(conn, _held(row), idempotency_key)
-            if existing is not None:
-                return JobId(existing, duplicate=True)
-            admitted = _hold(conn, [row])
-        return JobId(row.id, published=self._send(admitted) == len(admitted) > 0)
+            if limited:
+                _held(row)
+            if collapsing:
+                existing = duplicates.collapse_or_insert(conn, definition, row, idempotency_key)
+            else:
+                existing = duplicates.insert_or_existing(conn, row, idempotency_key)
+            if existing is None and limited:
+                admitted = _hold(conn, [row])
+        if existing is not None:
+            return _existing(existing)
+        if limited:
+            return JobId(row.id, published=self._send(admitted) == len(admitted) > 0)
+        return JobId(row.id, published=self._publish([row]) == 1)
 
     def submit_many(
         self,
@@ -154,15 +164,18 @@ class Producer:
         committed ("committed") and published ("published").
         """
         report = progress or (lambda phase, count: None)
-        options = _Options(queue, priority, delay, at, max_attempts, submitted_by)
+        options = submission.Options(queue, priority, delay, at, max_attempts, submitted_by)
         definition = self.registry.get(kind)
-        _check_texts(options, None)
+        if definition.unique is not None or definition.debounce is not None:
+            which = "a unique window" if definition.unique is not None else "a debounce"
+            raise InvalidJobOptions(f"kind {kind} has {which}: submit its jobs one by one")
+        submission.check_texts(options, None)
         rows: list[ledger.NewJob] = []
 
         def checked() -> Iterator[ledger.NewJob]:
             for number, payload in enumerate(payloads, start=1):
                 try:
-                    row = self._row(definition, payload, options, None)
+                    row = submission.new_job(self.settings, definition, payload, options, None)
                 except BadInput as error:
                     raise type(error)(f"item {number}: {error.message}") from None
                 rows.append(row)
@@ -194,64 +207,22 @@ class Producer:
             log.warning("%d job(s) are saved and will be published when Redis returns", len(items) - sent)
         return [JobId(row.id, published=published) for row in rows]
 
-    def _row(
-        self,
-        kind: Kind,
-        payload: Mapping[str, Any],
-        options: _Options,
-        key: str | None,
-    ) -> ledger.NewJob:
-        data = kind.dump(kind.validate(payload))
-        data_json = kind.to_json(data)
-        size = len(data_json.encode())
-        if size > self.settings.max_payload_bytes:
-            raise PayloadTooLarge(
-                f"payload of {size} bytes is over the limit of {self.settings.max_payload_bytes} "
-                "bytes (JOBS_MAX_PAYLOAD_BYTES); store large data elsewhere and pass its id"
-            )
-        priority = kind.priority if options.priority is None else options.priority
-        if not 0 <= priority <= 9:
-            raise InvalidJobOptions(f"priority {priority} is out of range: use 0 (first) to 9 (last)")
-        attempts = options.max_attempts or kind.max_attempts or self.settings.max_attempts
-        if attempts < 1:
-            raise InvalidJobOptions("max attempts must be at least 1")
-        if key is not None and not 0 < len(key) <= 255:
-            raise InvalidJobOptions("an idempotency key must be 1 to 255 characters")
-        not_before = _due(options.delay, options.at)
-        if options.schedule_name is not None or options.schedule_slot is not None:
-            if options.schedule_name is None or options.schedule_slot is None:
-                raise InvalidJobOptions("a schedule firing needs both its schedule name and its slot")
-            if options.schedule_slot.tzinfo is None:
-                raise InvalidJobOptions("a schedule slot must include its UTC offset")
-        return ledger.NewJob(
-            id=uuid.uuid4(),
-            kind=kind.name,
-            queue=options.queue or kind.queue or self.settings.default_queue,
-            priority=priority,
-            payload=data,
-            payload_json=data_json,
-            state="scheduled" if not_before is not None else "queued",
-            max_attempts=attempts,
-            not_before=not_before,
-            idempotency_key=key,
-            submitted_by=options.submitted_by,
-            retry_of=options.retry_of,
-            # Marked published as it is created, on the server's clock like created_at; a failed
-            # publish clears it (see jobs.publisher).
-            published_at=None if not_before is not None else ledger.SERVER_NOW,
-            schedule_name=options.schedule_name,
-            schedule_slot=options.schedule_slot,
-        )
-
-    def _submit_in(self, session: Session, rows: list[ledger.NewJob], *, key: str | None) -> list[JobId]:
+    def _submit_in(
+        self, session: Session, rows: list[ledger.NewJob], *, key: str | None, kind: Kind | None = None
+    ) -> list[JobId]:
         conn = session.connection()
         limited = self._limited(conn, self.registry.get(rows[0].kind), rows[0].queue)
         if limited:
             rows = [_held(row) for row in rows]
         if len(rows) == 1:
-            existing = _insert_or_existing(conn, rows[0], key)
+            row = rows[0]
+            if kind is not None and (row.unique_key is not None or row.debounce_key is not None):
+                # The content key's lock lasts until the caller commits.
+                existing = duplicates.collapse_or_insert(conn, kind, row, key)
+            else:
+                existing = duplicates.insert_or_existing(conn, row, key)
             if existing is not None:
-                return [JobId(existing, duplicate=True)]
+                return [_existing(existing)]
         else:
             ledger.insert_rows(conn, [row.columns() for row in rows], idempotent=False)
         # Under a limit, the jobs wait held; the leader admits them once the caller's transaction
@@ -298,57 +269,8 @@ class Producer:
         return ledger.applies(conn, kind.name, queue)
 
 
-def _check_texts(options: _Options, key: str | None) -> None:
-    """Refuse a text option the ledger cannot store (a NUL or a surrogate, as from undecodable argv)."""
-    for name, value in (
-        ("queue", options.queue),
-        ("idempotency key", key),
-        ("submitted_by", options.submitted_by),
-        ("schedule name", options.schedule_name),
-    ):
-        if value is not None:
-            problem = jsonsafe.unstorable(value, root=name)
-            if problem is not None:
-                raise InvalidJobOptions(problem)
-
-
-# A key's holder can vanish between the conflicting INSERT and the look-up (the leader pruned it,
-# or an operator deleted it): the INSERT is then tried again, a bounded number of times.
-_KEY_RACE_TRIES = 3
-
-
-def _insert_or_existing(conn: Connection, row: ledger.NewJob, key: str | None) -> uuid.UUID | None:
-    """Insert one new job; ``None`` when inserted, else the existing job that holds its key or slot.
-
-    The existing job must have the same kind and payload as ``row``: if not,
-    ``IdempotencyConflict`` names it and what differs.
-    """
-    scheduled = row.schedule_name is not None
-    for _ in range(_KEY_RACE_TRIES):
-        if ledger.insert_rows(conn, [row.columns()], idempotent=key is not None, scheduled=scheduled):
-            return None
-        holder = ledger.holder_of_key(conn, key, row.payload_json) if key is not None else None
-        if holder is not None:
-            _check_same(holder, row, key)
-            return holder.id
-        if row.schedule_name is not None and row.schedule_slot is not None:
-            existing = ledger.id_for_slot(conn, row.schedule_name, row.schedule_slot)
-            if existing is not None:
-                return existing
-    raise AssertionError(f"job {row.id} was neither inserted nor found after {_KEY_RACE_TRIES} tries")
-
-
-def _check_same(holder: ledger.KeyHolder, row: ledger.NewJob, key: str | None) -> None:
-    if holder.kind != row.kind:
-        raise IdempotencyConflict(
-            f"the idempotency key {key!r} is already bound to job {holder.id} of kind {holder.kind!r}, "
-            f"not {row.kind!r}: use another key for another job"
-        )
-    if not holder.same_payload:
-        raise IdempotencyConflict(
-            f"the idempotency key {key!r} is already bound to job {holder.id}, whose payload differs "
-            "from this one: use another key for another job"
-        )
+def _existing(found: duplicates.Existing) -> JobId:
+    return JobId(found.id, duplicate=True, reason=found.reason)
 
 
 def _held(row: ledger.NewJob) -> ledger.NewJob:
@@ -373,22 +295,6 @@ def _publishable(row: ledger.NewJob) -> ledger.Published:
 
 def _forget(session: Session) -> None:
     session.info.pop("jobs.pending", None)
-
-
-def _due(delay: float | timedelta | None, at: datetime | None) -> datetime | None:
-    if delay is not None and at is not None:
-        raise InvalidJobOptions("give a delay or a time (--delay or --at), not both")
-    now = datetime.now(UTC)
-    if delay is not None:
-        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-        if seconds < 0:
-            raise InvalidJobOptions("a delay cannot be negative")
-        return now + timedelta(seconds=seconds) if seconds > 0 else None
-    if at is not None:
-        if at.tzinfo is None:
-            raise InvalidJobOptions("a time must include its UTC offset, like 2026-01-31T09:00:00+01:00")
-        return at if at > now else None
-    return None
 
 
 _default: Producer | None = None

@@ -13,6 +13,7 @@ from jobs.cli.output import emit_json
 
 if TYPE_CHECKING:
     from jobs.kinds import Kind
+    from jobs.limits import Debounce, Unique
 
 __all__ = ["kinds"]
 
@@ -34,9 +35,15 @@ def describe(kind: Kind) -> dict[str, Any]:
         "soft_time_limit": kind.soft_time_limit or settings.soft_time_limit,
         "hard_time_limit": kind.hard_time_limit or settings.hard_time_limit,
         "retry_on": [exc.__name__ for exc in kind.retry_on],
+        "unique": _flow(kind.unique),
+        "debounce": _flow(kind.debounce),
         "payload_schema": kind.payload.model_json_schema(),
         "result_schema": kind.result.model_json_schema() if kind.result else None,
     }
+
+
+def _flow(spec: Unique | Debounce | None) -> dict[str, Any] | None:
+    return None if spec is None else {"fields": list(spec.fields), "period": spec.period}
 
 
 @click.group(invoke_without_command=True)
@@ -70,14 +77,17 @@ def show(name: str, as_json: bool) -> None:
     """Print a kind's payload JSON Schema and its options."""
     from jobs.cli.output import console
 
-    info = describe(context.registry().get(name))
+    kind = context.registry().get(name)
+    info = describe(kind)
     if as_json:
         emit_json(info)
         return
+    flow = {"unique": kind.unique, "debounce": kind.debounce}
     for key, value in info.items():
-        if key.endswith("_schema"):
+        if key.endswith("_schema") or (key in flow and value is None):
             continue
-        console.print(f"[bold]{key}[/]: {value}")
+        spec = flow.get(key)
+        console.print(f"[bold]{key}[/]: {spec.describe() if spec is not None else value}")
     console.print("[bold]payload schema[/]:")
     console.print_json(json.dumps(info["payload_schema"]))
     if info["result_schema"]:

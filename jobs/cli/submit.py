@@ -6,7 +6,7 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
@@ -15,6 +15,9 @@ from jobs.cli.completion import kind_names, queue_names
 from jobs.cli.options import DURATION, INSTANT, TOO_LONG, json_output, parse_param, payload_params
 from jobs.cli.output import emit_json, fail
 from jobs.errors import BadInput
+
+if TYPE_CHECKING:
+    from jobs.producer import JobId
 
 __all__ = ["submit"]
 
@@ -118,11 +121,11 @@ def submit(
     payload = _payload(payload_json, payload_file, params)
     job = context.producer().submit(kind, payload, idempotency_key=idempotency_key, **options)
     if as_json and not wait:
-        emit_json({"id": job, "duplicate": job.duplicate, "published": job.published})
+        emit_json({"id": job, "duplicate": job.duplicate, "reason": job.reason, "published": job.published})
     elif not as_json:
         click.echo(str(job))
     if job.duplicate:
-        output.err.print(f"the key {idempotency_key!r} is already in use: this is the existing job")
+        output.err.print(_duplicate(kind, job, idempotency_key), markup=False)
     elif not job.published and not _delayed(delay, at):
         output.err.print(
             "[yellow]warning:[/] the broker (Redis) is unreachable; the job is saved in the ledger "
@@ -132,6 +135,17 @@ def submit(
         from jobs.cli.waiting import wait_for
 
         sys.exit(wait_for(job, timeout=timeout, as_json=as_json))
+
+
+def _duplicate(kind: str, job: JobId, key: str | None) -> str:
+    """One line: why no job was created."""
+    definition = context.registry().get(kind)
+    if job.reason == "unique" and definition.unique is not None:
+        return f"duplicate of job {job}: {definition.unique.describe()} (unique window)"
+    if job.reason == "debounce" and definition.debounce is not None:
+        period = definition.debounce.period
+        return f"debounced into job {job}: it now runs {period:g}s from now, with this payload"
+    return f"the key {key!r} is already in use: this is the existing job"
 
 
 def _delayed(delay: float | None, at: datetime | None) -> bool:

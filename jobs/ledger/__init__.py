@@ -8,6 +8,8 @@ so). The lifecycle those statements enforce is drawn once, in
 
 - ``intake``: new jobs (submitted, in bulk, adopted from a foreign message,
   recorded as refused) and the lookups a submission needs;
+- ``collapsing``: submissions that collapse into a job already there (a kind's
+  unique window, its debounce), under a lock on their content;
 - ``publishing``: jobs taken to be put on the broker, and given back if it refused;
 - ``admission``: jobs held by a limit, and their admission (flow control);
 - ``attempts``: claim, succeed, retry, fail, rescue, cancel, progress, and the
@@ -45,6 +47,7 @@ from jobs.ledger.attempts import (
     retry,
     succeed,
 )
+from jobs.ledger.collapsing import Pushed, lock_content, push_debounced, unique_holder
 from jobs.ledger.intake import (
     NEW_JOB_COLUMNS,
     SERVER_NOW,
@@ -74,6 +77,7 @@ __all__ = [
     "KeyHolder",
     "NewJob",
     "Published",
+    "Pushed",
     "Status",
     "admit",
     "admit_jobs",
@@ -92,9 +96,11 @@ __all__ = [
     "holder_of_key",
     "id_for_slot",
     "insert_rows",
+    "lock_content",
     "mark_unpublished",
     "progress",
     "prune",
+    "push_debounced",
     "record_refused",
     "release",
     "release_lease",
@@ -109,4 +115,5 @@ __all__ = [
     "status_of",
     "succeed",
     "take_unpublished",
+    "unique_holder",
 ]

@@ -76,6 +76,10 @@ class NewJob:
     """``SERVER_NOW`` when it is published as it is created."""
     schedule_name: str | None = None
     schedule_slot: datetime | None = None
+    unique_key: str | None = None
+    """Its content key when its kind has a unique window (docs/flow-control.md)."""
+    debounce_key: str | None = None
+    """Its content key when its kind debounces."""
 
     def __post_init__(self) -> None:
         if not self.payload_json:
@@ -86,6 +90,12 @@ class NewJob:
         found = {name: getattr(self, name) for name in NEW_JOB_COLUMNS}
         if self.schedule_name is not None:
             found.update(schedule_name=self.schedule_name, schedule_slot=self.schedule_slot)
+        # Like a schedule's pair, only when set: the bulk path (COPY) never carries them, since
+        # submit_many refuses kinds with a unique window or a debounce.
+        if self.unique_key is not None:
+            found["unique_key"] = self.unique_key
+        if self.debounce_key is not None:
+            found["debounce_key"] = self.debounce_key
         return found
 
 

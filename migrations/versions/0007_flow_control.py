@@ -34,7 +34,10 @@ def upgrade() -> None:
     op.add_column("jobs", sa.Column("debounce_key", sa.Text(), nullable=True))
     op.create_index("ix_jobs_held", "jobs", ["created_at"], postgresql_where=sa.text("state = 'held'"))
     op.create_index(
-        "ix_jobs_unique_key", "jobs", ["unique_key", "created_at"], postgresql_where=sa.text("unique_key IS NOT NULL")
+        "ix_jobs_unique_key",
+        "jobs",
+        ["unique_key", "created_at"],
+        postgresql_where=sa.text("unique_key IS NOT NULL"),
     )
     op.create_index(
         "ix_jobs_debounce_key",

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 
 import jobs
 from jobs.backoff import Backoff
+from jobs.limits import Debounce, Unique
 from tests.support import controls as _controls  # noqa: F401 - registers the tests' control commands
 
 FAST = Backoff(base=0.2, factor=1.0, maximum=0.2, jitter=0.0)
@@ -236,3 +237,47 @@ def tenant(ctx: jobs.JobContext, payload: Tenant) -> dict[str, Any]:
         )
     time.sleep(payload.seconds)
     return {"tenant": payload.tenant, "n": payload.n}
+
+
+class Note(BaseModel):
+    """A tenant's piece of work: the unique and debounce kinds tell jobs apart by ``tenant`` alone."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    tenant: str
+    note: str = ""
+
+
+#: The unique window of ``test.unique``, in seconds (the tests move ``created_at`` across it).
+UNIQUE_PERIOD = 60.0
+#: The quiet period of ``test.debounce``, in seconds (long: the tests move ``not_before`` instead).
+DEBOUNCE_PERIOD = 30.0
+
+
+def _tenant(ctx: jobs.JobContext, payload: Note) -> dict[str, str]:
+    return {"tenant": payload.tenant, "note": payload.note}
+
+
+jobs.declare(
+    "test.unique",
+    payload=Note,
+    max_attempts=1,
+    unique=Unique(fields=("tenant",), period=UNIQUE_PERIOD),
+    body=_tenant,
+    description="One job per tenant per minute.",
+)
+jobs.declare(
+    "test.unique_unfinished",
+    payload=Note,
+    max_attempts=1,
+    unique=Unique(fields=("tenant",)),
+    body=_tenant,
+    description="At most one unfinished job per tenant.",
+)
+jobs.declare(
+    "test.debounce",
+    payload=Note,
+    max_attempts=1,
+    debounce=Debounce(period=DEBOUNCE_PERIOD, fields=("tenant",)),
+    body=_tenant,
+    description="Runs once a tenant's submissions have been quiet for 30 seconds.",
+)
