@@ -127,7 +127,17 @@ class CronLoop:
                     log.error("schedule %s cannot fire slot %s: %s", name, slot.isoformat(), failure.message)
                     error = f"slot {slot.isoformat()}: {failure.message}"
                     break
-                if job.duplicate:
+                if job.duplicate and job.reason in ("unique", "debounce"):
+                    how = "collapsed into" if job.reason == "unique" else "debounced into"
+                    log.info(
+                        "schedule %s: slot %s %s job %s (the kind's %s)",
+                        name,
+                        slot.isoformat(),
+                        how,
+                        job,
+                        "unique window" if job.reason == "unique" else "debounce",
+                    )
+                elif job.duplicate:
                     log.info("schedule %s: slot %s was already fired as job %s", name, slot.isoformat(), job)
                 else:
                     log.info("schedule %s fired slot %s as job %s", name, slot.isoformat(), job)
