@@ -40,13 +40,15 @@ class JobId(uuid.UUID):
     ``reason`` says why (``jobs.duplicates.Reason``: its idempotency key, its
     schedule's slot, its kind's unique window, or its debounce). ``published``:
     the message reached Redis now (if not, the job is safe in the ledger and
-    the relay publishes it later).
+    the relay publishes it later). ``held``: its kind is under a limit with no
+    room now; it waits in the ledger and starts when admitted (``jobs explain``).
     """
 
-    __slots__ = ("duplicate", "published", "reason")
+    __slots__ = ("duplicate", "held", "published", "reason")
     duplicate: bool
     published: bool
     reason: duplicates.Reason | None
+    held: bool
 
     def __init__(
         self,
@@ -55,6 +57,7 @@ class JobId(uuid.UUID):
         duplicate: bool = False,
         published: bool = False,
         reason: duplicates.Reason | None = None,
+        held: bool = False,
     ) -> None:
         # As uuid.UUID.__init__ sets its slots, without parsing again a value that is a UUID already.
         object.__setattr__(self, "int", value.int)
@@ -62,6 +65,7 @@ class JobId(uuid.UUID):
         object.__setattr__(self, "duplicate", duplicate)
         object.__setattr__(self, "published", published)
         object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "held", held)
 
 
 class Producer:
@@ -139,7 +143,7 @@ class Producer:
         if existing is not None:
             return _existing(existing)
         if limited:
-            return JobId(row.id, published=self._send(admitted) == len(admitted) > 0)
+            return JobId(row.id, published=self._send(admitted) == len(admitted) > 0, held=not admitted)
         return JobId(row.id, published=self._publish([row]) == 1)
 
     def submit_many(
@@ -205,6 +209,16 @@ class Producer:
         published = sent == len(items)
         if not published:
             log.warning("%d job(s) are saved and will be published when Redis returns", len(items) - sent)
+        if limited:
+            entered = {item.id for item in admitted}
+            return [
+                JobId(
+                    row.id,
+                    published=published and row.id in entered,
+                    held=row.state == "held" and row.id not in entered,
+                )
+                for row in rows
+            ]
         return [JobId(row.id, published=published) for row in rows]
 
     def _submit_in(
@@ -237,7 +251,7 @@ class Producer:
             event.listen(session, "after_commit", self._after_commit)
             event.listen(session, "after_rollback", _forget)
         session.info.setdefault("jobs.pending", []).extend(items)
-        return [JobId(row.id) for row in rows]
+        return [JobId(row.id, held=row.state == "held") for row in rows]
 
     def _after_commit(self, session: Session) -> None:
         items = session.info.pop("jobs.pending", [])

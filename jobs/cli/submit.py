@@ -121,11 +121,23 @@ def submit(
     payload = _payload(payload_json, payload_file, params)
     job = context.producer().submit(kind, payload, idempotency_key=idempotency_key, **options)
     if as_json and not wait:
-        emit_json({"id": job, "duplicate": job.duplicate, "reason": job.reason, "published": job.published})
+        emit_json(
+            {
+                "id": job,
+                "duplicate": job.duplicate,
+                "reason": job.reason,
+                "published": job.published,
+                "held": job.held,
+            }
+        )
     elif not as_json:
         click.echo(str(job))
     if job.duplicate:
         output.err.print(_duplicate(kind, job, idempotency_key), markup=False)
+    elif job.held:
+        output.err.print(
+            f"held: its limits have no room now; it starts when they admit it (jobs explain {job})"
+        )
     elif not job.published and not _delayed(delay, at):
         output.err.print(
             "[yellow]warning:[/] the broker (Redis) is unreachable; the job is saved in the ledger "
@@ -191,11 +203,23 @@ def _submit_file(kind: str, path: Path, options: dict[str, Any], as_json: bool) 
             where = numbers[int(item.removeprefix("item ")) - 1]
             fail(f"{path}: line {where}: {rest}; nothing was submitted", 2)
     if as_json:
-        emit_json({"count": len(ids), "ids": ids, "published": all(i.published for i in ids)})
+        held = sum(1 for i in ids if i.held)
+        emit_json(
+            {
+                "count": len(ids),
+                "ids": ids,
+                "published": all(i.published or i.held for i in ids),
+                "held": held,
+            }
+        )
     else:
         click.echo("\n".join(map(str, ids)))  # one write: 100,000 echo calls cost a second
         err.print(f"submitted {len(ids)} {kind} job(s)")
-    if ids and not ids[0].published and not options.get("delay") and not options.get("at"):
+    held_count = sum(1 for i in ids if i.held)
+    if held_count:
+        err.print(f"{held_count} job(s) held: their limits have no room now; they start as slots free")
+    unsent = [i for i in ids if not i.published and not i.held]
+    if unsent and not options.get("delay") and not options.get("at"):
         err.print("[yellow]warning:[/] Redis is unreachable; the jobs will be published when it returns")
 
 

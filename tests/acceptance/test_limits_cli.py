@@ -165,3 +165,19 @@ def test_explain_status_and_list_of_a_held_job(clean):
     assert status.returncode == 0, status.stderr
     assert "held (waiting for its limits" in status.stdout
     assert json.loads(listed.stdout)["total"] == 3
+
+
+def test_submit_says_a_job_is_held_not_that_redis_is_down(clean):
+    from jobs.limits import Limit
+    from tests.support.limits import set_limit
+
+    set_limit(clean, Limit("one-at-once", concurrency=1, kind="test.tenant"))
+    first = run_jobs("submit", "test.tenant", "-p", "tenant=a", "-p", "seconds=30")
+    assert first.returncode == 0, first.stderr
+    assert first.stderr == ""
+    second = run_jobs("submit", "test.tenant", "-p", "tenant=a", "--json")
+    assert second.returncode == 0, second.stderr
+    shown = json.loads(second.stdout)
+    assert (shown["held"], shown["published"]) == (True, False)
+    assert "unreachable" not in second.stderr
+    assert "held: its limits have no room now" in second.stderr

@@ -49,6 +49,7 @@ def test_submit_says_when_a_job_is_a_duplicate_in_a_unique_window(clean):
         "duplicate": True,
         "reason": "unique",
         "published": False,
+        "held": False,
     }
 
     other = run_jobs("submit", "test.unique", "-p", "tenant=globex")
