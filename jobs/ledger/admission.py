@@ -345,6 +345,11 @@ def _admit(run: _Pass, candidates: list[uuid.UUID]) -> list[Published]:
     """Admit each candidate whose every waiting slot has room; returns them to publish."""
     if not candidates:
         return []
+    # A held job a cancel has locked (the cancel then waits for this limit's lock) waits for the next
+    # pass: waiting for its row here would deadlock with that cancel.
+    lockable = sa.select(jobs.c.id).where(any_id(candidates), jobs.c.state == "held")
+    unlocked = set(run.conn.execute(lockable.with_for_update(skip_locked=True)).scalars())
+    candidates = [job_id for job_id in candidates if job_id in unlocked]
     slots: dict[uuid.UUID, list[Pair]] = {job_id: [] for job_id in candidates}
     for row in run.conn.execute(
         sa.select(limit_slots.c.job_id, limit_slots.c.limit_name, limit_slots.c.key).where(
