@@ -242,6 +242,12 @@ def _slots_of(run: Pass, ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Pair]]:
 
 def _admit(run: Pass, candidates: list[uuid.UUID], slots: dict[uuid.UUID, list[Pair]]) -> list[Published]:
     """Admit each candidate whose every waiting slot has room; returns them to publish."""
+    if candidates:
+        # A held job another transaction has locked (a cancel, which then waits for this limit's
+        # lock to admit the next) waits for the next pass: waiting for its row would deadlock.
+        lockable = sa.select(jobs.c.id).where(any_id(candidates), jobs.c.state == "held")
+        unlocked = set(run.conn.execute(lockable.with_for_update(skip_locked=True)).scalars())
+        candidates = [job_id for job_id in candidates if job_id in unlocked]
     chosen: list[uuid.UUID] = []
     for job_id in candidates:
         pairs = [pair for pair in slots[job_id] if pair[0] in run.limits]

@@ -5,7 +5,10 @@ and foreign messages the platform may adopt) and those it was refused, it
 reads the whole ledger and reports every broken promise:
 
 - every accepted job has a row, in exactly one terminal state, and every
-  attempt of it is closed (no attempt left open under a terminal state);
+  attempt of it is closed (no attempt left open under a terminal state); one
+  still unfinished (``held`` by a limit, queued, running, ...) is reported as
+  unfinished, not lost: its row is there, but the scenario must end with none;
+- a finished job keeps no flow-control slot (``limit_slots``): its finish freed it;
 - no row exists for a job that was never accepted;
 - at most one effect per key (the test kinds write effects in the job's own
   transaction), and a succeeded effect-writing job has exactly one;
@@ -27,13 +30,16 @@ import sqlalchemy as sa
 
 from jobs import db
 from jobs.errors import LedgerUnavailable
-from jobs.schema import TERMINAL_STATES, job_attempts, jobs
+from jobs.schema import TERMINAL_STATES, job_attempts, jobs, limit_slots
 from jobs.settings import Settings
 
-__all__ = ["EFFECT_KINDS", "Report", "Workload", "check", "wait_for_quiet"]
+__all__ = ["EFFECT_KINDS", "START_KINDS", "Report", "Workload", "check", "wait_for_quiet"]
 
 #: Kinds whose success writes exactly one row in ``test_effects`` (keyed by ``payload.key``).
 EFFECT_KINDS = frozenset({"test.effect", "test.work", "test.long"})
+#: Kinds that write a row in ``test_effects`` as each attempt starts (keyed by ``payload.tenant``):
+#: many rows per key are their point, so the at-most-one-effect rule does not read them.
+START_KINDS = frozenset({"test.tenant"})
 
 
 @dataclass
@@ -61,12 +67,13 @@ class Report:
     accepted: int = 0
     states: Counter[str] = field(default_factory=Counter)
     lost: list[str] = field(default_factory=list)
+    unfinished: list[str] = field(default_factory=list)
     duplicated_effects: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.duplicated_effects or self.problems)
+        return not (self.lost or self.unfinished or self.duplicated_effects or self.problems)
 
     def totals(self) -> dict[str, int]:
         return {
@@ -75,6 +82,7 @@ class Report:
             "failed": self.states["failed"],
             "cancelled": self.states["cancelled"],
             "lost": len(self.lost),
+            "unfinished": len(self.unfinished),
             "duplicated effects": len(self.duplicated_effects),
         }
 
@@ -82,6 +90,7 @@ class Report:
         lines = [", ".join(f"{name}: {value}" for name, value in self.totals().items())]
         for title, items in (
             ("lost", self.lost),
+            ("unfinished", self.unfinished),
             ("duplicated effects", self.duplicated_effects),
             ("problems", self.problems),
         ):
@@ -93,6 +102,7 @@ class Report:
 
 def _rows(settings: Settings, since: datetime | None) -> tuple[Sequence[Any], Sequence[Any], Sequence[Any]]:
     recent = jobs.c.created_at >= since if since is not None else sa.true()
+    slots = sa.select(sa.func.count()).where(limit_slots.c.job_id == jobs.c.id).scalar_subquery()
     with db.transaction(settings) as conn:
         job_rows = conn.execute(
             sa.select(
@@ -103,6 +113,7 @@ def _rows(settings: Settings, since: datetime | None) -> tuple[Sequence[Any], Se
                 jobs.c.max_attempts,
                 jobs.c.error,
                 jobs.c.payload,
+                slots.label("slots"),
             ).where(recent)
         ).all()
         attempt_rows = conn.execute(
@@ -115,7 +126,8 @@ def _rows(settings: Settings, since: datetime | None) -> tuple[Sequence[Any], Se
         )
         effect_rows = conn.execute(
             sa.select(effects.c.key, effects.c.job_id, effects.c.attempt).where(
-                effects.c.at >= since if since is not None else sa.true()
+                effects.c.at >= since if since is not None else sa.true(),
+                effects.c.job_id.not_in(sa.select(jobs.c.id).where(jobs.c.kind.in_(START_KINDS))),
             )
         ).all()
     return job_rows, attempt_rows, effect_rows
@@ -167,13 +179,16 @@ def check(settings: Settings, workload: Workload) -> Report:
 
 
 def _check_accepted(report: Report, workload: Workload, by_id: dict[uuid.UUID, Any]) -> None:
-    """Every accepted job has a row in a terminal state."""
+    """Every accepted job has a row (else it is lost) in a terminal state (else it is unfinished)."""
     for job_id in sorted(workload.accepted, key=str):
         row = by_id.get(job_id)
         if row is None:
             report.lost.append(f"{job_id}: accepted but has no ledger row")
         elif row.state not in TERMINAL_STATES:
-            report.lost.append(f"{job_id} ({row.kind}): still {row.state} after attempt {row.attempt}")
+            waiting = " (waiting for a limit to admit it)" if row.state == "held" else ""
+            report.unfinished.append(
+                f"{job_id} ({row.kind}): still {row.state}{waiting} after attempt {row.attempt}"
+            )
         else:
             report.states[row.state] += 1
 
@@ -195,6 +210,8 @@ def _row_problems(row: Any, workload: Workload, attempts: list[Any]) -> list[str
         found.append(f"{name}: attempt {row.attempt} but {len(attempts)} recorded")
     if row.state in TERMINAL_STATES and any(a.outcome is None for a in attempts):
         found.append(f"{name}: an attempt is still open")
+    if row.state in TERMINAL_STATES and row.slots:
+        found.append(f"{name}: finished, but still holds {row.slots} limit slot(s)")
     if row.state == "failed" and not _readable(row.error):
         found.append(f"{name}: no readable error: {row.error!r}")
     return found

@@ -123,6 +123,7 @@ class Platform:
             )
             for job_id in leftovers:
                 ledger.cancel(conn, job_id)
+            ledger.release(conn, leftovers)  # their limit slots go (the jobs they admit are cancelled too)
             since = conn.execute(sa.select(sa.func.now())).scalar_one()
         self.workload = Workload(since=since)
         self.restarts = []

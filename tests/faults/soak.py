@@ -8,9 +8,10 @@ jobs at a steady rate, and every ``--every`` seconds (± half) one fault drawn
 at random: SIGKILL of the worker's main process, SIGKILL of one pool child,
 Redis restarted empty, Redis paused (SIGSTOP) for a few seconds, PostgreSQL
 restarted. When the time is up the load stops, the platform heals and
-drains, and the checker reports accepted, succeeded, failed, cancelled, lost
-and duplicated effects. The exit status is 1 if any job was lost or any
-effect duplicated (or the checker found another broken promise).
+drains, and the checker reports accepted, succeeded, failed, cancelled, lost,
+unfinished and duplicated effects. The exit status is 1 if any job was lost or
+left unfinished or any effect duplicated (or the checker found another broken
+promise).
 """
 
 from __future__ import annotations

@@ -88,3 +88,12 @@ def set_limit(settings: Settings, limit: Limit) -> None:
     with db.transaction(settings) as conn:
         limit_store.put(conn, limit, by="tests", retarget=True)
     ledger.forget_targets()
+
+
+def remove_limits(settings: Settings, *names: str) -> None:
+    """Remove these limits from the ledger (their jobs' slots go with them); this process sees it
+    at once."""
+    with db.transaction(settings) as conn:
+        for name in names:
+            limit_store.remove(conn, name)
+    ledger.forget_targets()
