@@ -173,19 +173,27 @@ def fill(bench: Bench, system: str, n: int) -> dict[str, Any]:
 
 
 def drain(
-    bench: Bench, system: str, n: int, tag: str, backlog: int = 0, limit: Limit | None = None
+    bench: Bench,
+    system: str,
+    n: int,
+    tag: str,
+    backlog: int = 0,
+    limit: Limit | None = None,
+    filled: Callable[[Bench], None] | None = None,
 ) -> dict[str, Any]:
     """Fill the queue, start a worker, time the first message taken to the last one acknowledged.
 
     With ``backlog``, that many more jobs wait behind the ``n`` timed ones (in
     Redis and, for the platform, in the ledger): the timing stops once ``n``
     are done, so it shows what a long queue costs each job. With ``limit`` (the
-    platform), the jobs run under it (``tests.bench.flow``).
+    platform), the jobs run under it (``tests.bench.flow``); ``filled`` runs once the queue is full.
     """
     bench.clear()
     if limit is not None:
         set_limit(bench.settings, limit)
     result: dict[str, Any] = {"n": n, "backlog": backlog, **fill(bench, system, n + backlog)}
+    if filled is not None:
+        filled(bench)
     worker = bench.worker(system, tag).start()
     try:
         first, last, cpu = _watch(bench, worker, n + backlog, leave=backlog)
