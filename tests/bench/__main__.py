@@ -3,8 +3,10 @@
 Each round runs every phase for every system, alternating which system goes
 first, so slow drift on a shared machine hits both. It prints a table of
 medians (min-max) with each platform figure as a ratio to bare Celery of the
-same round, and writes the same as JSON to ``bench-results/``. Method and
-latest numbers: ``docs/performance.md``.
+same round, and writes the same as JSON to ``bench-results/``. With ``--flow``,
+flow control's phases (``tests.bench.flow``, platform only) run too, in a table
+of their own against the platform's figures without a limit. Method and latest
+numbers: ``docs/performance.md``.
 
 It uses only the ``jobs_bench`` database and Redis db 12 (or what
 ``JOBS_DATABASE_URL`` / ``JOBS_BROKER_URL`` name, within the guards in
