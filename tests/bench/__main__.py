@@ -3,8 +3,10 @@
 Each round runs every phase for every system, alternating which system goes
 first, so slow drift on a shared machine hits both. It prints a table of
 medians (min-max) with each platform figure as a ratio to bare Celery of the
-same round, and writes the same as JSON to ``bench-results/``. Method and
-latest numbers: ``docs/performance.md``.
+same round, and writes the same as JSON to ``bench-results/``. With ``--flow``,
+flow control's phases (``tests.bench.flow``, platform only) run too, in a table
+of their own against the platform's figures without a limit. Method and latest
+numbers: ``docs/performance.md``.
 
 It uses only the ``jobs_bench`` database and Redis db 12 (or what
 ``JOBS_DATABASE_URL`` / ``JOBS_BROKER_URL`` name, within the guards in
@@ -15,11 +17,12 @@ from __future__ import annotations
 
 import os
 
-from tests.bench.servers import BENCH_BROKER_URL, BENCH_DATABASE_URL
+from tests.bench.servers import BENCH_BROKER_URL, BENCH_DATABASE_URL, with_bench_kinds
 
 # Before anything loads the platform's settings, which read the environment once.
 os.environ.setdefault("JOBS_DATABASE_URL", BENCH_DATABASE_URL)
 os.environ.setdefault("JOBS_BROKER_URL", BENCH_BROKER_URL)
+os.environ["JOBS_KIND_MODULES"] = with_bench_kinds(os.environ.get("JOBS_KIND_MODULES", ""))
 
 import argparse
 import json
@@ -28,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,12 +43,16 @@ from rich.console import Console
 from jobs import db
 from jobs.producer import Producer
 from jobs.settings import get_settings
-from tests.bench import phases, report, servers
+from tests.bench import flow, flow_report, latency, phases, report, servers
 from tests.bench.workers import SYSTEMS
 
 ROOT = Path(__file__).resolve().parents[2]
 PHASES = ("single", "bulk", "bulk_cli", "drain", "latency")
-EXTRA_PHASES = ("backlog",)
+FLOW_PHASES = ("drain_capped", "slot_latency")
+EXTRA_PHASES = ("backlog", *FLOW_PHASES)
+# Steps run in this order whatever --only says; a phase that is compared runs next to its baseline.
+ORDER = ("single", "bulk", "bulk_cli", "drain", "drain_capped", "latency", "slot_latency", "backlog")
+PLATFORM_ONLY = ("bulk", "bulk_cli", "backlog", *FLOW_PHASES)
 console = Console(stderr=True)
 
 
@@ -68,7 +76,24 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default=",".join(PHASES),
-        help=f"comma-separated phases among {','.join(PHASES + EXTRA_PHASES)} (default: all but backlog)",
+        help=f"comma-separated phases among {','.join(ORDER)} (default: {','.join(PHASES)})",
+    )
+    parser.add_argument(
+        "--flow",
+        action="store_true",
+        help=f"also run flow control's phases ({','.join(FLOW_PHASES)})",
+    )
+    parser.add_argument(
+        "--slot-jobs", type=int, default=500, help="slot_latency: jobs per cap (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--slot-caps", default="1,2", help="slot_latency: the concurrency caps (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--slot-body-ms",
+        type=float,
+        default=5.0,
+        help="slot_latency: each job's body sleeps this long (default: %(default)s)",
     )
     parser.add_argument(
         "--backlog", type=int, default=0, help="drain: more jobs queued behind the timed --n (default: 0)"
@@ -109,17 +134,21 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results", help="where the JSON goes")
     args = parser.parse_args(argv)
     args.only = [p.strip() for p in args.only.split(",") if p.strip()]
+    if args.flow:
+        args.only += [phase for phase in FLOW_PHASES if phase not in args.only]
+    args.slot_caps = [int(cap) for cap in args.slot_caps.split(",") if cap.strip()]
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     if args.with_db_backend and "celery-db" not in args.systems:
         args.systems.append("celery-db")
     args.backlog_sizes = [int(size) for size in args.backlog_sizes.split(",") if size.strip()]
     for name, chosen, known in (
-        ("phase", args.only, PHASES + EXTRA_PHASES),
+        ("phase", args.only, ORDER),
         ("system", args.systems, SYSTEMS),
     ):
         unknown = set(chosen) - set(known)
         if unknown:
             parser.error(f"unknown {name}(s): {', '.join(sorted(unknown))}")
+    args.only = sorted(dict.fromkeys(args.only), key=ORDER.index)
     return args
 
 
@@ -137,36 +166,52 @@ def await_quiet(below: float, wait: float) -> float:
     return busy
 
 
-def run_round(bench: phases.Bench, args: argparse.Namespace, number: int) -> dict[str, Any]:
-    systems = args.systems if number % 2 else list(reversed(args.systems))
-    result: dict[str, Any] = {"round": number, "order": systems}
-    tag = f"round{number}"
+def plan(args: argparse.Namespace, systems: list[str], number: int) -> list[tuple[str, str]]:
+    """A round's steps, (phase, system), in order."""
     steps: list[tuple[str, str]] = []
     for phase in args.only:
-        if phase in ("bulk", "bulk_cli", "backlog"):
+        if phase in PLATFORM_ONLY:
             steps += [(phase, "platform")] if "platform" in systems else []
         elif phase == "drain":
             steps += [(phase, system) for system in systems]
         else:
             steps += [(phase, system) for system in systems if system != "celery-db"]
-    for phase, system in steps:
+    if not number % 2 and ("drain_capped", "platform") in steps and ("drain", "platform") in steps:
+        # Every other round the capped drain goes first, so drift does not favour either drain.
+        steps.remove(("drain_capped", "platform"))
+        steps.insert(steps.index(("drain", systems[0])), ("drain_capped", "platform"))
+    return steps
+
+
+def measure(
+    bench: phases.Bench, args: argparse.Namespace, phase: str, system: str, tag: str
+) -> dict[str, Any]:
+    """One step's figures."""
+    steps: dict[str, Callable[[], dict[str, Any]]] = {
+        "single": lambda: phases.single(bench, system, args.single_n),
+        "bulk": lambda: phases.bulk(bench, args.bulk_n),
+        "bulk_cli": lambda: phases.bulk_cli(bench, args.bulk_n),
+        "backlog": lambda: phases.backlog_ledger(bench, args.backlog_sizes, args.backlog_probe),
+        "drain": lambda: phases.drain(bench, system, args.n, f"{tag}-drain", backlog=args.backlog),
+        "drain_capped": lambda: flow.drain_capped(bench, args.n, f"{tag}-drain-capped"),
+        "latency": lambda: latency.submit_to_start(
+            bench, system, args.latency_jobs, args.latency_rate, f"{tag}-latency"
+        ),
+        "slot_latency": lambda: flow.slot_latency(
+            bench, args.slot_caps, args.slot_jobs, args.slot_body_ms, f"{tag}-slot"
+        ),
+    }
+    return steps[phase]()
+
+
+def run_round(bench: phases.Bench, args: argparse.Namespace, number: int) -> dict[str, Any]:
+    systems = args.systems if number % 2 else list(reversed(args.systems))
+    result: dict[str, Any] = {"round": number, "order": systems}
+    for phase, system in plan(args, systems, number):
         busy = await_quiet(args.quiet_below, args.quiet_wait)
         started = time.monotonic()
         try:
-            if phase == "single":
-                figures = phases.single(bench, system, args.single_n)
-            elif phase == "bulk":
-                figures = phases.bulk(bench, args.bulk_n)
-            elif phase == "bulk_cli":
-                figures = phases.bulk_cli(bench, args.bulk_n)
-            elif phase == "backlog":
-                figures = phases.backlog_ledger(bench, args.backlog_sizes, args.backlog_probe)
-            elif phase == "drain":
-                figures = phases.drain(bench, system, args.n, f"{tag}-drain", backlog=args.backlog)
-            else:
-                figures = phases.latency(
-                    bench, system, args.latency_jobs, args.latency_rate, f"{tag}-latency"
-                )
+            figures = measure(bench, args, phase, system, f"round{number}")
         except phases.BenchError as error:
             console.print(f"[red]round {number} {phase} {system}: {error}[/]")
             figures = {"error": str(error)}
@@ -178,7 +223,7 @@ def run_round(bench: phases.Bench, args: argparse.Namespace, number: int) -> dic
             for key, value in figures.items()
             if not isinstance(value, dict)
         )
-        console.print(f"round {number} {phase:<8} {system:<9} {time.monotonic() - started:6.1f}s  {shown}")
+        console.print(f"round {number} {phase:<12} {system:<9} {time.monotonic() - started:6.1f}s  {shown}")
     return result
 
 
@@ -253,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         for number in range(1, args.rounds + 1):
             document["rounds"].append(run_round(bench, args, number))
             document["summary"] = report.summarize(document["rounds"])
+            document["flow_summary"] = report.summarize(document["rounds"], flow_report.FLOW_METRICS)
             document["seconds"] = round(time.monotonic() - began, 1)
             out.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
     finally:
@@ -263,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         table_console = Console(width=160)
     report.render(table_console, document["summary"], machine, args.rounds)
     report.render_backlog(table_console, document["rounds"])
+    flow_report.render_flow(table_console, document.get("flow_summary", []), args.rounds)
     console.print(f"{time.monotonic() - began:.0f}s; JSON: {out}; worker logs: {bench.log_dir}")
     return 0
 

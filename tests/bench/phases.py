@@ -1,4 +1,4 @@
-"""The measurements: single submit, bulk submit, end-to-end drain, submit-to-start latency.
+"""The measurements: single submit, bulk submit, end-to-end drain (the latency: ``tests.bench.latency``).
 
 Every phase starts from an empty ledger and an empty Redis db, runs one
 system, and returns plain numbers. Bare Celery and the platform are observed
@@ -11,7 +11,6 @@ after the finish committed).
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,12 +26,23 @@ import redis
 import sqlalchemy as sa
 
 from jobs import db
+from jobs.limits import Limit
 from jobs.producer import Producer
 from jobs.settings import Settings
 from tests.bench import backlog, bare, servers
 from tests.bench.workers import Worker
+from tests.support.limits import set_limit
 
-__all__ = ["Bench", "BenchError", "backlog_ledger", "bulk", "bulk_cli", "drain", "latency", "single"]
+__all__ = [
+    "Bench",
+    "BenchError",
+    "backlog_ledger",
+    "bulk",
+    "bulk_cli",
+    "drain",
+    "single",
+    "still_empty",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 PAYLOAD = {"message": "pong"}
@@ -162,15 +172,28 @@ def fill(bench: Bench, system: str, n: int) -> dict[str, Any]:
     return {"fill_seconds": seconds, "fill_rate": n / seconds}
 
 
-def drain(bench: Bench, system: str, n: int, tag: str, backlog: int = 0) -> dict[str, Any]:
+def drain(
+    bench: Bench,
+    system: str,
+    n: int,
+    tag: str,
+    backlog: int = 0,
+    limit: Limit | None = None,
+    filled: Callable[[Bench], None] | None = None,
+) -> dict[str, Any]:
     """Fill the queue, start a worker, time the first message taken to the last one acknowledged.
 
     With ``backlog``, that many more jobs wait behind the ``n`` timed ones (in
     Redis and, for the platform, in the ledger): the timing stops once ``n``
-    are done, so it shows what a long queue costs each job.
+    are done, so it shows what a long queue costs each job. With ``limit`` (the
+    platform), the jobs run under it (``tests.bench.flow``); ``filled`` runs once the queue is full.
     """
     bench.clear()
+    if limit is not None:
+        set_limit(bench.settings, limit)
     result: dict[str, Any] = {"n": n, "backlog": backlog, **fill(bench, system, n + backlog)}
+    if filled is not None:
+        filled(bench)
     worker = bench.worker(system, tag).start()
     try:
         first, last, cpu = _watch(bench, worker, n + backlog, leave=backlog)
@@ -187,7 +210,7 @@ def drain(bench: Bench, system: str, n: int, tag: str, backlog: int = 0) -> dict
         processes=worker.processes,
     )
     if system == "platform":
-        result.update(_ledger_check(bench, n, backlog))
+        result.update(_ledger_check(bench, n, backlog, limited=limit is not None))
     elif system == "celery-db":
         result.update(_results_check(bench, n))
     bench.clear()
@@ -214,7 +237,7 @@ def _watch(bench: Bench, worker: Worker, n: int, leave: int = 0) -> tuple[float,
             last_change = time.monotonic()
         if first is not None and leave and queued + unacked <= leave:
             return first, now, worker.cpu_seconds() - cpu_at_first
-        if first is not None and queued == 0 and unacked == 0 and _still_empty(bench):
+        if first is not None and queued == 0 and unacked == 0 and still_empty(bench):
             return first, now, worker.cpu_seconds() - cpu_at_first
         if not worker.alive():
             raise BenchError(f"the worker exited early; see {worker.log_path}")
@@ -223,7 +246,7 @@ def _watch(bench: Bench, worker: Worker, n: int, leave: int = 0) -> tuple[float,
         time.sleep(POLL)
 
 
-def _still_empty(bench: Bench) -> bool:
+def still_empty(bench: Bench) -> bool:
     """Whether the queue stays empty: kombu takes a message (BRPOP) before it records it as unacked.
 
     For an instant the last message is in neither place; looking again a little
@@ -257,16 +280,19 @@ def _database_cpu(bench: Bench, worker: Worker) -> float:
     return total
 
 
-def _ledger_check(bench: Bench, n: int, backlog: int = 0) -> dict[str, Any]:
+def _ledger_check(bench: Bench, n: int, backlog: int = 0, *, limited: bool = False) -> dict[str, Any]:
     """Every job succeeded, once, with its attempt recorded; the ledger's own first-start-to-last-finish.
 
     With a backlog, the worker was stopped after ``n`` jobs: at least ``n`` succeeded, none twice.
+    Every job was under the limit when ``limited``, else none; a finished job keeps no slot row.
     """
     with db.transaction(bench.settings) as conn:
         row = conn.execute(
             sa.text(
                 "SELECT count(*) FILTER (WHERE state = 'succeeded' AND attempt = 1 AND result IS NOT NULL)"
-                " AS ok, count(*) AS total,"
+                " AS ok, count(*) AS total, count(*) FILTER (WHERE limited) AS limited,"
+                " (SELECT count(*) FROM limit_slots s JOIN jobs j ON j.id = s.job_id"
+                "  WHERE j.state = 'succeeded') AS slots_left,"
                 " extract(epoch FROM max(finished_at) - min(started_at)) AS span FROM jobs"
             )
         ).one()
@@ -279,6 +305,8 @@ def _ledger_check(bench: Bench, n: int, backlog: int = 0) -> dict[str, Any]:
     complete = row.ok == n if not backlog else row.ok >= n
     if not complete or row.total != n + backlog or attempts != row.ok:
         raise BenchError(f"ledger: {row.ok} of {n} jobs succeeded once, {attempts} attempts recorded")
+    if row.limited != (row.total if limited else 0) or row.slots_left:
+        raise BenchError(f"ledger: {row.limited} of {row.total} jobs limited, {row.slots_left} slots left")
     span = float(row.span)
     return {
         "ledger_seconds": span,
@@ -296,82 +324,6 @@ def _results_check(bench: Bench, n: int) -> dict[str, Any]:
     if stored != n:
         raise BenchError(f"celery-db: {stored} of {n} results stored")
     return {"recorded": stored}
-
-
-def latency(bench: Bench, system: str, jobs: int, rate: float, tag: str) -> dict[str, Any]:
-    """Submit ``jobs`` jobs at a steady ``rate`` to a warm, idle worker; submit call to body start."""
-    bench.clear()
-    submit = bench.submitter(system)
-    send = bare.noop.apply_async
-    worker = bench.worker(system, tag).start()
-    try:
-        for _ in range(bench.concurrency * 2):
-            submit() if system == "platform" else send(kwargs={**PAYLOAD, "record": True})
-        _settle(bench, worker, timeout=60.0)
-        bench.client.delete(bare.STARTED_KEY)
-        submitted: dict[uuid.UUID, float] = {}
-        begin = time.perf_counter()
-        for i in range(jobs):
-            pause = begin + i / rate - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
-            at = time.time()
-            if system == "platform":
-                submitted[submit()] = at
-            else:
-                submitted[uuid.UUID(send(kwargs={**PAYLOAD, "record": True}).id)] = at
-        _settle(
-            bench, worker, timeout=60.0, done=lambda: len(_starts(bench, system, list(submitted))) == jobs
-        )
-    finally:
-        worker.stop()
-    starts = _starts(bench, system, list(submitted))
-    if len(starts) != jobs:
-        raise BenchError(f"{system}: {len(starts)} of {jobs} latency jobs recorded a start")
-    waits = sorted((starts[job] - at) * 1000 for job, at in submitted.items())
-    bench.clear()
-    return {
-        "jobs": jobs,
-        "rate": rate,
-        "p50_ms": _percentile(waits, 50),
-        "p90_ms": _percentile(waits, 90),
-        "p99_ms": _percentile(waits, 99),
-        "max_ms": waits[-1],
-        "mean_ms": statistics.fmean(waits),
-    }
-
-
-def _settle(bench: Bench, worker: Worker, timeout: float, done: Callable[[], bool] = lambda: True) -> None:
-    """Wait until the queue is empty, nothing is unacknowledged, and ``done()`` holds."""
-    deadline = time.monotonic() + timeout
-    while bench.depth() != (0, 0) or not _still_empty(bench) or not done():
-        if not worker.alive():
-            raise BenchError(f"the worker exited early; see {worker.log_path}")
-        if time.monotonic() > deadline:
-            raise BenchError(f"the worker did not empty the queue in {timeout:g}s; see {worker.log_path}")
-        time.sleep(POLL)
-
-
-def _starts(bench: Bench, system: str, ids: list[uuid.UUID]) -> dict[uuid.UUID, float]:
-    """When each job's body began: the claim's ``started_at`` (platform), or the body's own stamp."""
-    if system == "platform":
-        with db.transaction(bench.settings) as conn:
-            rows = conn.execute(
-                sa.text("SELECT id, extract(epoch FROM started_at) FROM jobs WHERE id = ANY(:ids)"),
-                {"ids": ids},
-            ).all()
-        return {row[0]: float(row[1]) for row in rows if row[1] is not None}
-    stamps = {}
-    for raw in bench.client.lrange(bare.STARTED_KEY, 0, -1):
-        job, at = (raw.decode() if isinstance(raw, bytes) else raw).split()
-        stamps[uuid.UUID(job)] = float(at)
-    return {job: stamps[job] for job in ids if job in stamps}
-
-
-def _percentile(ordered: list[float], pct: float) -> float:
-    if len(ordered) == 1:
-        return ordered[0]
-    return statistics.quantiles(ordered, n=100, method="inclusive")[int(pct) - 1]
 
 
 def backlog_ledger(bench: Bench, sizes: list[int], probe: int) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["METRICS", "Metric", "render", "render_backlog", "summarize"]
+__all__ = ["METRICS", "Metric", "ratio_text", "read", "render", "render_backlog", "spread_text", "summarize"]
 
 Round = dict[str, dict[str, dict[str, Any]]]
 
@@ -27,14 +27,17 @@ class Metric:
     target: float | None = None
     higher_is_better: bool = True
     compared_label: str = "platform"
+    baseline_label: str = "celery"
 
 
-def _get(phase: str, system: str, field: str) -> Callable[[Round], float | None]:
-    def read(round_: Round) -> float | None:
+def read(phase: str, system: str, field: str) -> Callable[[Round], float | None]:
+    """How to read one figure of a round (``None`` when the phase did not run or failed)."""
+
+    def figure(round_: Round) -> float | None:
         value = round_.get(phase, {}).get(system, {}).get(field)
         return None if value is None else float(value)
 
-    return read
+    return figure
 
 
 METRICS = (
@@ -42,86 +45,86 @@ METRICS = (
         "single_submit",
         "single submit (submit vs apply_async loop)",
         "jobs/s",
-        _get("single", "celery", "rate"),
-        _get("single", "platform", "rate"),
+        read("single", "celery", "rate"),
+        read("single", "platform", "rate"),
         target=0.8,
     ),
     Metric(
         "single_submit_cpu",
         "  producer CPU per submitted job (single)",
         "ms",
-        _get("single", "celery", "client_cpu_ms_per_job"),
-        _get("single", "platform", "client_cpu_ms_per_job"),
+        read("single", "celery", "client_cpu_ms_per_job"),
+        read("single", "platform", "client_cpu_ms_per_job"),
         higher_is_better=False,
     ),
     Metric(
         "bulk_submit",
         "bulk submit (submit_many vs apply_async loop)",
         "jobs/s",
-        _get("single", "celery", "rate"),
-        _get("bulk", "platform", "rate"),
+        read("single", "celery", "rate"),
+        read("bulk", "platform", "rate"),
         target=25.0,
     ),
     Metric(
         "bulk_submit_cli",
         "bulk submit (jobs submit --from-file, incl. start-up)",
         "jobs/s",
-        _get("single", "celery", "rate"),
-        _get("bulk_cli", "platform", "rate"),
+        read("single", "celery", "rate"),
+        read("bulk_cli", "platform", "rate"),
         target=25.0,
     ),
     Metric(
         "drain",
         "end-to-end drain (first taken to last acked)",
         "jobs/s",
-        _get("drain", "celery", "rate"),
-        _get("drain", "platform", "rate"),
+        read("drain", "celery", "rate"),
+        read("drain", "platform", "rate"),
         target=0.9,
     ),
     Metric(
         "drain_cpu",
         "  worker CPU per job (main process + pool, drain)",
         "ms",
-        _get("drain", "celery", "worker_cpu_ms_per_job"),
-        _get("drain", "platform", "worker_cpu_ms_per_job"),
+        read("drain", "celery", "worker_cpu_ms_per_job"),
+        read("drain", "platform", "worker_cpu_ms_per_job"),
         higher_is_better=False,
     ),
     Metric(
         "drain_database_cpu",
         "  PostgreSQL CPU per job (the worker's backends, drain)",
         "ms",
-        _get("drain", "celery", "database_cpu_ms_per_job"),
-        _get("drain", "platform", "database_cpu_ms_per_job"),
+        read("drain", "celery", "database_cpu_ms_per_job"),
+        read("drain", "platform", "database_cpu_ms_per_job"),
         higher_is_better=False,
     ),
     Metric(
         "drain_ledger",
         "  drain by ledger timestamps (first start to last finish)",
         "jobs/s",
-        _get("drain", "celery", "rate"),
-        _get("drain", "platform", "ledger_rate"),
+        read("drain", "celery", "rate"),
+        read("drain", "platform", "ledger_rate"),
     ),
     Metric(
         "drain_celery_db",
         "  drain, Celery + database result backend (reference)",
         "jobs/s",
-        _get("drain", "celery", "rate"),
-        _get("drain", "celery-db", "rate"),
+        read("drain", "celery", "rate"),
+        read("drain", "celery-db", "rate"),
         compared_label="celery-db",
     ),
     Metric(
         "fill",
         "  queue fill before the drain (apply_async loop vs submit_many)",
         "jobs/s",
-        _get("drain", "celery", "fill_rate"),
-        _get("drain", "platform", "fill_rate"),
+        read("drain", "celery", "fill_rate"),
+        read("drain", "platform", "fill_rate"),
     ),
     Metric(
         "latency_p50",
         "submit-to-start latency p50",
         "ms",
-        _get("latency", "celery", "p50_ms"),
-        _get("latency", "platform", "p50_ms"),
+        read("latency", "celery", "p50_ms"),
+        read("latency", "platform", "p50_ms"),
         target=1.2,
         higher_is_better=False,
     ),
@@ -129,16 +132,16 @@ METRICS = (
         "latency_p99",
         "submit-to-start latency p99",
         "ms",
-        _get("latency", "celery", "p99_ms"),
-        _get("latency", "platform", "p99_ms"),
+        read("latency", "celery", "p99_ms"),
+        read("latency", "platform", "p99_ms"),
         higher_is_better=False,
     ),
     Metric(
         "peak_rss",
         "worker peak RSS, process tree (during the drain)",
         "MiB",
-        _get("drain", "celery", "peak_rss_mib"),
-        _get("drain", "platform", "peak_rss_mib"),
+        read("drain", "celery", "peak_rss_mib"),
+        read("drain", "platform", "peak_rss_mib"),
         target=1.2,
         higher_is_better=False,
     ),
@@ -146,8 +149,8 @@ METRICS = (
         "peak_pss",
         "  worker peak PSS (shared pages split)",
         "MiB",
-        _get("drain", "celery", "peak_pss_mib"),
-        _get("drain", "platform", "peak_pss_mib"),
+        read("drain", "celery", "peak_pss_mib"),
+        read("drain", "platform", "peak_pss_mib"),
         higher_is_better=False,
     ),
 )
@@ -159,10 +162,10 @@ def _spread(values: list[float]) -> dict[str, float] | None:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
-def summarize(rounds: list[Round]) -> list[dict[str, Any]]:
+def summarize(rounds: list[Round], metrics: tuple[Metric, ...] = METRICS) -> list[dict[str, Any]]:
     """Median and min-max of each figure, and of each round's ratio, for every metric with data."""
     rows = []
-    for metric in METRICS:
+    for metric in metrics:
         base, comp, ratios = [], [], []
         for round_ in rounds:
             b, c = metric.baseline(round_), metric.compared(round_)
@@ -188,7 +191,8 @@ def summarize(rounds: list[Round]) -> list[dict[str, Any]]:
                 "label": metric.label,
                 "unit": metric.unit,
                 "compared": metric.compared_label,
-                "celery": _spread(base),
+                "baseline": metric.baseline_label,
+                metric.baseline_label: _spread(base),
                 metric.compared_label: _spread(comp),
                 "ratio": ratio,
                 "target": None
@@ -200,7 +204,7 @@ def summarize(rounds: list[Round]) -> list[dict[str, Any]]:
     return rows
 
 
-def _fmt(spread: dict[str, float] | None, digits: int = 0) -> str:
+def spread_text(spread: dict[str, float] | None, digits: int = 0) -> str:
     if spread is None:
         return "-"
     med, lo, hi = spread["median"], spread["min"], spread["max"]
@@ -209,7 +213,7 @@ def _fmt(spread: dict[str, float] | None, digits: int = 0) -> str:
     return f"{med:,.{digits}f} ({lo:,.{digits}f}-{hi:,.{digits}f})"
 
 
-def _ratio(spread: dict[str, float] | None) -> str:
+def ratio_text(spread: dict[str, float] | None) -> str:
     if spread is None:
         return "-"
     if spread["n"] == 1:
@@ -240,9 +244,9 @@ def render(console: Console, rows: list[dict[str, Any]], machine: dict[str, Any]
         table.add_row(
             row["label"],
             row["unit"],
-            _fmt(row["celery"], digits),
-            _fmt(row[row["compared"]], digits),
-            _ratio(row["ratio"]),
+            spread_text(row[row["baseline"]], digits),
+            spread_text(row[row["compared"]], digits),
+            ratio_text(row["ratio"]),
             row["target"] or "",
             met,
         )

@@ -12,7 +12,7 @@ import psutil
 import redis
 import sqlalchemy as sa
 
-from jobs import db, migrate
+from jobs import db, ledger, migrate
 from jobs.settings import Settings
 
 __all__ = [
@@ -24,13 +24,21 @@ __all__ = [
     "describe",
     "guard",
     "prepare",
+    "with_bench_kinds",
 ]
 
 BENCH_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/jobs_bench"
 BENCH_BROKER_URL = "redis://127.0.0.1:6379/12"
 
+BENCH_KINDS = "tests.bench.kinds"
 PRIORITY_SEP = "\x06\x16"
 CELERY_TABLES = ("celery_taskmeta", "celery_tasksetmeta")
+
+
+def with_bench_kinds(modules: str) -> str:
+    """``JOBS_KIND_MODULES`` with the benchmark's own kind module added (``tests.bench.kinds``)."""
+    names = [name.strip() for name in modules.split(",") if name.strip()]
+    return ",".join(dict.fromkeys([*names, BENCH_KINDS]))
 
 
 def guard(settings: Settings) -> None:
@@ -50,11 +58,13 @@ def prepare(settings: Settings) -> None:
 
 
 def clear(settings: Settings, client: redis.Redis) -> None:
-    """Empty the ledger and this Redis db's keys (kombu's bindings stay), and Celery's result tables."""
+    """Empty the ledger (limits included) and this Redis db's keys (kombu's bindings stay), and
+    Celery's result tables."""
     with db.transaction(settings) as conn:
-        conn.execute(sa.text("TRUNCATE jobs, job_attempts, limit_slots"))
+        conn.execute(sa.text("TRUNCATE jobs, job_attempts, limits, limit_slots, limit_keys"))
         for table in CELERY_TABLES:
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+    ledger.forget_targets()
     keys = [key for key in client.scan_iter(count=1000) if not key.startswith(b"_kombu.binding")]
     for start in range(0, len(keys), 1000):
         client.delete(*keys[start : start + 1000])
