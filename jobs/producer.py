@@ -292,6 +292,7 @@ def _held(row: ledger.NewJob) -> ledger.NewJob:
     if row.state == "queued":
         row.state = "held"
     row.published_at = None
+    row.limited = True
     return row
 
 

@@ -95,9 +95,10 @@ def _ids(ids: Iterable[uuid.UUID]) -> sa.BindParameter[Any]:
     return sa.bindparam(None, list(ids), type_=pg.ARRAY(sa.Uuid))
 
 
-def _add_slots(conn: sa.Connection, which: sa.ColumnElement[bool]) -> None:
+def _add_slots(conn: sa.Connection, which: sa.ColumnElement[bool], *, mark: bool = True) -> None:
     """Open the missing slot rows of the selected jobs (one per limit that applies), and mark the
-    jobs limited. The key is the payload's text at the limit's field path ('' without one)."""
+    jobs limited (unless ``mark`` is false: they were created so). The key is the payload's text
+    at the limit's field path ('' without one)."""
     key = sa.func.coalesce(jobs.c.payload.op("#>>")(limits.c.key), "")
     fair = sa.func.first_value(
         sa.case((limits.c.key.is_not(None), limits.c.name + FAIR_SEPARATOR + key), else_=None)
@@ -108,13 +109,16 @@ def _add_slots(conn: sa.Connection, which: sa.ColumnElement[bool]) -> None:
         .join(limits, sa.or_(limits.c.kind == jobs.c.kind, limits.c.queue == jobs.c.queue))
         .where(which)
     )
-    inserted = (
+    insert = (
         pg_insert(limit_slots)
         .from_select(["job_id", "limit_name", "key", "priority", "fair"], applicable)
         .on_conflict_do_nothing()
         .returning(limit_slots.c.job_id)
-        .cte("inserted")
     )
+    if not mark:  # created limited already
+        conn.execute(insert)
+        return
+    inserted = insert.cte("inserted")
     conn.execute(
         sa.update(jobs)
         .where(jobs.c.id.in_(sa.select(inserted.c.job_id)), jobs.c.limited.is_(False))
@@ -123,9 +127,9 @@ def _add_slots(conn: sa.Connection, which: sa.ColumnElement[bool]) -> None:
 
 
 def hold(conn: sa.Connection, ids: Sequence[uuid.UUID]) -> None:
-    """Give new ``held`` jobs their slot rows (one statement)."""
+    """Give new ``held`` jobs, created ``limited``, their slot rows (one statement)."""
     if ids:
-        _add_slots(conn, any_id(ids))
+        _add_slots(conn, any_id(ids), mark=False)
 
 
 def hold_due(conn: sa.Connection, *, limit: int = 1000) -> int:

@@ -50,7 +50,7 @@ SERVER_NOW: Final = _ServerNow()
 #: Columns a new job is created with (the rest take their defaults).
 NEW_JOB_COLUMNS = (
     "id", "kind", "queue", "priority", "payload", "state", "max_attempts", "not_before",
-    "idempotency_key", "submitted_by", "retry_of", "published_at",
+    "idempotency_key", "submitted_by", "retry_of", "published_at", "limited",
 )  # fmt: skip
 
 
@@ -76,6 +76,8 @@ class NewJob:
     """``SERVER_NOW`` when it is published as it is created."""
     schedule_name: str | None = None
     schedule_slot: datetime | None = None
+    limited: bool = False
+    """Under a limit: created ``held`` (``scheduled`` when delayed), given its slot rows with it."""
     unique_key: str | None = None
     """Its content key when its kind has a unique window (docs/flow-control.md)."""
     debounce_key: str | None = None
@@ -108,7 +110,9 @@ def adopt(conn: sa.Connection, job: NewJob, *, handed_back: bool = False, held: 
     kind is under a limit; the job waits for admission (``jobs.ledger.admission``).
     """
     values = job.columns()
-    values.update(state="held" if held else "queued", published_at=None if handed_back or held else now())
+    values.update(
+        state="held" if held else "queued", limited=held, published_at=None if handed_back or held else now()
+    )
     if handed_back:
         values["handed_back_at"] = now()
     inserted = conn.execute(
@@ -190,7 +194,7 @@ def copy_rows(conn: sa.Connection, new_jobs: Iterable[NewJob]) -> None:
 # COPY's text format takes the JSON text as it is: the payload is serialized only once.
 _COPY_TYPES = [
     "uuid", "text", "text", "int2", "text", "text", "int4", "timestamptz",
-    "text", "text", "uuid", "timestamptz",
+    "text", "text", "uuid", "timestamptz", "bool",
 ]  # fmt: skip
 _copy_values = cast(
     "Callable[[NewJob], tuple[Any, ...]]",
