@@ -55,6 +55,9 @@ def unclaimed(
     if row.state == "running" and row.attempt >= row.max_attempts:
         rescued = ledger.rescue_expired(conn, only=delivery.job_id, tally=counters.process_tally(settings))
         if rescued:
+            with db.transaction(settings) as tx:  # under a limit: the next job's turn
+                admitted = ledger.release(tx, [delivery.job_id])
+            publish_admitted(settings, admitted)  # after the commit
             message = "worker lost on its last attempt"
             log.error(
                 "job %s %s attempt %d/%d failed: %s",

@@ -117,6 +117,10 @@ class Pass:
 
 def begin(conn: sa.Connection) -> Pass:
     """A pass over the limits as they are now, on the database's clock."""
+    # The limits' advisory locks last as long as the transaction: in autocommit, each statement's.
+    assert conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT", (
+        "admission needs a transaction"
+    )
     rules = {}
     clock = None
     for row in conn.execute(sa.select(limits, sa.func.clock_timestamp().label("clock"))).all():
