@@ -232,10 +232,12 @@ def record_success(settings: Settings, session: Session | None, claimed: ledger.
         else:
             session.rollback()
     elif claimed.limited:
-        with db.transaction(settings) as conn:
-            finished = ledger.succeed(conn, claimed.id, claimed.attempt, result)
-            if finished:
-                admitted = ledger.release(conn, [claimed.id])
+        finished, contended = _succeed_freeing(settings, claimed, result)
+        if contended:  # jobs wait behind its keys: finish again, admitting them in the same commit
+            with db.transaction(settings) as conn:
+                finished = ledger.succeed(conn, claimed.id, claimed.attempt, result)
+                if finished:
+                    admitted = ledger.release(conn, [claimed.id])
     else:
         with db.direct(settings) as direct:
             finished = ledger.succeed(direct, claimed.id, claimed.attempt, result)
@@ -246,6 +248,23 @@ def record_success(settings: Settings, session: Session | None, claimed: ledger.
         finished.kind, finished.queue, "succeeded", state="succeeded", ran=finished.ran
     )
     return True
+
+
+def _succeed_freeing(
+    settings: Settings, claimed: ledger.Claimed, result: Any
+) -> tuple[ledger.Finished | None, bool]:
+    """The finish of a job under a limit, on the hot path's connection, in one transaction with
+    the drop of its slots; rolled back (``True``) when jobs wait behind its keys."""
+    import psycopg
+
+    finished: ledger.Finished | None = None
+    contended = False
+    with db.direct(settings) as direct, direct.transaction() as tx:
+        finished = ledger.succeed(direct, claimed.id, claimed.attempt, result)
+        contended = finished is not None and ledger.free_slots(direct, claimed.id)
+        if contended:
+            raise psycopg.Rollback(tx)  # leaves the block, rolled back
+    return (None if contended else finished), contended
 
 
 def publish_admitted(settings: Settings, admitted: list[ledger.Published]) -> None:

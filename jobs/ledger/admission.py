@@ -27,6 +27,7 @@ they waited. A limit without a key serves the keys of the jobs' keyed limit roun
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -38,7 +39,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from jobs.ledger.publishing import Published
 from jobs.ledger.room import FAIR_SEPARATOR, Pair, Pass, begin, waiting
-from jobs.ledger.statements import any_id, now
+from jobs.ledger.statements import Executor, any_id, execute, now, param
 from jobs.schema import jobs, limit_keys, limit_slots, limits
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "applies",
     "cached_applies",
     "forget_targets",
+    "free_slots",
     "hold",
     "hold_due",
     "release",
@@ -179,6 +181,33 @@ def release(conn: sa.Connection, ids: Sequence[uuid.UUID]) -> list[Published]:
     if not pairs:
         return []
     return admit(conn, pairs=[(row.limit_name, row.key) for row in pairs])
+
+
+@functools.cache
+def _freed_statement() -> sa.Select[Any]:
+    """Built once (the worker's hot path prepares it): drop a finished job's slot rows and say
+    whether any job waits behind the keys they held."""
+    live = [jobs.c.state != state for state in ("held", *_UNFINISHED_ADMITTED)]  # no expanding IN: prepared
+    ended = sa.select(jobs.c.id).where(jobs.c.id == param("w_job_id", sa.Uuid), *live)
+    gone = (
+        sa.delete(limit_slots)
+        .where(limit_slots.c.job_id.in_(ended))
+        .returning(limit_slots.c.limit_name, limit_slots.c.key)
+        .cte("gone")
+    )
+    behind = limit_slots.alias("behind")
+    waiting_behind = sa.exists().where(
+        behind.c.limit_name == gone.c.limit_name, behind.c.key == gone.c.key, behind.c.admitted_at.is_(None)
+    )
+    return sa.select(sa.func.count()).select_from(gone).where(waiting_behind)
+
+
+def free_slots(conn: Executor, job_id: uuid.UUID) -> bool:
+    """After this job finished (in this transaction): drop its slot rows; ``True`` when jobs wait
+    behind the keys it freed, which ``release`` must then admit in the same transaction (the
+    worker's finish then runs again on the admitting path)."""
+    row = execute(conn, _freed_statement(), {"w_job_id": job_id})
+    return bool(row is not None and row[0])
 
 
 def settle(conn: sa.Connection) -> int:

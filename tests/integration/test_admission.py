@@ -208,3 +208,24 @@ def test_a_worker_runs_limited_jobs_and_admits_the_next_in_its_finish(producer: 
         left = conn.execute(sa.select(sa.func.count()).select_from(limit_slots)).scalar_one()
     assert all(later.started_at >= earlier.finished_at for earlier, later in itertools.pairwise(starts))
     assert left == 0
+
+
+def test_a_finish_frees_its_slots_in_one_statement_and_says_whether_jobs_wait(producer: Producer):
+    settings = producer.settings
+    set_limits(settings, Limit("two", concurrency=2, kind="test.tenant"))
+    first, second, third = (producer.submit("test.tenant", {"tenant": "x", "n": n}) for n in range(3))
+    with db.direct(settings) as direct, direct.transaction():
+        claimed = ledger.claim(direct, first, worker="w", lease=60)
+        assert claimed is not None
+        assert ledger.succeed(direct, first, claimed.attempt, None) is not None
+        assert ledger.free_slots(direct, first)  # the third waits behind the key it freed
+    with db.transaction(settings) as conn:
+        assert [item.id for item in ledger.release(conn, [second])] == []  # not finished: nothing to do
+        conn.execute(sa.delete(jobs).where(jobs.c.id == third))
+    with db.direct(settings) as direct, direct.transaction():
+        claimed = ledger.claim(direct, second, worker="w", lease=60)
+        assert claimed is not None
+        ledger.succeed(direct, second, claimed.attempt, None)
+        assert not ledger.free_slots(direct, second)  # nobody waits: one statement, no admission
+    with db.transaction(settings) as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(limit_slots)).scalar_one() == 0
