@@ -300,8 +300,8 @@ def _hold(conn: Connection, rows: Sequence[ledger.NewJob], *, admit: bool = True
     """Open the slots of new held jobs and admit those that fit now (in this transaction). A
     delayed job gets its slots when it is due (``ledger.hold_due``)."""
     ids = [row.id for row in rows if row.state == "held"]
-    ledger.hold(conn, ids)
-    return ledger.admit_jobs(conn, ids) if admit else []
+    slots = ledger.hold(conn, ids)
+    return ledger.admit_jobs(conn, ids, slots) if admit else []
 
 
 def _publishable(row: ledger.NewJob) -> ledger.Published:

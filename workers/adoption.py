@@ -128,9 +128,7 @@ def _adopt_held(settings: Settings, job: ledger.NewJob) -> NoReturn:
     other, and this message is acknowledged without running (the admission publishes the job)."""
     with db.transaction(settings) as conn:
         adopted = ledger.adopt(conn, job, held=True)
-        if adopted:
-            ledger.hold(conn, [job.id])
-        admitted = ledger.admit_jobs(conn, [job.id]) if adopted else []
+        admitted = ledger.admit_jobs(conn, [job.id], ledger.hold(conn, [job.id])) if adopted else []
         state = "held" if adopted else ledger.state_of(conn, job.id)
     if adopted:
         log.info("job %s (%s) adopted into the ledger; it waits for its limits", job.id, job.kind)

@@ -97,7 +97,9 @@ def _ids(ids: Iterable[uuid.UUID]) -> sa.BindParameter[Any]:
     return sa.bindparam(None, list(ids), type_=pg.ARRAY(sa.Uuid))
 
 
-def _add_slots(conn: sa.Connection, which: sa.ColumnElement[bool], *, mark: bool = True) -> None:
+def _add_slots(
+    conn: sa.Connection, which: sa.ColumnElement[bool], *, mark: bool = True
+) -> dict[uuid.UUID, list[Pair]]:
     """Open the missing slot rows of the selected jobs (one per limit that applies), and mark the
     jobs limited (unless ``mark`` is false: they were created so). The key is the payload's text
     at the limit's field path ('' without one)."""
@@ -115,23 +117,26 @@ def _add_slots(conn: sa.Connection, which: sa.ColumnElement[bool], *, mark: bool
         pg_insert(limit_slots)
         .from_select(["job_id", "limit_name", "key", "priority", "fair"], applicable)
         .on_conflict_do_nothing()
-        .returning(limit_slots.c.job_id)
+        .returning(limit_slots.c.job_id, limit_slots.c.limit_name, limit_slots.c.key)
     )
     if not mark:  # created limited already
-        conn.execute(insert)
-        return
+        opened: dict[uuid.UUID, list[Pair]] = {}
+        for row in conn.execute(insert):
+            opened.setdefault(row.job_id, []).append((row.limit_name, row.key))
+        return opened
     inserted = insert.cte("inserted")
     conn.execute(
         sa.update(jobs)
         .where(jobs.c.id.in_(sa.select(inserted.c.job_id)), jobs.c.limited.is_(False))
         .values(limited=True)
     )
+    return {}
 
 
-def hold(conn: sa.Connection, ids: Sequence[uuid.UUID]) -> None:
-    """Give new ``held`` jobs, created ``limited``, their slot rows (one statement)."""
-    if ids:
-        _add_slots(conn, any_id(ids), mark=False)
+def hold(conn: sa.Connection, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[Pair]]:
+    """Give new ``held`` jobs, created ``limited``, their slot rows (one statement); returns them,
+    for ``admit_jobs``."""
+    return _add_slots(conn, any_id(ids), mark=False) if ids else {}
 
 
 def hold_due(conn: sa.Connection, *, limit: int = 1000) -> int:
@@ -218,14 +223,18 @@ def settle(conn: sa.Connection) -> int:
     return conn.execute(sa.delete(limit_slots).where(~sa.exists(stale))).rowcount
 
 
-def admit_jobs(conn: sa.Connection, ids: Sequence[uuid.UUID]) -> list[Published]:
-    """Admit these held jobs (just submitted) if their limits have room, in this order."""
+def admit_jobs(
+    conn: sa.Connection, ids: Sequence[uuid.UUID], slots: dict[uuid.UUID, list[Pair]] | None = None
+) -> list[Published]:
+    """Admit these held jobs, just created in this transaction, if their limits have room, in
+    this order; ``slots``: what ``hold`` returned for them."""
     if not ids:
         return []
     run = begin(conn)
-    slots = _slots_of(run, list(ids))
+    known = slots if slots is not None else _slots_of(run, list(ids))
+    slots = {job_id: known.get(job_id, []) for job_id in ids}
     run.lock(name for pairs in slots.values() for name, _ in pairs)
-    return _admit(run, list(ids), slots)
+    return _admit(run, list(ids), slots, new=True)
 
 
 def admit(
@@ -273,9 +282,12 @@ def _slots_of(run: Pass, ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Pair]]:
     return found
 
 
-def _admit(run: Pass, candidates: list[uuid.UUID], slots: dict[uuid.UUID, list[Pair]]) -> list[Published]:
-    """Admit each candidate whose every waiting slot has room; returns them to publish."""
-    if candidates:
+def _admit(
+    run: Pass, candidates: list[uuid.UUID], slots: dict[uuid.UUID, list[Pair]], *, new: bool = False
+) -> list[Published]:
+    """Admit each candidate whose every waiting slot has room; returns them to publish. ``new``:
+    the candidates were created in this transaction (no other can have locked them)."""
+    if candidates and not new:
         # A held job another transaction has locked (a cancel, which then waits for this limit's
         # lock to admit the next) waits for the next pass: waiting for its row would deadlock.
         lockable = sa.select(jobs.c.id).where(any_id(candidates), jobs.c.state == "held")
