@@ -31,7 +31,8 @@ and records when each last ran.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from beat.context import Loop, Maintenance, publish_taken
 from beat.cron import CronLoop
@@ -45,6 +46,8 @@ __all__ = ["Admitter", "Pruner", "Relay", "Republisher", "Rescuer", "Stager", "d
 log = logging.getLogger("jobs.beat")
 
 BATCH = 1000
+#: The admitter's shortest wait for a rate's next token (the leader ticks at most every 0.05 s).
+MIN_ADMIT_WAIT = 0.02
 
 
 @dataclass
@@ -123,17 +126,22 @@ class Rescuer:
 @dataclass
 class Admitter:
     """Flow control's tick: holds due limited jobs, admits what time (rates) or a lost race left
-    waiting; every ``orphans_every`` rounds, drops slot rows a crash left and queues held jobs
-    whose limits were removed."""
+    waiting; every ``settle_every`` seconds, drops slot rows a crash left and queues held jobs
+    whose limits were removed. It runs again when the next rate token is due (at most every
+    ``interval``), so rate-limited jobs start evenly spaced, not in bursts of one round."""
 
     interval: float
-    orphans_every: int = 25
+    settle_every: float = 5.0
     name: str = "admitter"
     rounds: int = 0
+    every: float = 0.0
+    settled_at: float = field(default=float("-inf"))
+
+    def __post_init__(self) -> None:
+        self.every = self.interval
 
     def run(self, env: Maintenance) -> int:
         self.rounds += 1
-        moved = 0
         if self.rounds == 1:  # the limits kinds declare in code, when this leader starts leading
             with db.transaction(env.settings) as conn:
                 changed = limit_store.sync_declared(conn, env.registry)
@@ -146,11 +154,13 @@ class Admitter:
                 break
         with db.transaction(env.settings) as conn:
             admitted = ledger.admit(conn)
-            if self.rounds % self.orphans_every == 1:
+            if time.monotonic() - self.settled_at >= self.settle_every:
+                self.settled_at = time.monotonic()
                 ledger.settle(conn)
                 admitted += ledger.admit_orphans(conn, limit=BATCH)
-        moved += publisher.publish_committed(env.settings, env.registry, admitted)
-        return moved
+            wait = ledger.next_token(conn)
+        self.interval = self.every if wait is None else min(self.every, max(wait, MIN_ADMIT_WAIT))
+        return publisher.publish_committed(env.settings, env.registry, admitted)
 
 
 @dataclass

@@ -31,6 +31,7 @@ from jobs.ledger.admission import (
     free_slots,
     hold,
     hold_due,
+    next_token,
     release,
     settle,
 )
@@ -100,6 +101,7 @@ __all__ = [
     "insert_rows",
     "lock_content",
     "mark_unpublished",
+    "next_token",
     "progress",
     "prune",
     "push_debounced",

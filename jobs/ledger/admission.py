@@ -53,6 +53,7 @@ __all__ = [
     "free_slots",
     "hold",
     "hold_due",
+    "next_token",
     "release",
     "settle",
 ]
@@ -337,11 +338,30 @@ def _mark(run: Pass, chosen: list[uuid.UUID]) -> list[Published]:
     rows = conn.execute(
         sa.update(jobs)
         .where(any_id(chosen), jobs.c.state == "held")
-        .values(state="queued", published_at=now())
+        # The admission's instant is the clock the rates count by (GCRA), not the transaction's start.
+        .values(state="queued", published_at=run.clock)
         .returning(*_PUBLISH_COLUMNS)
         .add_cte(opened)
     ).all()
     return [Published(*row) for row in rows]
+
+
+def next_token(conn: sa.Connection) -> float | None:
+    """Seconds until a rate limit's next token for a key with jobs waiting (``None``: no such
+    key): when the leader's admitter should run again, so rated jobs start evenly spaced."""
+    tolerance = sa.func.make_interval(0, 0, 0, 0, 0, 0, limits.c.burst * limits.c.period / limits.c.rate)
+    waiting_key = sa.exists().where(
+        limit_slots.c.limit_name == limit_keys.c.limit_name,
+        limit_slots.c.key == limit_keys.c.key,
+        limit_slots.c.admitted_at.is_(None),
+    )
+    due = sa.func.min(limit_keys.c.tat - tolerance)
+    wait = conn.execute(
+        sa.select(sa.func.extract("epoch", due - sa.func.clock_timestamp()))
+        .select_from(limit_keys.join(limits, limits.c.name == limit_keys.c.limit_name))
+        .where(limits.c.rate.is_not(None), waiting_key)
+    ).scalar_one()
+    return None if wait is None else max(float(wait), 0.0)
 
 
 def admit_orphans(conn: sa.Connection, *, limit: int = 1000) -> list[Published]:

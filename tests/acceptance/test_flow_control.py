@@ -206,13 +206,13 @@ def test_a_rate_admits_at_most_rate_plus_burst_in_any_second(fleet, producer: Pr
         f"rate 20/s burst 5, 300 jobs: at most {most_admitted} admitted and {most_started} started in any"
         f" 1 s window; last start {took:.1f}s after the submit (arithmetic (300 - 6) / 20 = 14.7 s)"
     )
-    # GCRA: at most rate + burst = 25 admissions in any [t, t + 1 s). published_at is the admitting
-    # transaction's start, up to a few ms before the admission's own clock: one more can fall in.
-    assert most_admitted <= 25 + 1, most_admitted
-    # Starts follow admissions by the publish, the broker and a pool process, and the leader's
-    # admitter round (0.25 s) admits what its interval freed together: up to five emission
-    # intervals of jitter may bring five more into one window.
-    assert most_started <= 25 + 5, most_started
+    # GCRA: at most rate + burst = 25 admissions in any [t, t + 1 s); published_at is the clock the
+    # admission counted by.
+    assert most_admitted <= 25, most_admitted
+    # Starts follow admissions by the publish, the broker and a pool process (a few ms, more on a
+    # busy machine); the admitter runs when each token is due, so the jitter of one or two
+    # admissions is all a window of starts can gain.
+    assert most_started <= 25 + 2, most_started
     assert 12 <= took <= 22, took
 
 

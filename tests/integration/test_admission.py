@@ -229,3 +229,16 @@ def test_a_finish_frees_its_slots_in_one_statement_and_says_whether_jobs_wait(pr
         assert not ledger.free_slots(direct, second)  # nobody waits: one statement, no admission
     with db.transaction(settings) as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(limit_slots)).scalar_one() == 0
+
+
+def test_the_next_rate_token_tells_the_leader_when_to_admit_again(producer: Producer):
+    settings = producer.settings
+    set_limits(settings, Limit("slow", rate="2/s", kind="test.tenant"))
+    with db.transaction(settings) as conn:
+        assert ledger.next_token(conn) is None  # nobody waits
+    ids = [producer.submit("test.tenant", {"tenant": "x", "n": n}) for n in range(3)]
+    assert states(settings, ids) == {"queued": 1, "held": 2}
+    with db.transaction(settings) as conn:
+        wait = ledger.next_token(conn)
+    assert wait is not None
+    assert 0.0 <= wait <= 0.5  # one token per 0.5 s
