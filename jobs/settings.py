@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     admit_interval: float = Field(
         0.25,
         gt=0,
-        description="Seconds between two admission rounds of the leader (rate limits' clock, safety net).",
+        description="At most this many seconds between two admission rounds of the leader (its safety net).",
     )
     relay_grace: float = Field(
         5.0, ge=0, description="A committed job not published after this many seconds is relayed."
