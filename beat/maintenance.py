@@ -159,7 +159,11 @@ class Admitter:
                 ledger.settle(conn)
                 admitted += ledger.admit_orphans(conn, limit=BATCH)
             wait = ledger.next_token(conn)
-        self.interval = self.every if wait is None else min(self.every, max(wait, MIN_ADMIT_WAIT))
+            limited = limit_store.exists(conn)
+        if not limited:  # nothing to admit until a limit is set: the leader's usual tick will do
+            self.interval = max(self.every, env.settings.leader_tick)
+        else:
+            self.interval = self.every if wait is None else min(self.every, max(wait, MIN_ADMIT_WAIT))
         return publisher.publish_committed(env.settings, env.registry, admitted)
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "LimitRow",
     "declared_limits",
     "ensure_declared",
+    "exists",
     "get",
     "list_limits",
     "put",
@@ -160,6 +161,11 @@ def values_of(limit: Limit) -> dict[str, Any]:
 
 
 _TARGET = ("kind", "queue", "key")
+
+
+def exists(conn: sa.Connection) -> bool:
+    """Whether any limit is set (the leader's admitter idles at the leader's tick when none is)."""
+    return bool(conn.execute(sa.select(sa.exists().select_from(limits))).scalar())
 
 
 def list_limits(conn: sa.Connection) -> list[LimitRow]:

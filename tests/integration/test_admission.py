@@ -242,3 +242,18 @@ def test_the_next_rate_token_tells_the_leader_when_to_admit_again(producer: Prod
         wait = ledger.next_token(conn)
     assert wait is not None
     assert 0.0 <= wait <= 0.5  # one token per 0.5 s
+
+
+def test_the_leaders_admitter_idles_without_limits_and_follows_a_rates_tokens(
+    maintenance, producer: Producer
+):
+    from beat.maintenance import Admitter
+
+    admitter = Admitter(interval=0.1)
+    admitter.run(maintenance)
+    assert admitter.interval == max(0.1, maintenance.settings.leader_tick)  # no limit: the usual tick
+    set_limits(producer.settings, Limit("slow", rate="2/s", kind="test.tenant"))
+    for n in range(3):
+        producer.submit("test.tenant", {"tenant": "x", "n": n})
+    admitter.run(maintenance)
+    assert 0.0 < admitter.interval <= 0.1  # the next token is due within 0.5 s: at most the interval
