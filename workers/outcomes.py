@@ -12,6 +12,7 @@ main process for what the pool process cannot report (``workers.task``).
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 import uuid
 from dataclasses import dataclass
@@ -232,12 +233,16 @@ def record_success(settings: Settings, session: Session | None, claimed: ledger.
         else:
             session.rollback()
     elif claimed.limited:
-        finished, contended = _succeed_freeing(settings, claimed, result)
-        if contended:  # jobs wait behind its keys: finish again, admitting them in the same commit
+        # The quick finish first, unless the kind's last finish here found jobs waiting behind it.
+        contended = time.monotonic() - _CONTENDED.get(claimed.kind, float("-inf")) < CONTENDED_FOR
+        if not contended:
+            finished, contended = _succeed_freeing(settings, claimed, result)
+        if contended:  # jobs wait behind its keys: finish, admitting them in the same commit
             with db.transaction(settings) as conn:
                 finished = ledger.succeed(conn, claimed.id, claimed.attempt, result)
                 if finished:
                     admitted = ledger.release(conn, [claimed.id])
+            _CONTENDED[claimed.kind] = time.monotonic() if admitted else float("-inf")
     else:
         with db.direct(settings) as direct:
             finished = ledger.succeed(direct, claimed.id, claimed.attempt, result)
@@ -248,6 +253,12 @@ def record_success(settings: Settings, session: Session | None, claimed: ledger.
         finished.kind, finished.queue, "succeeded", state="succeeded", ran=finished.ran
     )
     return True
+
+
+#: Seconds a kind's finishes in this process go straight to the admitting path after one of them
+#: found jobs waiting (a saturated limit), instead of trying the quick finish first.
+CONTENDED_FOR = 1.0
+_CONTENDED: dict[str, float] = {}
 
 
 def _succeed_freeing(

@@ -8,18 +8,21 @@
 - ``slot_latency``: a cap of 1 (then 2) on ``bench.pause`` (a body of a few ms), and a batch
   submitted at once, so all but the first jobs wait ``held``. For each job admitted by a
   finish: its ``started_at`` minus the ``finished_at`` of the job whose finish admitted it.
-  That job is found exactly: the finish and the admission are one transaction, so the
-  admitted job's ``published_at`` equals the finishing job's ``finished_at`` (both ``now()``,
-  the start of that transaction). It spans the finish's transaction (the admission included)
-  and its commit, the publish, the worker taking the message, and the claim.
+  That job is found by time: the finish and the admission are one transaction, so the
+  admitted job's ``published_at`` (the admission pass's clock) follows the finishing job's
+  ``finished_at`` (that transaction's start) by a few milliseconds: the latest finish before
+  an admission is taken as the one that made it (exact with a cap of 1). It spans the finish's
+  transaction (the admission included) and its commit, the publish, the worker taking the
+  message, and the claim.
 """
 
 from __future__ import annotations
 
+import bisect
 import statistics
 import time
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -103,18 +106,33 @@ def _await_done(bench: phases.Bench, worker: Worker, ids: list[uuid.UUID]) -> No
         time.sleep(0.05)
 
 
+#: An admission's stamp (its pass's clock) falls this soon after the finishing transaction's start.
+SAME_TRANSACTION = timedelta(milliseconds=50)
+
+
+def _freed_by(finished: list[datetime], admitted: datetime) -> datetime | None:
+    """The ``finished_at`` of the finish whose transaction admitted a job stamped ``admitted``: the
+    latest finish at or before it, within that transaction's span; ``None`` when the job was
+    admitted at submit or by the leader."""
+    at = bisect.bisect_right(finished, admitted)
+    if at == 0:
+        return None
+    freed = finished[at - 1]
+    return freed if admitted - freed <= SAME_TRANSACTION else None
+
+
 def _figures(bench: phases.Bench, ids: list[uuid.UUID], cap: int) -> dict[str, Any]:
     with db.transaction(bench.settings) as conn:
         rows = conn.execute(
             sa.select(jobs.c.started_at, jobs.c.finished_at, jobs.c.published_at).where(jobs.c.id.in_(ids))
         ).all()
-    finished = {row.finished_at for row in rows}
+    finished = sorted(row.finished_at for row in rows)
     # In the order they started: the first quarter ran with most of the batch still held.
-    ordered = [
-        (row.started_at - row.published_at).total_seconds() * 1000
-        for row in sorted(rows, key=lambda row: row.started_at)
-        if row.published_at in finished
-    ]
+    ordered = []
+    for row in sorted(rows, key=lambda row: row.started_at):
+        freed = _freed_by(finished, row.published_at)
+        if freed is not None:
+            ordered.append((row.started_at - freed).total_seconds() * 1000)
     gaps = sorted(ordered)
     if not gaps or len(gaps) < len(ids) // 2:
         raise phases.BenchError(f"cap {cap}: only {len(gaps)} of {len(ids)} jobs were admitted by a finish")
