@@ -128,7 +128,9 @@ class Admitter:
     """Flow control's tick: holds due limited jobs, admits what time (rates) or a lost race left
     waiting; every ``settle_every`` seconds, drops slot rows a crash left and queues held jobs
     whose limits were removed. It runs again when the next rate token is due (at most every
-    ``interval``), so rate-limited jobs start evenly spaced, not in bursts of one round."""
+    ``interval``), so rate-limited jobs start evenly spaced, not in bursts of one round; such an
+    early round admits for the rate limits only (a whole pass over every key of every limit
+    comes every ``interval``)."""
 
     interval: float
     settle_every: float = 5.0
@@ -136,6 +138,7 @@ class Admitter:
     rounds: int = 0
     every: float = 0.0
     settled_at: float = field(default=float("-inf"))
+    passed_at: float = field(default=float("-inf"))
 
     def __post_init__(self) -> None:
         self.every = self.interval
@@ -152,8 +155,12 @@ class Admitter:
                 held = ledger.hold_due(conn, limit=BATCH)
             if held < BATCH:
                 break
+        # Every ``every`` seconds a whole pass; in between, only the rates whose tokens fell due.
+        whole = time.monotonic() - self.passed_at >= self.every * 0.9
         with db.transaction(env.settings) as conn:
-            admitted = ledger.admit(conn)
+            admitted = ledger.admit(conn, rates_only=not whole)
+            if whole:
+                self.passed_at = time.monotonic()
             if time.monotonic() - self.settled_at >= self.settle_every:
                 self.settled_at = time.monotonic()
                 ledger.settle(conn)

@@ -239,10 +239,15 @@ def admit_jobs(
 
 
 def admit(
-    conn: sa.Connection, *, pairs: Iterable[Pair] | None = None, names: Iterable[str] | None = None
+    conn: sa.Connection,
+    *,
+    pairs: Iterable[Pair] | None = None,
+    names: Iterable[str] | None = None,
+    rates_only: bool = False,
 ) -> list[Published]:
     """Admit waiting jobs of these limit keys (``pairs``), of every key of ``names``, or of every
-    limit when neither is given: as many as every limit of each job allows, fairly."""
+    limit (every rate limit with ``rates_only``) when neither is given: as many as every limit of
+    each job allows, fairly."""
     run = begin(conn)
     if not run.limits:
         return []
@@ -250,7 +255,8 @@ def admit(
         wanted = sorted({pair for pair in pairs if pair[0] in run.limits})
         run.lock(name for name, _ in wanted)
     else:
-        chosen = sorted(run.limits if names is None else set(names) & set(run.limits))
+        every = [name for name, rule in run.limits.items() if not rates_only or rule.concurrency is None]
+        chosen = sorted(every if names is None else set(names) & set(every))
         run.lock(chosen)
         waiting_pairs = (
             sa.select(limit_slots.c.limit_name, limit_slots.c.key)

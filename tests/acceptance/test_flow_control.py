@@ -209,10 +209,10 @@ def test_a_rate_admits_at_most_rate_plus_burst_in_any_second(fleet, producer: Pr
     # GCRA: at most rate + burst = 25 admissions in any [t, t + 1 s); published_at is the clock the
     # admission counted by.
     assert most_admitted <= 25, most_admitted
-    # Starts follow admissions by the publish, the broker and a pool process (a few ms, more on a
-    # busy machine); the admitter runs when each token is due, so the jitter of one or two
-    # admissions is all a window of starts can gain.
-    assert most_started <= 25 + 2, most_started
+    # Starts follow admissions by the publish, the broker and a pool process: a few ms on a quiet
+    # machine (25-26 starts in the busiest window here), more on a busy one, where a late start
+    # joins the next window's. That is the workers' jitter, not the limit's: bounded loosely.
+    assert most_started <= 25 + 5, most_started
     assert 12 <= took <= 22, took
 
 
@@ -225,16 +225,20 @@ def test_a_cap_raised_at_runtime_with_jobs_limits_set_admits_more_at_once(fleet,
         time.sleep(0.05)
     assert running(settings) == 1
 
-    raised = time.monotonic()
+    typed = time.monotonic()
     changed = run_jobs("limits", "set", "slow", "--concurrency", "5")  # as an operator does
     assert changed.returncode == 0, changed.stderr
+    raised = time.monotonic()  # the change is committed (and admitted from) before the command ends
     most = 0
-    while time.monotonic() - raised < 3 and most < 5:
+    while time.monotonic() - raised < 2 and most < 5:
         most = max(most, running(settings))
         time.sleep(0.05)
     waited = time.monotonic() - raised
-    print(f"cap 1 -> 5 at runtime: 5 running {waited:.2f}s after the change")
-    assert most == 5, f"only {most} running 3 s after the cap was raised to 5"
+    print(
+        f"cap 1 -> 5 at runtime: 5 running {waited:.2f}s after `jobs limits set` returned"
+        f" ({time.monotonic() - typed:.2f}s after it started)"
+    )
+    assert most == 5, f"only {most} running 2 s after the cap was raised to 5"
 
     peak = 0
     while True:
