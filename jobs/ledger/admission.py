@@ -39,7 +39,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from jobs.ledger.publishing import Published
 from jobs.ledger.room import FAIR_SEPARATOR, Pair, Pass, begin, waiting
-from jobs.ledger.statements import Executor, any_id, execute, now, param
+from jobs.ledger.statements import Executor, any_id, execute, now, param, under_a_limit
 from jobs.schema import jobs, limit_keys, limit_slots, limits
 
 __all__ = [
@@ -143,13 +143,9 @@ def hold(conn: sa.Connection, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[
 def hold_due(conn: sa.Connection, *, limit: int = 1000) -> int:
     """Due ``scheduled`` and ``retrying`` jobs under a limit become ``held`` instead of queued,
     with a waiting slot row for every limit that applies now. Returns how many."""
-    under_limit = sa.or_(
-        jobs.c.limited.is_(True),
-        sa.exists().where(sa.or_(limits.c.kind == jobs.c.kind, limits.c.queue == jobs.c.queue)),
-    )
     due = (
         sa.select(jobs.c.id)
-        .where(jobs.c.state.in_(("scheduled", "retrying")), jobs.c.not_before <= now(), under_limit)
+        .where(jobs.c.state.in_(("scheduled", "retrying")), jobs.c.not_before <= now(), under_a_limit())
         .order_by(jobs.c.not_before)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -166,16 +162,14 @@ def hold_due(conn: sa.Connection, *, limit: int = 1000) -> int:
     return len(ids)
 
 
-def release(conn: sa.Connection, ids: Sequence[uuid.UUID]) -> list[Published]:
-    """After these jobs finished, were retried, cancelled or rescued (in this transaction): their
-    slot rows go, and the jobs waiting behind the keys they freed are admitted. One statement
-    when nothing waits behind them."""
-    if not ids:
-        return []
-    ended = sa.select(jobs.c.id).where(any_id(ids), jobs.c.state.not_in(("held", *_UNFINISHED_ADMITTED)))
+def _freed(which: sa.ColumnElement[bool]) -> sa.Select[Any]:
+    """Delete the slot rows of the selected jobs that are no longer held, queued or running (they
+    finished, or back off for a retry, in this transaction); select the (limit, key) pairs they
+    freed that jobs wait behind."""
+    live = [jobs.c.state != state for state in ("held", *_UNFINISHED_ADMITTED)]  # no expanding IN: prepared
     gone = (
         sa.delete(limit_slots)
-        .where(limit_slots.c.job_id.in_(ended))
+        .where(limit_slots.c.job_id.in_(sa.select(jobs.c.id).where(which, *live)))
         .returning(limit_slots.c.limit_name, limit_slots.c.key)
         .cte("gone")
     )
@@ -183,7 +177,16 @@ def release(conn: sa.Connection, ids: Sequence[uuid.UUID]) -> list[Published]:
     waiting_behind = sa.exists().where(
         behind.c.limit_name == gone.c.limit_name, behind.c.key == gone.c.key, behind.c.admitted_at.is_(None)
     )
-    pairs = conn.execute(sa.select(gone.c.limit_name, gone.c.key).where(waiting_behind).distinct()).all()
+    return sa.select(gone.c.limit_name, gone.c.key).where(waiting_behind)
+
+
+def release(conn: sa.Connection, ids: Sequence[uuid.UUID]) -> list[Published]:
+    """After these jobs finished, were retried, cancelled or rescued (in this transaction): their
+    slot rows go, and the jobs waiting behind the keys they freed are admitted. One statement
+    when nothing waits behind them."""
+    if not ids:
+        return []
+    pairs = conn.execute(_freed(any_id(ids)).distinct()).all()
     if not pairs:
         return []
     return admit(conn, pairs=[(row.limit_name, row.key) for row in pairs])
@@ -191,21 +194,10 @@ def release(conn: sa.Connection, ids: Sequence[uuid.UUID]) -> list[Published]:
 
 @functools.cache
 def _freed_statement() -> sa.Select[Any]:
-    """Built once (the worker's hot path prepares it): drop a finished job's slot rows and say
-    whether any job waits behind the keys they held."""
-    live = [jobs.c.state != state for state in ("held", *_UNFINISHED_ADMITTED)]  # no expanding IN: prepared
-    ended = sa.select(jobs.c.id).where(jobs.c.id == param("w_job_id", sa.Uuid), *live)
-    gone = (
-        sa.delete(limit_slots)
-        .where(limit_slots.c.job_id.in_(ended))
-        .returning(limit_slots.c.limit_name, limit_slots.c.key)
-        .cte("gone")
-    )
-    behind = limit_slots.alias("behind")
-    waiting_behind = sa.exists().where(
-        behind.c.limit_name == gone.c.limit_name, behind.c.key == gone.c.key, behind.c.admitted_at.is_(None)
-    )
-    return sa.select(sa.func.count()).select_from(gone).where(waiting_behind)
+    """``_freed`` for one job, built once (the worker's hot path prepares it): how many freed
+    pairs have jobs waiting behind them."""
+    freed = _freed(jobs.c.id == param("w_job_id", sa.Uuid)).subquery()
+    return sa.select(sa.func.count()).select_from(freed)
 
 
 def free_slots(conn: Executor, job_id: uuid.UUID) -> bool:

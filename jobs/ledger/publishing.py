@@ -19,8 +19,8 @@ import sqlalchemy as sa
 
 from jobs import roster
 from jobs.ledger.lifecycle import sources
-from jobs.ledger.statements import any_id, now, seconds
-from jobs.schema import jobs, limits, queue_pauses
+from jobs.ledger.statements import any_id, now, seconds, under_a_limit
+from jobs.schema import jobs, queue_pauses
 
 __all__ = ["Published", "mark_unpublished", "republish_stale", "stage_due", "take_unpublished"]
 
@@ -63,13 +63,9 @@ def _take(conn: sa.Connection, due: sa.Select[Any], values: dict[str, Any]) -> l
 def stage_due(conn: sa.Connection, *, limit: int = 1000) -> list[Published]:
     """Move due ``scheduled`` and ``retrying`` jobs to ``queued``, to be published; those under a
     limit are left to ``admission.hold_due`` (they wait ``held`` for admission)."""
-    limited = sa.or_(
-        jobs.c.limited.is_(True),
-        sa.exists().where(sa.or_(limits.c.kind == jobs.c.kind, limits.c.queue == jobs.c.queue)),
-    )
     due = (
         sa.select(jobs.c.id)
-        .where(jobs.c.state.in_(sources("stage")), jobs.c.not_before <= now(), ~limited)
+        .where(jobs.c.state.in_(sources("stage")), jobs.c.not_before <= now(), ~under_a_limit())
         .order_by(jobs.c.not_before)
         .limit(limit)
     )

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from psycopg.types.json import Jsonb
 from sqlalchemy.dialects import postgresql as pg
 
-from jobs.schema import job_attempts, jobs
+from jobs.schema import job_attempts, jobs, limits
 
 __all__ = [
     "Executor",
@@ -32,6 +32,7 @@ __all__ = [
     "param",
     "seconds",
     "seconds_since",
+    "under_a_limit",
 ]
 
 now = sa.func.now
@@ -59,6 +60,14 @@ def param(name: str, type_: Any) -> sa.BindParameter[Any]:
 def json_param(name: str) -> sa.BindParameter[Any]:
     """A named JSONB parameter (``None`` is SQL NULL, not JSON null)."""
     return sa.bindparam(name, type_=pg.JSONB(none_as_null=True))
+
+
+def under_a_limit() -> sa.ColumnElement[bool]:
+    """A job is under a limit: it was created so, or a limit (set since) names its kind or queue."""
+    return sa.or_(
+        jobs.c.limited.is_(True),
+        sa.exists().where(sa.or_(limits.c.kind == jobs.c.kind, limits.c.queue == jobs.c.queue)),
+    )
 
 
 def any_id(ids: Iterable[uuid.UUID]) -> sa.ColumnElement[bool]:
