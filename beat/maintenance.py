@@ -126,8 +126,9 @@ class Rescuer:
 @dataclass
 class Admitter:
     """Flow control's tick: holds due limited jobs, admits what time (rates) or a lost race left
-    waiting; every ``settle_every`` seconds, drops slot rows a crash left and queues held jobs
-    whose limits were removed. It runs again when the next rate token is due (at most every
+    waiting; every ``settle_every`` seconds, drops slot rows a crash left, queues held jobs
+    whose limits were removed and counts workflow parents' ends no finish counted (the safety
+    nets). It runs again when the next rate token is due (at most every
     ``interval``), so rate-limited jobs start evenly spaced, not in bursts of one round; such an
     early round admits for the rate limits only (a whole pass over every key of every limit
     comes every ``interval``)."""
@@ -165,6 +166,7 @@ class Admitter:
                 self.settled_at = time.monotonic()
                 ledger.settle(conn)
                 admitted += ledger.admit_orphans(conn, limit=BATCH)
+                admitted += ledger.settle_dependents(conn, limit=BATCH)
             wait = ledger.next_token(conn)
             limited = limit_store.exists(conn)
         if not limited:  # nothing to admit until a limit is set: the leader's usual tick will do
@@ -195,6 +197,17 @@ class Pruner:
                 removed += deleted
                 if deleted < self.batch:
                     break
+        for _ in range(self.max_batches):  # workflows go whole, once every step is past its retention
+            with db.transaction(env.settings) as conn:
+                deleted = ledger.prune_workflows(
+                    conn,
+                    older_than=self.retention_finished,
+                    failed_older_than=self.retention_failed,
+                    limit=max(self.batch // 10, 1),
+                )
+            removed += deleted
+            if deleted < max(self.batch // 10, 1):
+                break
         with db.transaction(env.settings) as conn:
             # Workers gone as long as succeeded jobs are kept: the jobs they ran are gone too.
             forgotten = roster.prune(conn, older_than=self.retention_finished)

@@ -8,6 +8,7 @@ The public surface for producers and for teams that declare kinds::
     def resize(ctx: jobs.JobContext, p: Resize) -> dict[str, int]: ...
 
     job_id = jobs.submit("images.resize", {"image_id": 7, "width": 640})
+    workflow_id = jobs.submit_workflow(jobs.Workflow("thumbs", jobs.chain(...)))
 
 Each name is imported on first use (PEP 562): ``import jobs``, and so every
 ``jobs`` command, loads neither SQLAlchemy nor pydantic nor Celery until needed.
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
         InvalidLimit,
         InvalidPayload,
         InvalidTransition,
+        InvalidWorkflow,
         JobNotFound,
         JobsError,
         LedgerUnavailable,
@@ -40,11 +42,22 @@ if TYPE_CHECKING:
         PayloadTooLarge,
         RetryLater,
         UnknownKind,
+        WorkflowNotFound,
     )
     from jobs.kinds import Kind, declare, kind, registry
     from jobs.limits import Debounce, Limit, Unique
     from jobs.producer import JobId, Producer, submit, submit_many
     from jobs.settings import Settings, get_settings, load_settings
+    from jobs.workflows import (
+        Step,
+        Workflow,
+        WorkflowId,
+        chain,
+        chord,
+        group,
+        submit_canvas,
+        submit_workflow,
+    )
 
 __all__ = [
     "Backoff",
@@ -60,6 +73,7 @@ __all__ = [
     "InvalidLimit",
     "InvalidPayload",
     "InvalidTransition",
+    "InvalidWorkflow",
     "JobContext",
     "JobId",
     "JobNotFound",
@@ -72,21 +86,30 @@ __all__ = [
     "Producer",
     "RetryLater",
     "Settings",
+    "Step",
     "Unique",
     "UnknownKind",
+    "Workflow",
+    "WorkflowId",
+    "WorkflowNotFound",
+    "chain",
+    "chord",
     "declare",
     "get_settings",
+    "group",
     "kind",
     "load_settings",
     "registry",
     "submit",
+    "submit_canvas",
     "submit_many",
+    "submit_workflow",
 ]
 
 _ERRORS = (
     "BadInput BrokerUnavailable ConfigError DuplicateKind Fail IdempotencyConflict InfrastructureError "
-    "InvalidJobOptions InvalidLimit InvalidPayload InvalidTransition JobNotFound JobsError "
-    "LedgerUnavailable LimitNotFound PayloadTooLarge RetryLater UnknownKind"
+    "InvalidJobOptions InvalidLimit InvalidPayload InvalidTransition InvalidWorkflow JobNotFound JobsError "
+    "LedgerUnavailable LimitNotFound PayloadTooLarge RetryLater UnknownKind WorkflowNotFound"
 )
 
 #: Where each public name lives.
@@ -98,6 +121,19 @@ _HOMES = {
     **dict.fromkeys(("Debounce", "Limit", "Unique"), "jobs.limits"),
     **dict.fromkeys(("JobId", "Producer", "submit", "submit_many"), "jobs.producer"),
     **dict.fromkeys(("Settings", "get_settings", "load_settings"), "jobs.settings"),
+    **dict.fromkeys(
+        (
+            "Step",
+            "Workflow",
+            "WorkflowId",
+            "chain",
+            "chord",
+            "group",
+            "submit_canvas",
+            "submit_workflow",
+        ),
+        "jobs.workflows",
+    ),
 }
 
 

@@ -144,7 +144,7 @@ def cancel_many(
         publisher.publish_committed(settings, kinds.registry, admitted)
         running = [str(job_id) for job_id, was in done.items() if was == "running"]
         if running:
-            _revoke(app, running)
+            revoke(app, running)
         for job_id in chunk:
             if job_id in done:
                 results.append(Cancelled(job_id, done[job_id], "cancelled"))
@@ -160,7 +160,9 @@ def _states(conn: sa.Connection, ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
     return {row.id: row.state for row in rows}
 
 
-def _revoke(app: Celery, ids: list[str]) -> None:
+def revoke(app: Celery, ids: list[str]) -> None:
+    """Stop these running jobs' bodies (SIGTERM through Celery's revoke); best effort: the ledger says
+    cancelled already."""
     try:
         app.control.revoke(ids, terminate=True, signal="SIGTERM")
     except Exception as error:  # the ledger already says cancelled; stopping the bodies is best effort

@@ -20,7 +20,9 @@ branches to exit codes (bad input: 2, infrastructure: 3) and prints one line.
     │   ├── ScheduleNotFound          no schedule has that name
     │   ├── ScheduleConflict          the schedule exists, or is declared in code
     │   ├── InvalidLimit              a limit, unique window or debounce is off
-    │   └── LimitNotFound             no limit has that name
+    │   ├── LimitNotFound             no limit has that name
+    │   ├── InvalidWorkflow           a workflow spec is off (a cycle, a missing step, ...)
+    │   └── WorkflowNotFound          no workflow has that id
     └── InfrastructureError           exit 3: a server is unreachable
         ├── LedgerUnavailable         PostgreSQL
         └── BrokerUnavailable         Redis
@@ -50,6 +52,7 @@ __all__ = [
     "InvalidPayload",
     "InvalidSchedule",
     "InvalidTransition",
+    "InvalidWorkflow",
     "JobNotFound",
     "JobsError",
     "LedgerUnavailable",
@@ -59,6 +62,7 @@ __all__ = [
     "ScheduleConflict",
     "ScheduleNotFound",
     "UnknownKind",
+    "WorkflowNotFound",
 ]
 
 
@@ -149,6 +153,14 @@ class InvalidLimit(BadInput):
 
 class LimitNotFound(BadInput):
     """No limit has that name."""
+
+
+class InvalidWorkflow(BadInput):
+    """The workflow is invalid."""
+
+
+class WorkflowNotFound(BadInput):
+    """No workflow has that id."""
 
 
 class RetryLater(Exception):

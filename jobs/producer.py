@@ -120,7 +120,7 @@ class Producer:
         limited = self._known_limited(definition, row.queue)
         if limited is None:  # the cached list of limited kinds is stale: read it (once a second)
             with db.autocommit(self.settings) as conn:
-                limited = self._limited(conn, definition, row.queue)
+                limited = self.limited(conn, definition, row.queue)
         collapsing = row.unique_key is not None or row.debounce_key is not None
         if not limited and not collapsing:  # the common case: one autocommitted statement
             with db.autocommit(self.settings) as conn:
@@ -143,7 +143,7 @@ class Producer:
         if existing is not None:
             return _existing(existing)
         if limited:
-            return JobId(row.id, published=self._send(admitted) == len(admitted) > 0, held=not admitted)
+            return JobId(row.id, published=self.send(admitted) == len(admitted) > 0, held=not admitted)
         return JobId(row.id, published=self._publish([row]) == 1)
 
     def submit_many(
@@ -194,7 +194,7 @@ class Producer:
         # Rows stream into COPY as they are checked, so PostgreSQL works while Python validates;
         # an invalid item aborts the COPY and the transaction: nothing is inserted.
         with db.transaction(self.settings) as conn:
-            limited = self._limited(
+            limited = self.limited(
                 conn, definition, options.queue or definition.queue or self.settings.default_queue
             )
             ledger.copy_rows(conn, (_held(row) for row in checked()) if limited else checked())
@@ -225,7 +225,7 @@ class Producer:
         self, session: Session, rows: list[ledger.NewJob], *, key: str | None, kind: Kind | None = None
     ) -> list[JobId]:
         conn = session.connection()
-        limited = self._limited(conn, self.registry.get(rows[0].kind), rows[0].queue)
+        limited = self.limited(conn, self.registry.get(rows[0].kind), rows[0].queue)
         if limited:
             rows = [_held(row) for row in rows]
         if len(rows) == 1:
@@ -246,34 +246,39 @@ class Producer:
             if limited
             else [_publishable(r) for r in rows if r.state == "queued"]
         )
+        self.publish_after_commit(session, items)
+        return [JobId(row.id, held=row.state == "held") for row in rows]
+
+    def publish_after_commit(self, session: Session, items: Sequence[ledger.Published]) -> None:
+        """Publish these jobs once the caller's transaction commits (never if it rolls back)."""
         if not session.info.get("jobs.listening"):
             session.info["jobs.listening"] = True
             event.listen(session, "after_commit", self._after_commit)
             event.listen(session, "after_rollback", _forget)
         session.info.setdefault("jobs.pending", []).extend(items)
-        return [JobId(row.id, held=row.state == "held") for row in rows]
 
     def _after_commit(self, session: Session) -> None:
         items = session.info.pop("jobs.pending", [])
         if items:
-            self._send(items)
+            self.send(items)
 
     def _publish(self, rows: Sequence[ledger.NewJob]) -> int:
         items = [_publishable(r) for r in rows if r.state == "queued"]
         if not items:
             return len(rows)
-        return self._send(items) + (len(rows) - len(items))
+        return self.send(items) + (len(rows) - len(items))
 
-    def _send(self, items: Sequence[ledger.Published]) -> int:
+    def send(self, items: Sequence[ledger.Published]) -> int:
+        """Publish committed jobs now; returns how many reached Redis (the relay sends the rest)."""
         return publisher.publish_committed(self.settings, self.registry, items) if items else 0
 
     def _known_limited(self, kind: Kind, queue: str) -> bool | None:
-        """``_limited`` from this process's cache, or ``None`` when it must ask the ledger."""
+        """``limited`` from this process's cache, or ``None`` when it must ask the ledger."""
         if kind.limits and kind.name not in self._synced:
             return None
         return ledger.cached_applies(kind.name, queue)
 
-    def _limited(self, conn: Connection, kind: Kind, queue: str) -> bool:
+    def limited(self, conn: Connection, kind: Kind, queue: str) -> bool:
         """Whether jobs of ``kind`` on ``queue`` are under a limit (declared, or set at runtime);
         the declared limits of a kind reach the ledger on its first submit in this process."""
         if kind.limits and kind.name not in self._synced:

@@ -1,15 +1,11 @@
 """The ledger's tables: SQLAlchemy Core metadata, the target of the Alembic migrations.
 
-``jobs`` holds one row per accepted job; ``job_attempts`` one row per attempt,
-so an operator can ask what happened on attempt 2. The columns and the states
-are explained in ``docs/architecture.md``; the state machine lives in
-``jobs.ledger``. ``schedules`` holds the leader's schedules and
-``maintenance_runs`` when each maintenance loop last ran (``docs/scheduling.md``);
-``queue_pauses`` the queues an operator paused (``docs/operations.md``).
-``workers`` is the fleet's roster (each worker's queues, kinds and heartbeat) and
-``fleet_kinds`` every kind a worker ever implemented (``jobs.roster``);
-``broker_epochs`` the brokers this ledger has met (``beat.redrive``);
-``counters`` the totals behind the Prometheus counters and histograms (``jobs.counters``).
+``jobs`` (one row per accepted job) and ``job_attempts`` (one per attempt) are explained in
+``docs/architecture.md``; ``schedules`` and ``maintenance_runs`` in ``docs/scheduling.md``;
+``queue_pauses`` in ``docs/operations.md``; ``workers``, ``fleet_kinds`` (``jobs.roster``),
+``broker_epochs`` (``beat.redrive``) and ``counters`` (``jobs.counters``) are the fleet's; ``limits``,
+``limit_slots`` and ``limit_keys`` flow control's (``docs/flow-control.md``); ``workflows`` and
+``job_deps`` the workflows' (``docs/workflows.md``).
 """
 
 from __future__ import annotations
@@ -26,6 +22,7 @@ __all__ = [
     "counters",
     "fleet_kinds",
     "job_attempts",
+    "job_deps",
     "jobs",
     "limit_keys",
     "limit_slots",
@@ -35,6 +32,7 @@ __all__ = [
     "queue_pauses",
     "schedules",
     "workers",
+    "workflows",
 ]
 
 metadata = sa.MetaData(
@@ -85,7 +83,14 @@ jobs = sa.Table(
     sa.Column("limited", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("unique_key", sa.Text),
     sa.Column("debounce_key", sa.Text),
+    # Workflows (docs/workflows.md): the job's workflow and step, its parents not finished yet
+    # (``held`` until none is left), the payload fields it takes from their results.
+    sa.Column("workflow_id", sa.Uuid, sa.ForeignKey("workflows.id", ondelete="CASCADE")),
+    sa.Column("step", sa.Text),
+    sa.Column("pending", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("inputs", pg.JSONB),
     sa.CheckConstraint(f"state IN ({_state_list})", name="state"),
+    sa.CheckConstraint("pending >= 0", name="pending"),
     sa.CheckConstraint("priority BETWEEN 0 AND 9", name="priority"),
     sa.CheckConstraint("attempt >= 0 AND max_attempts >= 1", name="attempts"),
     # Unique where set: partial indexes hold no entry for the many jobs without a key or a
@@ -131,6 +136,14 @@ jobs = sa.Table(
         "ix_jobs_debounce_key",
         "debounce_key",
         postgresql_where=sa.text("debounce_key IS NOT NULL AND state = 'scheduled'"),
+    ),
+    # A workflow's steps, newest job of each step last (a workflow retry adds jobs to a step).
+    sa.Index(
+        "ix_jobs_workflow_step",
+        "workflow_id",
+        "step",
+        "created_at",
+        postgresql_where=sa.text("workflow_id IS NOT NULL"),
     ),
 )
 
@@ -346,4 +359,39 @@ limit_keys = sa.Table(
     sa.Column("key", sa.Text, primary_key=True),
     sa.Column("tat", _TZ),
     sa.Column("last_admitted_at", _TZ),
+)
+
+# One row per workflow (docs/workflows.md); its state is derived from its steps' jobs.
+workflows = sa.Table(
+    "workflows",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("steps", sa.Integer, nullable=False),
+    sa.Column("submitted_by", sa.Text),
+    sa.Column("schedule_name", sa.Text),
+    sa.Column("schedule_slot", _TZ),
+    sa.Column("created_at", _TZ, nullable=False, server_default=sa.func.now()),
+    sa.Index("ix_workflows_created_at", "created_at"),
+    sa.Index(
+        "ix_workflows_schedule_slot",
+        "schedule_name",
+        "schedule_slot",
+        unique=True,
+        postgresql_where=sa.text("schedule_name IS NOT NULL"),
+    ),
+)
+
+# One row per dependency: ``position`` orders a child's parents; ``policy``: 'succeeded' (else
+# the child is cancelled) or 'finished'; ``resolved``: the parent's end, once counted (once).
+job_deps = sa.Table(
+    "job_deps",
+    metadata,
+    sa.Column("child_id", sa.Uuid, sa.ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("parent_id", sa.Uuid, sa.ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("policy", sa.Text, nullable=False, server_default="succeeded"),
+    sa.Column("resolved", sa.Text),
+    sa.CheckConstraint("policy IN ('succeeded', 'finished')", name="policy"),
+    sa.Index("ix_job_deps_parent_id", "parent_id"),
 )

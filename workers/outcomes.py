@@ -221,17 +221,23 @@ def log_failure(
 
 def record_success(settings: Settings, session: Session | None, claimed: ledger.Claimed, result: Any) -> bool:
     """Record success: in the body's transaction if it used its session, else as one statement
-    (a job under a limit: with the admission of the next waiting jobs, in one transaction)."""
+    (a job under a limit: with the admission of the next waiting jobs, in one transaction; a
+    workflow's step: with the release of its children)."""
     admitted: list[ledger.Published] = []
     if session is not None and session.in_transaction():
         conn = session.connection()
         finished = ledger.succeed(conn, claimed.id, claimed.attempt, result)
-        if finished and claimed.limited:
-            admitted = ledger.release(conn, [claimed.id])
+        if finished and (claimed.limited or claimed.workflow):
+            admitted = ledger.release(conn, [claimed.id], tally=counters.process_tally(settings))
         if finished:
             session.commit()
         else:
             session.rollback()
+    elif claimed.workflow:  # a workflow's step: its children are counted and released in its commit
+        with db.transaction(settings) as conn:
+            finished = ledger.succeed(conn, claimed.id, claimed.attempt, result)
+            if finished:
+                admitted = ledger.release(conn, [claimed.id], tally=counters.process_tally(settings))
     elif claimed.limited:
         # The quick finish first, unless the kind's last finish here found jobs waiting behind it.
         contended = time.monotonic() - _CONTENDED.get(claimed.kind, float("-inf")) < CONTENDED_FOR
@@ -300,8 +306,13 @@ def record_failure(
         else:
             finished = ledger.fail(conn, job_id, attempt, record)
             state, final = "failed", "failed"
-        # A job under a limit frees its slot: the next waiting job is admitted in this transaction.
-        admitted = ledger.release(conn, [job_id]) if finished is not None else []
+        # A job under a limit frees its slot: the next waiting job is admitted in this transaction;
+        # a workflow step that failed for good cancels the children that needed it.
+        admitted = (
+            ledger.release(conn, [job_id], tally=counters.process_tally(settings))
+            if finished is not None
+            else []
+        )
     publish_admitted(settings, admitted)
     if finished is None:
         return Recorded("")

@@ -12,6 +12,9 @@ so). The lifecycle those statements enforce is drawn once, in
   unique window, its debounce), under a lock on their content;
 - ``publishing``: jobs taken to be put on the broker, and given back if it refused;
 - ``admission``: jobs held by a limit, and their admission (flow control);
+- ``dependencies``: workflows, their steps' edges, and a step's release when its parents
+  have finished (docs/workflows.md);
+- ``freeing``: what a job's end frees, in its transaction (both of the above);
 - ``attempts``: claim, succeed, retry, fail, rescue, cancel, progress, and the
   worker's main process's leases and hand-backs;
 - ``upkeep``: a job's state, and pruning finished jobs;
@@ -32,7 +35,6 @@ from jobs.ledger.admission import (
     hold,
     hold_due,
     next_token,
-    release,
     settle,
 )
 from jobs.ledger.attempts import (
@@ -50,6 +52,19 @@ from jobs.ledger.attempts import (
     succeed,
 )
 from jobs.ledger.collapsing import Pushed, lock_content, push_debounced, unique_holder
+from jobs.ledger.dependencies import (
+    CancelledStep,
+    Edge,
+    NewWorkflow,
+    cancel_workflow,
+    link,
+    open_workflow,
+    prune_workflows,
+    release_ready,
+    settle_dependents,
+    workflow_for_slot,
+)
+from jobs.ledger.freeing import release
 from jobs.ledger.intake import (
     NEW_JOB_COLUMNS,
     SERVER_NOW,
@@ -73,11 +88,14 @@ __all__ = [
     "NEW_JOB_COLUMNS",
     "SERVER_NOW",
     "TRANSITIONS",
+    "CancelledStep",
     "Claimed",
+    "Edge",
     "Executor",
     "Finished",
     "KeyHolder",
     "NewJob",
+    "NewWorkflow",
     "Published",
     "Pushed",
     "Status",
@@ -88,6 +106,7 @@ __all__ = [
     "applies",
     "cached_applies",
     "cancel",
+    "cancel_workflow",
     "claim",
     "copy_rows",
     "fail",
@@ -99,19 +118,24 @@ __all__ = [
     "holder_of_key",
     "id_for_slot",
     "insert_rows",
+    "link",
     "lock_content",
     "mark_unpublished",
     "next_token",
+    "open_workflow",
     "progress",
     "prune",
+    "prune_workflows",
     "push_debounced",
     "record_refused",
     "release",
     "release_lease",
+    "release_ready",
     "republish_stale",
     "rescue_expired",
     "retry",
     "settle",
+    "settle_dependents",
     "sources",
     "stage_due",
     "state_of",
@@ -120,4 +144,5 @@ __all__ = [
     "succeed",
     "take_unpublished",
     "unique_holder",
+    "workflow_for_slot",
 ]

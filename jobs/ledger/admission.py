@@ -363,11 +363,12 @@ def next_token(conn: sa.Connection) -> float | None:
 
 
 def admit_orphans(conn: sa.Connection, *, limit: int = 1000) -> list[Published]:
-    """Held jobs left with no waiting slot (their limits were removed) are queued."""
+    """Held jobs left with no waiting slot (their limits were removed) are queued; a workflow step
+    waiting for its parents is not one of them."""
     waiting_slot = sa.exists().where(limit_slots.c.job_id == jobs.c.id, limit_slots.c.admitted_at.is_(None))
     due = (
         sa.select(jobs.c.id)
-        .where(jobs.c.state == "held", ~waiting_slot)
+        .where(jobs.c.state == "held", jobs.c.pending == 0, ~waiting_slot)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )

@@ -64,6 +64,8 @@ class Claimed:
     """This claim took over a job whose previous attempt lost its lease (now recorded ``lost``)."""
     limited: bool = False
     """The job is under a limit: its finish admits the next waiting job (``jobs.ledger.admission``)."""
+    workflow: bool = False
+    """The job is a workflow's step: its finish releases its children (``jobs.ledger.dependencies``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,7 @@ def _claim_statement() -> sa.Select[Any]:
             jobs.c.queue,
             seconds_since(sa.func.greatest(jobs.c.created_at, jobs.c.not_before), now()).label("waited"),
             jobs.c.limited,
+            jobs.c.workflow_id.is_not(None).label("workflow"),
         )
         .cte("claimed")
     )
@@ -152,6 +155,7 @@ def claim(conn: Executor, job_id: uuid.UUID, *, worker: str, lease: float) -> Cl
         waited=max(row.waited or 0.0, 0.0),
         lost=bool(row.lost),
         limited=bool(row.limited),
+        workflow=bool(row.workflow),
     )
 
 

@@ -26,6 +26,7 @@ from jobs.states import State
 __all__ = [
     "NEW_JOB_COLUMNS",
     "SERVER_NOW",
+    "WORKFLOW_COLUMNS",
     "ErrorRecord",
     "KeyHolder",
     "NewJob",
@@ -82,6 +83,13 @@ class NewJob:
     """Its content key when its kind has a unique window (docs/flow-control.md)."""
     debounce_key: str | None = None
     """Its content key when its kind debounces."""
+    workflow_id: uuid.UUID | None = None
+    """The workflow it is a step of (docs/workflows.md), with ``step``, ``pending`` (its parents
+    not finished yet: it is created ``held`` while any is left) and ``inputs`` (the fields of its
+    payload it takes from its parents' results)."""
+    step: str | None = None
+    pending: int = 0
+    inputs: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.payload_json:
@@ -170,25 +178,30 @@ def insert_rows(
 _PUBLISHED_AT = param("w_published_at", sa.DateTime(timezone=True))
 
 
-def copy_rows(conn: sa.Connection, new_jobs: Iterable[NewJob]) -> None:
+def copy_rows(conn: sa.Connection, new_jobs: Iterable[NewJob], *, steps: bool = False) -> None:
     """Insert many new jobs with COPY: the bulk path (no conflicts possible: fresh ids, no keys).
 
     Call it in a transaction: a row whose ``published_at`` is ``SERVER_NOW``
     gets the transaction's ``now()``, which is also every row's ``created_at``.
     The statement names only constant column names, so it is spelled out here; SQLAlchemy
-    has no COPY construct.
+    has no COPY construct. ``steps``: the jobs are a workflow's steps (``WORKFLOW_COLUMNS`` too).
     """
     # COPY evaluates no expression, so the transaction's timestamp is read once, before it starts.
     stamp = conn.execute(sa.select(now())).scalar_one()
     raw = conn.connection.driver_connection
     assert isinstance(raw, psycopg.Connection)
-    columns = ", ".join(NEW_JOB_COLUMNS)
+    names = NEW_JOB_COLUMNS + WORKFLOW_COLUMNS if steps else NEW_JOB_COLUMNS
+    columns = ", ".join(names)
     with raw.cursor() as cursor, cursor.copy(f"COPY jobs ({columns}) FROM STDIN") as copy:
-        copy.set_types(_COPY_TYPES)
+        copy.set_types(_COPY_TYPES + _STEP_TYPES if steps else _COPY_TYPES)
         for job in new_jobs:
             if job.published_at is SERVER_NOW:
                 job.published_at = stamp
-            copy.write_row(_copy_values(job))
+            if steps:
+                inputs = None if job.inputs is None else json.dumps(job.inputs, separators=(",", ":"))
+                copy.write_row((*_copy_values(job), job.workflow_id, job.step, job.pending, inputs))
+            else:
+                copy.write_row(_copy_values(job))
 
 
 # COPY's text format takes the JSON text as it is: the payload is serialized only once.
@@ -196,6 +209,9 @@ _COPY_TYPES = [
     "uuid", "text", "text", "int2", "text", "text", "int4", "timestamptz",
     "text", "text", "uuid", "timestamptz", "bool",
 ]  # fmt: skip
+#: A workflow step's columns, after ``NEW_JOB_COLUMNS`` (``copy_rows(steps=True)``).
+WORKFLOW_COLUMNS = ("workflow_id", "step", "pending", "inputs")
+_STEP_TYPES = ["uuid", "text", "int4", "text"]
 _copy_values = cast(
     "Callable[[NewJob], tuple[Any, ...]]",
     operator.attrgetter(*("payload_json" if column == "payload" else column for column in NEW_JOB_COLUMNS)),

@@ -7,17 +7,21 @@ terminal and never left::
                  │                                                          ▼
   submit ─► scheduled ──stage──► queued ──claim──► running ──succeed──► succeeded
   (delayed)      │                ▲  ▲   (a worker)  │  ▲ │
-                 │             admit stage           │  │ ├──fail────────► failed
+                 │     admit/release stage           │  │ ├──fail────────► failed
                  │                │  │   retry/rescue│  │ │  (no attempts left,
                  │ stage          │  │               ▼  │ │   not retryable)
                  │ (limited)      │  └──────── retrying │
                  ▼                │  stage (limited) │  claim (lease expired)
   submit ─────► held ─────────────┘◄─────────────────┘  └──cancel──────► cancelled
-  (limited)
+  (limited, or   │
+  a workflow     └──reject (a step's inputs do not fit its kind)──────────► failed
+  step)
 
 A job under a limit (docs/flow-control.md) waits ``held`` in the ledger, never on the broker,
-until every limit it is under admits it (``jobs.ledger.admission``); ``held`` jobs can be
-cancelled too.
+until every limit it is under admits it (``jobs.ledger.admission``); a workflow's step
+(docs/workflows.md) waits ``held`` until its parents have finished (``jobs.ledger.dependencies``:
+released, or rejected when its parents' results do not fit its kind, or cancelled when a parent
+it needs failed). ``held`` jobs can be cancelled too.
 
 The transitions, one per line (``from --event--> to``); the unit tests check
 ``TRANSITIONS`` against this list and against ``docs/architecture.md``::
@@ -27,6 +31,8 @@ The transitions, one per line (``from --event--> to``); the unit tests check
     scheduled --stage--> held          a due delayed job under a limit waits for admission
     retrying --stage--> held           a due retry under a limit waits for admission
     held --admit--> queued             every limit of the job has room: published
+    held --release--> queued           a workflow step's last parent finished: published
+    held --reject--> failed            the step's inputs from its parents do not fit its kind
     queued --claim--> running          a worker takes the job: attempt + 1, lease taken
     running --claim--> running         a redelivery takes a job whose lease expired
     running --succeed--> succeeded     the body returned; result stored
@@ -61,6 +67,8 @@ TRANSITIONS: frozenset[tuple[State, str, State]] = frozenset(
         ("scheduled", "stage", "held"),
         ("retrying", "stage", "held"),
         ("held", "admit", "queued"),
+        ("held", "release", "queued"),
+        ("held", "reject", "failed"),
         ("queued", "claim", "running"),
         ("running", "claim", "running"),
         ("running", "succeed", "succeeded"),

@@ -51,7 +51,12 @@ def prune(conn: sa.Connection, *, states: Sequence[str], older_than: float, limi
     cutoff = now() - seconds(older_than)
     old = (
         sa.select(jobs.c.id)
-        .where(jobs.c.state.in_(list(states)), jobs.c.created_at < cutoff, jobs.c.finished_at < cutoff)
+        .where(
+            jobs.c.state.in_(list(states)),
+            jobs.c.created_at < cutoff,
+            jobs.c.finished_at < cutoff,
+            jobs.c.workflow_id.is_(None),  # a workflow's steps go with it (``prune_workflows``)
+        )
         .limit(limit)
         .with_for_update(skip_locked=True)
     )

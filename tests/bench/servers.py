@@ -61,7 +61,9 @@ def clear(settings: Settings, client: redis.Redis) -> None:
     """Empty the ledger (limits included) and this Redis db's keys (kombu's bindings stay), and
     Celery's result tables."""
     with db.transaction(settings) as conn:
-        conn.execute(sa.text("TRUNCATE jobs, job_attempts, limits, limit_slots, limit_keys"))
+        conn.execute(
+            sa.text("TRUNCATE jobs, job_attempts, limits, limit_slots, limit_keys, workflows, job_deps")
+        )
         for table in CELERY_TABLES:
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
     ledger.forget_targets()

@@ -112,7 +112,7 @@ def clean(ledger_db: Settings, broker: redis.Redis) -> Settings:
         conn.execute(
             sa.text(
                 "TRUNCATE jobs, job_attempts, test_effects, queue_pauses, broker_epochs, counters,"
-                " limits, limit_slots, limit_keys"
+                " limits, limit_slots, limit_keys, workflows, job_deps"
             )
         )
     ledger.forget_targets()

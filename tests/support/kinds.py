@@ -281,3 +281,52 @@ jobs.declare(
     body=_tenant,
     description="Runs once a tenant's submissions have been quiet for 30 seconds.",
 )
+
+
+class StepWork(BaseModel):
+    """A workflow step's work: record an effect under ``key`` (in the job's transaction, so a
+    step that ran to success twice shows twice), wait ``sleep`` seconds, fail when ``fail``, and
+    return ``value`` with the step's job id."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    value: Any = None
+    key: str | None = None
+    sleep: float = 0.0
+    fail: bool = False
+
+
+@jobs.kind("test.step", payload=StepWork, max_attempts=3, backoff=FAST)
+def step(ctx: jobs.JobContext, payload: StepWork) -> dict[str, Any]:
+    """A workflow's step for the tests (docs/workflows.md)."""
+    if payload.key is not None:
+        ctx.session.execute(
+            sa.text("INSERT INTO test_effects (key, job_id, attempt) VALUES (:k, :j, :a)"),
+            {"k": payload.key, "j": ctx.job_id, "a": ctx.attempt},
+        )
+    deadline = time.monotonic() + payload.sleep
+    while time.monotonic() < deadline:
+        if ctx.cancelled():
+            return {"cancelled": True}
+        time.sleep(0.02)
+    if payload.fail:
+        raise jobs.Fail("this step fails on purpose")
+    return {"value": payload.value, "job": str(ctx.job_id)}
+
+
+class Numbers(BaseModel):
+    """A fan-in's input: numbers from the parents, summed (``total`` must be a whole number)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    numbers: list[int]
+    key: str | None = None
+
+
+@jobs.kind("test.sum", payload=Numbers, max_attempts=3, backoff=FAST)
+def total(ctx: jobs.JobContext, payload: Numbers) -> dict[str, Any]:
+    """Sum the numbers its parents gave (a workflow's fan-in for the tests)."""
+    if payload.key is not None:
+        ctx.session.execute(
+            sa.text("INSERT INTO test_effects (key, job_id, attempt) VALUES (:k, :j, :a)"),
+            {"k": payload.key, "j": ctx.job_id, "a": ctx.attempt},
+        )
+    return {"value": sum(payload.numbers), "count": len(payload.numbers)}
