@@ -26,7 +26,7 @@ from jobs.settings import Settings, get_settings
 if TYPE_CHECKING:  # sessions come from the caller; the ORM is not needed to submit
     from sqlalchemy.orm import Session
 
-__all__ = ["JobId", "Producer", "submit", "submit_many"]
+__all__ = ["JobId", "Producer", "default_producer", "submit", "submit_many"]
 
 log = logging.getLogger("jobs.producer")
 
@@ -320,7 +320,8 @@ def _forget(session: Session) -> None:
 _default: Producer | None = None
 
 
-def _producer() -> Producer:
+def default_producer() -> Producer:
+    """The process-wide producer (built on first use with the process-wide settings)."""
     global _default  # noqa: PLW0603 - one lazily built producer per process
     if _default is None:
         _default = Producer()
@@ -329,9 +330,9 @@ def _producer() -> Producer:
 
 def submit(kind: str, payload: Mapping[str, Any] | None = None, **options: Any) -> JobId:
     """Submit one job with the process-wide settings; see ``Producer.submit``."""
-    return _producer().submit(kind, payload, **options)
+    return default_producer().submit(kind, payload, **options)
 
 
 def submit_many(kind: str, payloads: Iterable[Mapping[str, Any]], **options: Any) -> list[JobId]:
     """Submit many jobs with the process-wide settings; see ``Producer.submit_many``."""
-    return _producer().submit_many(kind, payloads, **options)
+    return default_producer().submit_many(kind, payloads, **options)

@@ -269,6 +269,11 @@ class Workflow:
                 raise InvalidWorkflow(f"step {name!r}: {error}") from None
             if inputs:
                 _check_partial(name, kind, payload, inputs)
+            else:
+                try:
+                    kind.validate(payload)
+                except BadInput as error:
+                    raise InvalidWorkflow(f"step {name!r}: {error.message}") from None
             steps.append(
                 PlannedStep(
                     name, kind, payload, parents, inputs, step.queue, step.priority, step.max_attempts

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from jobs import db, ledger, submission
 from jobs.errors import BadInput, InvalidWorkflow
-from jobs.producer import Producer
+from jobs.producer import Producer, default_producer
 from jobs.workflows.spec import Plan, PlannedStep, Workflow
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ def submit_workflow(
     ``InvalidWorkflow`` (naming the step) and nothing created when it does not pass its checks.
     ``schedule_name``/``schedule_slot``: a schedule's firing, unique per slot.
     """
-    producer = producer or _producer()
+    producer = producer or default_producer()
     plan = workflow.plan(producer.registry)
     options = submission.Options(submitted_by=submitted_by)
     submission.check_texts(options, None)
@@ -152,13 +152,3 @@ def _row(producer: Producer, workflow_id: uuid.UUID, step: PlannedStep) -> ledge
         row.state = "held"
         row.published_at = None
     return row
-
-
-_default: Producer | None = None
-
-
-def _producer() -> Producer:
-    global _default  # noqa: PLW0603 - one lazily built producer per process
-    if _default is None:
-        _default = Producer()
-    return _default
