@@ -115,8 +115,8 @@ class Rescuer:
         tally = counters.Tally()
         with db.transaction(env.settings) as conn:
             rescued = ledger.rescue_expired(conn, limit=BATCH, tally=tally)
+            admitted = ledger.release(conn, [job_id for job_id, _ in rescued], tally=tally)
             counters.write(conn, tally.take())  # the counts commit with the rescue
-            admitted = ledger.release(conn, [job_id for job_id, _ in rescued])
         publisher.publish_committed(env.settings, env.registry, admitted)
         for job_id, state in rescued:
             log.warning("rescuer: job %s lost its worker; now %s", job_id, state)

@@ -138,9 +138,10 @@ def cancel_many(
                     done[job_id] = previous
             left = [job_id for job_id in chunk if job_id not in done]
             now = _states(conn, left) if left else {}
+            # Jobs under a limit free their slots: the next waiting ones are admitted with the cancel;
+            # a workflow's steps that needed a cancelled one are cancelled with it.
+            admitted = ledger.release(conn, list(done), tally=tally)
             counters.write(conn, tally.take())  # the counts commit with the cancellations
-            # Jobs under a limit free their slots: the next waiting ones are admitted with the cancel.
-            admitted = ledger.release(conn, list(done))
         publisher.publish_committed(settings, kinds.registry, admitted)
         running = [str(job_id) for job_id, was in done.items() if was == "running"]
         if running:

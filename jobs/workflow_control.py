@@ -30,9 +30,9 @@ def cancel(settings: Settings, app: Celery, workflow_id: uuid.UUID) -> list[ledg
     with db.transaction(settings) as conn:
         _lock(conn, workflow_id)
         cancelled = ledger.cancel_workflow(conn, workflow_id, tally=tally)
-        counters.write(conn, tally.take())
         # Steps under a limit free their slots: the next waiting jobs are admitted with the cancel.
-        admitted = ledger.release(conn, [step.id for step in cancelled])
+        admitted = ledger.release(conn, [step.id for step in cancelled], tally=tally)
+        counters.write(conn, tally.take())
     publisher.publish_committed(settings, kinds.registry, admitted)
     running = [str(step.id) for step in cancelled if step.state == "running"]
     if running:

@@ -56,7 +56,7 @@ def unclaimed(
         rescued = ledger.rescue_expired(conn, only=delivery.job_id, tally=counters.process_tally(settings))
         if rescued:
             with db.transaction(settings) as tx:  # under a limit: the next job's turn
-                admitted = ledger.release(tx, [delivery.job_id])
+                admitted = ledger.release(tx, [delivery.job_id], tally=counters.process_tally(settings))
             publish_admitted(settings, admitted)  # after the commit
             message = "worker lost on its last attempt"
             log.error(

@@ -258,7 +258,9 @@ class LedgerTask(Task[Any, Any]):
                 rescued = ledger.rescue_expired(
                     conn, only=job_id, tally=counters.process_tally(self.settings)
                 )
-                admitted = ledger.release(conn, [job_id])  # under a limit: the next job's turn
+                admitted = ledger.release(  # under a limit: the next job's turn; a step's children
+                    conn, [job_id], tally=counters.process_tally(self.settings)
+                )
             outcomes.publish_admitted(self.settings, admitted)
             if rescued:
                 recorded = outcomes.Recorded(rescued[0][1])
