@@ -13,7 +13,10 @@ reads the whole ledger and reports every broken promise:
 - at most one effect per key (the test kinds write effects in the job's own
   transaction), and a succeeded effect-writing job has exactly one;
 - attempts never exceed ``max_attempts`` and match the attempt history;
-- every failed job carries a readable error (a type and a message).
+- every failed job carries a readable error (a type and a message);
+- workflows keep their promises (``tests.faults.workflow_checks``): every finished parent
+  counted once, no step waiting for nothing, no step started before its parents finished, and
+  each step's effect written once, by the attempt that succeeded.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from jobs import db
 from jobs.errors import LedgerUnavailable
 from jobs.schema import TERMINAL_STATES, job_attempts, jobs, limit_slots
 from jobs.settings import Settings
+from tests.faults.workflow_checks import workflow_problems
 
 __all__ = ["EFFECT_KINDS", "START_KINDS", "Report", "Workload", "check", "wait_for_quiet"]
 
@@ -175,6 +179,8 @@ def check(settings: Settings, workload: Workload) -> Report:
     for row in job_rows:
         report.problems += _row_problems(row, workload, history.get(row.id, []))
     _check_effects(report, job_rows, Counter(effect.key for effect in effect_rows))
+    with db.transaction(settings) as conn:
+        report.problems += workflow_problems(conn, workload.since)
     return report
 
 

@@ -9,6 +9,7 @@ test settings (``FAULT_TIMERS``): a lease of 6 s, a visibility timeout of
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -324,6 +325,18 @@ class Platform:
     def queued_messages(self) -> int:
         client = self.broker()
         return sum(client.llen(key) for key in client.scan_iter("default*") if client.type(key) == b"list")
+
+    def on_broker(self) -> set[uuid.UUID]:
+        """The jobs whose messages are on the broker: waiting in a queue or taken by a worker."""
+        client = self.broker()
+        messages = [
+            json.loads(item)
+            for key in client.scan_iter("default*")
+            if client.type(key) == b"list"
+            for item in client.lrange(key, 0, -1)
+        ]
+        messages += [json.loads(value)[0] for value in client.hvals("unacked")]
+        return {uuid.UUID(message["headers"]["id"]) for message in messages}
 
     # -- the checker ----------------------------------------------------------------------------
 

@@ -15,7 +15,6 @@ terminal (a ``held`` job is unfinished, not lost), and no finished job keeps a s
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
@@ -131,19 +130,6 @@ def body_depth(platform: Platform, tenant: str, seconds: float) -> int:
     return deepest([(at, at + timedelta(seconds=seconds)) for _, _, at in starts(platform, tenant)])
 
 
-def on_broker(platform: Platform) -> set[uuid.UUID]:
-    """The jobs whose messages are on the broker: waiting in a queue or taken by a worker."""
-    client = platform.broker()
-    messages = [
-        json.loads(item)
-        for key in client.scan_iter("default*")
-        if client.type(key) == b"list"
-        for item in client.lrange(key, 0, -1)
-    ]
-    messages += [json.loads(value)[0] for value in client.hvals("unacked")]
-    return {uuid.UUID(message["headers"]["id"]) for message in messages}
-
-
 def submit(platform: Platform, tenant: str, count: int, seconds: float) -> list[uuid.UUID]:
     ids = platform.producer.submit_many(
         "test.tenant", [{"tenant": tenant, "seconds": seconds, "n": n} for n in range(count)]
@@ -217,7 +203,7 @@ def test_22_redis_restarted_empty_while_jobs_wait_on_a_limit(cap, faults: Platfo
         wait_running(faults, ids, 2)
         messages: set[uuid.UUID] = set()
         for _ in range(10):  # a message exists only after its job's admission committed: read it first
-            seen = on_broker(faults)
+            seen = faults.on_broker()
             messages |= seen
             assert not {job for job, state in states_by_id(faults, seen).items() if state == "held"}
             time.sleep(0.1)
@@ -225,7 +211,7 @@ def test_22_redis_restarted_empty_while_jobs_wait_on_a_limit(cap, faults: Platfo
         # broker (queued), and the restart loses their messages.
         faults.processes.stop("worker")
         before = states(faults, ids)
-        admitted = on_broker(faults)
+        admitted = faults.on_broker()
         queued = {job for job, state in states_by_id(faults, set(ids)).items() if state == "queued"}
         mark = faults.log_mark("beat")
         faults.redis.restart_empty()
