@@ -3,9 +3,12 @@ the leader's safety net, pruning, and Celery's canvas (docs/workflows.md)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import sqlalchemy as sa
-from celery import chain, chord, signature
+from celery import chain, chord
+from celery import signature as celery_signature
 from sqlalchemy.orm import Session
 
 from jobs import db, ledger, workflow_views
@@ -18,6 +21,11 @@ from tests.integration.test_workflows import run, state_of
 from tests.support.limits import remove_limits, set_limit
 
 pytestmark = pytest.mark.integration
+
+
+def signature(*args: Any, **kwargs: Any) -> Any:
+    """Celery's ``signature`` (its stubs do not know the options a workflow reads, like ``step``)."""
+    return celery_signature(*args, **kwargs)
 
 
 def count(settings, table) -> int:

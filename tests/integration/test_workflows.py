@@ -23,7 +23,8 @@ pytestmark = pytest.mark.integration
 
 def state_of(settings, job_id) -> str:
     with db.transaction(settings) as conn:
-        return conn.execute(sa.select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one()
+        state: str = conn.execute(sa.select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one()
+    return state
 
 
 def row_of(settings, job_id) -> Any:

@@ -4,9 +4,11 @@ inputs, and Celery's canvas compiled in (docs/workflows.md)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
-from celery import Celery, chain, chord, group, signature
+from celery import Celery, chain, chord, group
+from celery import signature as celery_signature
 
 from jobs import inputs
 from jobs.errors import InvalidWorkflow
@@ -18,6 +20,11 @@ from jobs.workflows import group as wf_group
 from tests.support import kinds as _kinds  # noqa: F401 - registers test.step and test.sum
 
 pytestmark = pytest.mark.unit
+
+
+def signature(*args: Any, **kwargs: Any) -> Any:
+    """Celery's ``signature`` (its stubs do not know the options a workflow reads, like ``step``)."""
+    return celery_signature(*args, **kwargs)
 
 
 def parents_of(flow: Workflow) -> dict[str, list[str]]:
