@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 def state_of(settings, job_id) -> str:
     with db.transaction(settings) as conn:
-        return conn.execute(sa.select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one()
+        return str(conn.execute(sa.select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one())
 
 
 def row_of(settings, job_id) -> Any:
