@@ -37,7 +37,7 @@ os.environ.setdefault("JOBS_WORKER_HEARTBEAT", "1")
 if os.environ.pop("PYTHONDONTWRITEBYTECODE", None):
     os.environ.setdefault("PYTHONPYCACHEPREFIX", os.path.join(tempfile.gettempdir(), "jobs-tests-pycache"))
 
-pytest_plugins = ["tests.support.fixtures"]
+pytest_plugins = ["tests.support.fixtures", "tests.support.hooks"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

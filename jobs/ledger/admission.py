@@ -186,10 +186,16 @@ def release(conn: sa.Connection, ids: Sequence[uuid.UUID]) -> list[Published]:
     when nothing waits behind them."""
     if not ids:
         return []
-    pairs = conn.execute(_freed(any_id(ids)).distinct()).all()
+    pairs = conn.execute(_release_statement(), {"freed_ids": list(ids)}).all()
     if not pairs:
         return []
     return admit(conn, pairs=[(row.limit_name, row.key) for row in pairs])
+
+
+@functools.cache
+def _release_statement() -> sa.Select[Any]:
+    """``release``'s statement, built once: every workflow step's finish runs it too."""
+    return _freed(jobs.c.id == sa.any_(sa.bindparam("freed_ids", type_=pg.ARRAY(sa.Uuid)))).distinct()
 
 
 @functools.cache

@@ -22,6 +22,7 @@ counted (none should exist) is counted there.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -134,15 +135,15 @@ class _Child:
     doomed_by: tuple[str, str] | None = None  # (parent step, its state) that cancels the child
 
 
-def _count(conn: sa.Connection, parent_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, _Child]:
-    """Count the ends of these parents (those finished) against their held children, each edge
-    once: returns each child whose count moved, with its ``pending`` after, and the parent that
-    dooms it (a required parent that did not succeed)."""
+@functools.cache
+def _count_statement() -> sa.Select[Any]:
+    """``_count``'s statement, built once: every step's finish runs it, and building its aliases
+    of the wide ``jobs`` table anew cost more than running it."""
     parent = jobs.alias("parent")
     consumed = (
         sa.update(job_deps)
         .where(
-            job_deps.c.parent_id == sa.any_(_ids(parent_ids)),
+            job_deps.c.parent_id == sa.any_(sa.bindparam("parent_ids", type_=pg.ARRAY(sa.Uuid))),
             job_deps.c.resolved.is_(None),
             job_deps.c.parent_id == parent.c.id,
             parent.c.state.in_(_TERMINAL),
@@ -165,7 +166,7 @@ def _count(conn: sa.Connection, parent_ids: Sequence[uuid.UUID]) -> dict[uuid.UU
         .cte("decremented")
     )
     named = jobs.alias("named")
-    rows = conn.execute(
+    return (
         sa.select(
             consumed.c.child_id,
             consumed.c.policy,
@@ -175,7 +176,14 @@ def _count(conn: sa.Connection, parent_ids: Sequence[uuid.UUID]) -> dict[uuid.UU
         )
         .join(decremented, decremented.c.id == consumed.c.child_id)
         .join(named, named.c.id == consumed.c.parent_id)
-    ).all()
+    )
+
+
+def _count(conn: sa.Connection, parent_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, _Child]:
+    """Count the ends of these parents (those finished) against their held children, each edge
+    once: returns each child whose count moved, with its ``pending`` after, and the parent that
+    dooms it (a required parent that did not succeed)."""
+    rows = conn.execute(_count_statement(), {"parent_ids": list(parent_ids)}).all()
     children: dict[uuid.UUID, _Child] = {}
     for row in rows:
         child = children.setdefault(row.child_id, _Child())

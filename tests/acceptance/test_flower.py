@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from jobs import db
 from jobs.app import get_app
 from jobs.schema import fleet_kinds, job_attempts, jobs
+from jobs.workflows import Workflow, submit_workflow
 from tests.support.fixtures import ROOT, Processes, run_jobs, wait_for_state
 
 pytestmark = pytest.mark.acceptance
@@ -136,6 +137,30 @@ def test_secret_payload_fields_are_masked(flower, clean):
     assert "ada" in task["kwargs"]
     assert SECRET not in flower.get("/api/tasks").text
     assert SECRET not in flower.get(f"/api/task/info/{job_id}").text
+
+
+def test_a_workflows_steps_appear_as_tasks_under_their_job_ids(flower, clean, producer):
+    """Each step that ran is a task whose uuid is its job id and whose name is its kind, with its
+    payload as resolved from its parents; a step cancelled before it ran never reached a worker."""
+    flow = Workflow("flower-diamond")
+    flow.step("a", "test.step", {"value": 1})
+    flow.step("b", "test.step", {"value": 2}, after=["a"])
+    flow.step("c", "test.step", {"value": 3}, after=["a"])
+    flow.step("d", "test.sum", after=["b", "c"], inputs={"numbers": ["b.value", "c.value"]})
+    flow.step("e", "ping", {"message": "after d"}, after=["d"])
+    flow.step("doomed", "test.step", {"fail": True})
+    flow.step("never", "test.step", after=["doomed"])
+    wid = submit_workflow(flow, producer=producer)
+    assert wait_for_state(clean, wid.steps["e"], timeout=60)["state"] == "succeeded"
+    assert wait_for_state(clean, wid.steps["never"], timeout=60)["state"] == "cancelled"
+
+    kinds = {"a": "test.step", "b": "test.step", "c": "test.step", "d": "test.sum", "e": "ping"}
+    for name, kind in kinds.items():
+        task = flower.task(wid.steps[name], "SUCCESS")
+        assert (task["uuid"], task["name"]) == (str(wid.steps[name]), kind), name
+    assert "'numbers': [2, 3]" in flower.task(wid.steps["d"], "SUCCESS")["kwargs"]
+    assert flower.task(wid.steps["doomed"], "FAILURE")["name"] == "test.step"
+    assert flower.get(f"/api/task/info/{wid.steps['never']}").status_code == 404
 
 
 def chromium(*args: str) -> str:

@@ -1,4 +1,5 @@
-"""The built-in ``http.post`` kind against a real HTTP server on 127.0.0.1.
+"""The built-in ``http.post`` kind against a real HTTP server on 127.0.0.1 (the ``hook`` fixture,
+``tests.support.hooks``).
 
 2xx succeeds; 5xx is retried with the kind's backoff (base 5 s); 4xx fails at
 once, with the status and an excerpt of the body in the error.
@@ -7,12 +8,8 @@ once, with the status and an excerpt of the body in the error.
 from __future__ import annotations
 
 import json
-import threading
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -20,67 +17,6 @@ import pytest
 from tests.support.fixtures import run_jobs, wait_for_state
 
 pytestmark = pytest.mark.acceptance
-
-
-@dataclass
-class Hook:
-    """A scripted HTTP endpoint: each path answers its responses in turn, the last one forever."""
-
-    url: str
-    script: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
-    received: list[tuple[str, dict[str, str], Any]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def answer(self, path: str) -> tuple[int, str]:
-        with self.lock:
-            replies = self.script.get(path, [(599, "no script for this path")])
-            return replies.pop(0) if len(replies) > 1 else replies[0]
-
-    def requests_to(self, path: str) -> list[tuple[str, dict[str, str], Any]]:
-        with self.lock:
-            return [request for request in self.received if request[0] == path]
-
-
-class _Server(ThreadingHTTPServer):
-    """The HTTP server, holding the ``Hook`` its handlers answer from."""
-
-    hook: Hook
-
-
-@pytest.fixture
-def hook() -> Iterator[Hook]:
-    server = _Server(("127.0.0.1", 0), _Handler)
-    host, port = server.server_address[:2]
-    endpoint = Hook(url=f"http://{host!s}:{port}")
-    server.hook = endpoint
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield endpoint
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:
-        assert isinstance(self.server, _Server)
-        endpoint = self.server.hook
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length)
-        with endpoint.lock:
-            endpoint.received.append((self.path, dict(self.headers.items()), json.loads(raw or b"null")))
-        status, body = endpoint.answer(self.path)
-        data = body.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: the test inspects ``Hook.received`` instead."""
 
 
 def submitted_id(result: Any) -> uuid.UUID:
