@@ -4,11 +4,12 @@ Every tick it reads the enabled schedules, so a change made while beat runs
 applies within one tick. For each schedule it works out the due slots by the
 misfire policy (``jobs.schedules.policies.plan``) and fires them in one
 transaction: lock the schedule's row, apply the overlap policy, insert each
-job with its (schedule, slot) pair, which is unique in the ledger (``ON
-CONFLICT DO NOTHING``: a slot that another leader already fired is passed
-over), and move the schedule's ``handled_until`` forward. The jobs are
-published after the commit, or by the relay if Redis is down. The statements
-on the ``schedules`` table are the store's (``jobs.schedules.store``).
+job (or workflow) with its (schedule, slot) pair, which is unique in the
+ledger (``ON CONFLICT DO NOTHING``: a slot that another leader already fired
+is passed over), and move the schedule's ``handled_until`` forward. The jobs
+(a workflow's first steps) are published after the commit, or by the relay
+if Redis is down. The statements on the ``schedules`` table are the store's
+(``jobs.schedules.store``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from jobs.schedules import (
     store,
     timing_of,
 )
+from jobs.workflows import WorkflowId
 
 if TYPE_CHECKING:
     from beat.context import Maintenance
@@ -118,16 +120,17 @@ class CronLoop:
                 return 0  # another leader got here first
             busy = busy_firing(conn, name) if row.overlap == "skip" and decided.fire else None
             slots, overlapped = overlap(row.overlap, decided.fire, busy is not None)
-            fired: list[tuple[datetime, JobId]] = []
+            fired: list[tuple[datetime, JobId | WorkflowId]] = []
             error: str | None = None
+            what = "job" if row.workflow is None else "workflow"
             for slot in slots:
                 try:
                     job = fire(producer, session, row, slot, submitted_by=fired_by(name))
-                except BadInput as failure:  # the kind or its model changed since the schedule was saved
+                except BadInput as failure:  # a kind, its model or a step's changed since it was saved
                     log.error("schedule %s cannot fire slot %s: %s", name, slot.isoformat(), failure.message)
                     error = f"slot {slot.isoformat()}: {failure.message}"
                     break
-                if job.duplicate and job.reason in ("unique", "debounce"):
+                if isinstance(job, JobId) and job.duplicate and job.reason in ("unique", "debounce"):
                     how = "collapsed into" if job.reason == "unique" else "debounced into"
                     log.info(
                         "schedule %s: slot %s %s job %s (the kind's %s)",
@@ -138,15 +141,17 @@ class CronLoop:
                         "unique window" if job.reason == "unique" else "debounce",
                     )
                 elif job.duplicate:
-                    log.info("schedule %s: slot %s was already fired as job %s", name, slot.isoformat(), job)
+                    log.info(
+                        "schedule %s: slot %s was already fired as %s %s", name, slot.isoformat(), what, job
+                    )
                 else:
-                    log.info("schedule %s fired slot %s as job %s", name, slot.isoformat(), job)
+                    log.info("schedule %s fired slot %s as %s %s", name, slot.isoformat(), what, job)
                     fired.append((slot, job))
             reasons = []
             if decided.missed:
                 reasons.append(f"misfire={row.misfire}: {decided.missed} missed slot(s) not fired")
             if overlapped:
-                why = f"job {busy[0]} is still {busy[1]}" if busy else "only the newest due slot runs"
+                why = busy or "only the newest due slot runs"
                 reasons.append(f"overlap=skip: {overlapped} slot(s) not fired ({why})")
             if reasons:
                 log.warning("schedule %s: %s", name, "; ".join(reasons))

@@ -163,15 +163,17 @@ job_attempts = sa.Table(
     ),
 )
 
-# Schedules: one row per schedule, edited by operators while beat runs (docs/scheduling.md).
+# Schedules, edited while beat runs (docs/scheduling.md): each fires a job of ``kind`` with
+# ``payload`` or a ``workflow`` (its spec as data), exactly one of the two.
 schedules = sa.Table(
     "schedules",
     metadata,
     sa.Column("name", sa.Text, primary_key=True),
-    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text),
     sa.Column("payload", pg.JSONB, nullable=False),
     sa.Column("queue", sa.Text),
     sa.Column("priority", sa.SmallInteger),
+    sa.Column("workflow", pg.JSONB(none_as_null=True)),
     sa.Column("cron", sa.Text),
     sa.Column("every_seconds", sa.Integer),
     sa.Column("timezone", sa.Text, nullable=False, server_default="UTC"),
@@ -179,11 +181,11 @@ schedules = sa.Table(
     sa.Column("misfire", sa.Text, nullable=False, server_default="once"),
     sa.Column("overlap", sa.Text, nullable=False, server_default="allow"),
     sa.Column("declared", sa.Boolean, nullable=False, server_default=sa.false()),
-    # Slots at or before this instant are dealt with (fired, or passed over by a policy).
-    sa.Column("handled_until", _TZ, nullable=False, server_default=sa.func.now()),
+    sa.Column("handled_until", _TZ, nullable=False, server_default=sa.func.now()),  # slots dealt with
     sa.Column("last_slot", _TZ),
     sa.Column("last_fired_at", _TZ),
     sa.Column("last_job_id", sa.Uuid),
+    sa.Column("last_workflow_id", sa.Uuid),  # a workflow's last firing (and last_job_id NULL)
     sa.Column("last_skip_at", _TZ),
     sa.Column("last_skip_reason", sa.Text),
     sa.Column("skipped", sa.Integer, nullable=False, server_default=sa.text("0")),
@@ -192,6 +194,7 @@ schedules = sa.Table(
     sa.Column("created_at", _TZ, nullable=False, server_default=sa.func.now()),
     sa.Column("updated_at", _TZ, nullable=False, server_default=sa.func.now()),
     sa.Column("updated_by", sa.Text),
+    sa.CheckConstraint("(kind IS NULL) <> (workflow IS NULL)", name="target"),
     sa.CheckConstraint("(cron IS NULL) <> (every_seconds IS NULL)", name="timing"),
     sa.CheckConstraint("every_seconds >= 1", name="every"),
     sa.CheckConstraint("priority BETWEEN 0 AND 9", name="priority"),
@@ -251,8 +254,7 @@ fleet_kinds = sa.Table(
     sa.Column("last_seen_by", sa.Text),
 )
 
-# The brokers this ledger has met: the leader's re-drive tells a broker that lost its data (its
-# sentinel key is gone) from one it meets for the first time (nothing to re-drive, no alarm).
+# The brokers this ledger met: re-drive tells one that lost its data (no sentinel) from a new one.
 broker_epochs = sa.Table(
     "broker_epochs",
     metadata,

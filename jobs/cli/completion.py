@@ -43,7 +43,10 @@ QUEUE_QUERIES = (
     "SELECT DISTINCT queue FROM jobs WHERE state = ANY(%(live)s) AND starts_with(queue, %(prefix)s)",
     "SELECT DISTINCT queue FROM jobs WHERE starts_with(queue, %(prefix)s)",
 )
-SCHEDULE_QUERY = "SELECT name, kind FROM schedules WHERE starts_with(name, %(prefix)s) ORDER BY name"
+SCHEDULE_QUERY = (
+    "SELECT name, coalesce(kind, 'workflow ' || (workflow->>'name')) FROM schedules"
+    " WHERE starts_with(name, %(prefix)s) ORDER BY name"
+)
 LIMIT_QUERY = (
     "SELECT name, coalesce(kind, 'queue ' || queue) FROM limits WHERE starts_with(name, %(prefix)s)"
     " ORDER BY name"

@@ -1,7 +1,8 @@
 """``jobs schedule``: add, list, show, edit, pause, resume, trigger and remove schedules.
 
 The leader (``jobs beat``) reads the schedules every tick, so a change here
-applies within one tick, without a restart. See ``docs/scheduling.md``.
+applies within one tick, without a restart. A schedule fires a job of a kind,
+or a workflow read from a spec file (``--workflow FILE``). See ``docs/scheduling.md``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from jobs.errors import InvalidSchedule
 # completing a command line (``jobs schedule show <TAB>``) loads none of them.
 if TYPE_CHECKING:
     from jobs.schedules import ScheduleView
+    from jobs.workflows import Workflow
 
 __all__ = ["schedule"]
 
@@ -47,6 +49,13 @@ def _timing_options(command: Any) -> Any:
             click.option("--tz", "timezone", metavar="ZONE", help="IANA time zone of --cron (default UTC)."),
             payload_params,
             click.option("--payload", "payload_json", metavar="JSON", help="The payload as a JSON object."),
+            click.option(
+                "--workflow",
+                "workflow_file",
+                metavar="FILE",
+                help="Fire the workflow of this spec file (JSON or YAML, as jobs.workflows.load reads) "
+                "instead of a kind's job; its steps carry their own payloads, queues and priorities.",
+            ),
             click.option(
                 "--misfire",
                 type=click.Choice(MISFIRE_POLICIES),
@@ -85,10 +94,31 @@ def _payload(payload_json: str | None, params: tuple[str, ...]) -> dict[str, Any
     return data
 
 
+def _workflow(path: str | None) -> Workflow | None:
+    """The workflow of a spec file, read and parsed (checked in full when the schedule is saved)."""
+    if path is None:
+        return None
+    from jobs.workflows import load
+
+    return load(path)
+
+
 def _masked(view: ScheduleView) -> ScheduleView:
+    """The view with secret payload fields masked, its workflow's steps' included."""
     registry = context.registry()
-    if view.kind in registry and registry.get(view.kind).has_secrets:
-        return dataclasses.replace(view, payload=registry.get(view.kind).display(view.payload))
+
+    def shown(kind: Any, payload: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(kind, str) and kind in registry and registry.get(kind).has_secrets:
+            return registry.get(kind).display(payload)
+        return payload
+
+    view = dataclasses.replace(view, payload=shown(view.kind, view.payload))
+    if view.workflow is not None and isinstance(view.workflow.get("steps"), list):
+        steps = [
+            {**step, "payload": shown(step.get("kind"), step.get("payload") or {})}
+            for step in view.workflow["steps"]
+        ]
+        view = dataclasses.replace(view, workflow={**view.workflow, "steps": steps})
     return view
 
 
@@ -100,6 +130,7 @@ def schedule() -> None:
     Examples:
       jobs schedule add nightly-vacuum pg.vacuum_analyze -p name=orders --cron '30 2 * * *' --tz Europe/Berlin
       jobs schedule add heartbeat ping --every 30s --misfire skip
+      jobs schedule add nightly-etl --workflow etl.yaml --cron @daily --overlap skip
       jobs schedule list
       jobs schedule pause heartbeat
     """
@@ -107,17 +138,18 @@ def schedule() -> None:
 
 @schedule.command()
 @click.argument("name")
-@click.argument("kind", shell_complete=kind_names)
+@click.argument("kind", required=False, shell_complete=kind_names)
 @_timing_options
 @click.option("--paused", is_flag=True, help="Save it paused (resume it later).")
 def add(
     name: str,
-    kind: str,
+    kind: str | None,
     cron: str | None,
     every: str | None,
     timezone: str | None,
     params: tuple[str, ...],
     payload_json: str | None,
+    workflow_file: str | None,
     misfire: str | None,
     overlap: str | None,
     queue: str | None,
@@ -125,16 +157,19 @@ def add(
     as_json: bool,
     paused: bool,
 ) -> None:
-    """Add schedule NAME firing jobs of KIND (give --cron or --every)."""
+    """Add schedule NAME firing jobs of KIND, or the workflow of --workflow FILE (give --cron or --every)."""
     from jobs import schedules
     from jobs.cli.output import err
     from jobs.schedules import ScheduleSpec
 
     if (cron is None) == (every is None):
         raise InvalidSchedule("give --cron EXPR or --every DURATION (one of them)")
+    if (kind is None) == (workflow_file is None):
+        raise InvalidSchedule("give a KIND or --workflow FILE (one of them)")
     spec = ScheduleSpec(
         name=name,
         kind=kind,
+        workflow=_workflow(workflow_file),
         payload=_payload(payload_json, params) or {},
         cron=cron,
         every=every,
@@ -205,7 +240,9 @@ def show(name: str, as_json: bool) -> None:
 @schedule.command()
 @name_argument
 @click.option(
-    "--kind", help="Fire jobs of this kind instead (the payload must fit it).", shell_complete=kind_names
+    "--kind",
+    help="Fire jobs of this kind instead (of another kind's, or of a workflow; the payload must fit it).",
+    shell_complete=kind_names,
 )
 @_timing_options
 def edit(
@@ -216,13 +253,15 @@ def edit(
     timezone: str | None,
     params: tuple[str, ...],
     payload_json: str | None,
+    workflow_file: str | None,
     misfire: str | None,
     overlap: str | None,
     queue: str | None,
     priority: int | None,
     as_json: bool,
 ) -> None:
-    """Change schedule NAME: -p merges into the payload, --payload replaces it.
+    """Change schedule NAME: -p merges into the payload, --payload replaces it, --workflow FILE
+    makes it fire that workflow (instead of its workflow, or of its kind's jobs).
 
     Changing when it fires (--cron, --every, --tz) starts it afresh: it fires
     from the first slot after now.
@@ -230,8 +269,11 @@ def edit(
     from jobs import schedules
     from jobs.cli.output import err
 
+    if kind is not None and workflow_file is not None:
+        raise InvalidSchedule("give --kind or --workflow FILE, not both")
     changes: dict[str, Any] = {
         "kind": kind,
+        "workflow": _workflow(workflow_file),
         "cron": cron,
         "every": every,
         "timezone": timezone,
@@ -290,16 +332,19 @@ def _set_enabled(name: str, enabled: bool, as_json: bool) -> None:
 @name_argument
 @json_option
 def trigger(name: str, as_json: bool) -> None:
-    """Fire a schedule now, once, marked as manual (also when paused); prints the job id."""
+    """Fire a schedule now, once, marked as manual (also when paused); prints the job's id (the
+    workflow's, for a schedule firing a workflow)."""
     from jobs import schedules
     from jobs.cli.output import err
+    from jobs.workflows import WorkflowId
 
-    job, slot = schedules.trigger(context.producer(), name, by=context.who())
+    fired, slot = schedules.trigger(context.producer(), name, by=context.who())
+    workflow = isinstance(fired, WorkflowId)
     if as_json:
-        emit_json({"id": job, "schedule": name, "slot": slot, "manual": True})
+        emit_json({"id": fired, "schedule": name, "slot": slot, "manual": True, "workflow": workflow})
         return
-    click.echo(str(job))
-    err.print(f"schedule {name} fired by hand as job {job}")
+    click.echo(str(fired))
+    err.print(f"schedule {name} fired by hand as {'workflow' if workflow else 'job'} {fired}")
 
 
 @schedule.command()

@@ -36,9 +36,21 @@ def _ago(seconds: float) -> str:
 
 
 def _last(view: ScheduleView) -> str:
-    if view.last_job is None:
+    last = view.last_job or view.last_workflow
+    if last is None:
         return "never fired"
-    return f"{at(view.last_fired_at, view.timezone)} {state(view.last_job.state)}"
+    return f"{at(view.last_fired_at, view.timezone)} {state(last.state)}"
+
+
+def _steps(workflow: dict[str, Any], most: int = 10) -> str:
+    """A workflow's steps, each with its kind and the steps it comes after (the first ``most``)."""
+    steps = workflow.get("steps") or []
+    shown = []
+    for step in steps[:most]:
+        after = [parent["step"] for parent in step.get("after") or []]
+        shown.append(f"{step['name']} ({step['kind']})" + (f" after {', '.join(after)}" if after else ""))
+    more = f"; … {len(steps) - most} more" if len(steps) > most else ""
+    return "; ".join(shown) + more
 
 
 def _status(view: ScheduleView) -> str:
@@ -56,10 +68,12 @@ def schedule(view: ScheduleView, *, firings: Sequence[Firing] = ()) -> None:
     grid.add_column(style="bold")
     grid.add_column()
     zone = view.timezone
-    rows: list[tuple[str, str]] = [
-        ("name", view.name),
-        ("kind", view.kind),
-        ("payload", json.dumps(view.payload)),
+    rows: list[tuple[str, str]] = [("name", view.name)]
+    if view.workflow is None:
+        rows += [("kind", str(view.kind)), ("payload", json.dumps(view.payload))]
+    else:
+        rows += [("workflow", view.target.removeprefix("workflow ")), ("steps", _steps(view.workflow))]
+    rows += [
         ("when", view.timing),
         ("status", _status(view) + (" — declared in beat/declared.py" if view.declared else "")),
         ("misfire", view.misfire),
@@ -73,6 +87,8 @@ def schedule(view: ScheduleView, *, firings: Sequence[Firing] = ()) -> None:
     rows.append(("last firing", _last(view)))
     if view.last_job is not None:
         rows.append(("last job", view.last_job.id))
+    if view.last_workflow is not None:
+        rows.append(("last workflow", view.last_workflow.id))
     if view.last_skip_at is not None:
         reason = f"{at(view.last_skip_at, zone)}: {view.last_skip_reason}"
         rows.append(("last skip", f"{reason} ({view.skipped} slot(s) skipped in all)"))
@@ -84,13 +100,17 @@ def schedule(view: ScheduleView, *, firings: Sequence[Firing] = ()) -> None:
     console.print(grid)
     if firings:
         table = Table(title="recent firings", title_justify="left", box=None, pad_edge=False)
-        for column in ("slot", "job", "state", "fired"):
+        fires_workflows = view.workflow is not None
+        for column in ("slot", "workflow" if fires_workflows else "job", "state", "fired"):
             table.add_column(column, no_wrap=True)
         for firing in firings:
             slot = at(firing.slot, zone)
+            other = (
+                "" if firing.workflow == fires_workflows else (" (workflow)" if firing.workflow else " (job)")
+            )
             table.add_row(
                 slot + (" (manual)" if firing.manual else ""),
-                firing.id,
+                firing.id + other,
                 state(firing.state),
                 at(firing.created_at, zone),
             )
@@ -104,10 +124,10 @@ def schedules(views: Sequence[ScheduleView]) -> None:
     from jobs.cli.output import console, err
 
     if not views:
-        err.print("no schedules yet (jobs schedule add NAME KIND --cron EXPR)")
+        err.print("no schedules yet (jobs schedule add NAME KIND --cron EXPR, or NAME --workflow FILE)")
         return
     table = Table(box=None, pad_edge=False)
-    for column in ("name", "kind", "when", "status", "next (schedule's zone)", "last firing"):
+    for column in ("name", "fires", "when", "status", "next (schedule's zone)", "last firing"):
         table.add_column(column, no_wrap=True)
     table.add_column("note", overflow="ellipsis", no_wrap=True, max_width=60)
     for view in views:
@@ -118,7 +138,7 @@ def schedules(views: Sequence[ScheduleView]) -> None:
             note = f"skipped {view.skipped}: {view.last_skip_reason}"
         table.add_row(
             view.name,
-            view.kind,
+            view.target,
             view.timing,
             _status(view),
             ", ".join(at(slot, view.timezone) for slot in view.next) or "-",

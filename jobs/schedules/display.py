@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from jobs.errors import InvalidSchedule
-from jobs.schedules.spec import describe_timing, timing_of
+from jobs.schedules.spec import describe_target, describe_timing, timing_of
 from jobs.schedules.timing import parse_zone, upcoming
 
 __all__ = ["LastJob", "ScheduleView", "view"]
@@ -20,7 +20,8 @@ __all__ = ["LastJob", "ScheduleView", "view"]
 
 @dataclass(frozen=True, slots=True)
 class LastJob:
-    """The job of a schedule's last firing; ``state`` is ``pruned`` once the ledger let it go."""
+    """The job (or workflow, with its derived state) of a schedule's last firing; ``state`` is
+    ``pruned`` once the ledger let it go."""
 
     id: str
     state: str
@@ -28,11 +29,17 @@ class LastJob:
 
 @dataclass(frozen=True, slots=True)
 class ScheduleView:
-    """One schedule: its saved definition, its next slots, and how its last firings went."""
+    """One schedule: its saved definition, its next slots, and how its last firings went.
+
+    It fires a job of ``kind`` with ``payload``, or a ``workflow`` (its spec as saved);
+    ``target`` says which in a few words. Its last firing is ``last_job`` or ``last_workflow``.
+    """
 
     name: str
-    kind: str
+    kind: str | None
     payload: dict[str, Any]
+    workflow: dict[str, Any] | None
+    target: str
     cron: str | None
     every_seconds: int | None
     timing: str
@@ -48,6 +55,7 @@ class ScheduleView:
     last_slot: datetime | None
     last_fired_at: datetime | None
     last_job: LastJob | None
+    last_workflow: LastJob | None
     last_skip_at: datetime | None
     last_skip_reason: str | None
     skipped: int
@@ -58,8 +66,11 @@ class ScheduleView:
     updated_by: str | None
 
     @classmethod
-    def from_row(cls, row: Any, now: datetime, *, count: int = 3) -> ScheduleView:
-        """A ``schedules`` row (with its last job's state) as of ``now``, with its next ``count`` slots.
+    def from_row(
+        cls, row: Any, now: datetime, *, count: int = 3, workflow_state: str | None = None
+    ) -> ScheduleView:
+        """A ``schedules`` row (with its last job's state) as of ``now``, with its next ``count`` slots;
+        ``workflow_state``: its last workflow's derived state (``None``: pruned).
 
         A cron expression saved under older, looser rules has no next slots: the
         view carries the reason as its ``last_error`` (the leader cannot fire it either).
@@ -78,10 +89,15 @@ class ScheduleView:
         last_job = None
         if row.last_job_id is not None:
             last_job = LastJob(id=str(row.last_job_id), state=row.last_job_state or "pruned")
+        last_workflow = None
+        if row.last_workflow_id is not None:
+            last_workflow = LastJob(id=str(row.last_workflow_id), state=workflow_state or "pruned")
         return cls(
             name=row.name,
             kind=row.kind,
             payload=row.payload,
+            workflow=row.workflow,
+            target=describe_target(row),
             cron=row.cron,
             every_seconds=row.every_seconds,
             timing=describe_timing(row),
@@ -97,6 +113,7 @@ class ScheduleView:
             last_slot=row.last_slot.astimezone(zone) if row.last_slot else None,
             last_fired_at=row.last_fired_at,
             last_job=last_job,
+            last_workflow=last_workflow,
             last_skip_at=row.last_skip_at,
             last_skip_reason=row.last_skip_reason,
             skipped=row.skipped,

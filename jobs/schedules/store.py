@@ -23,13 +23,14 @@ from jobs import db
 from jobs.errors import BadInput, InvalidSchedule, ScheduleConflict, ScheduleNotFound
 from jobs.kinds import Registry
 from jobs.schedules.display import ScheduleView
-from jobs.schedules.firings import fire, fired_by
+from jobs.schedules.firings import fire, fired_by, workflow_states
 from jobs.schedules.spec import DEFINITION_COLUMNS, TIMING_COLUMNS, ScheduleSpec, spec_of, validate
 from jobs.schema import jobs, schedules
 from jobs.settings import Settings
 
 if TYPE_CHECKING:
     from jobs.producer import JobId, Producer
+    from jobs.workflows import WorkflowId
 
 __all__ = [
     "FiringRound",
@@ -73,7 +74,7 @@ def _declared_in_code(name: str, action: str) -> ScheduleConflict:
 
 def add(settings: Settings, registry: Registry, spec: ScheduleSpec, *, by: str) -> ScheduleView:
     """Save a new schedule; it fires from its first slot after now."""
-    values = validate(spec, registry, max_payload_bytes=settings.max_payload_bytes)
+    values = validate(spec, registry, settings)
     with db.transaction(settings) as conn:
         inserted = conn.execute(
             pg_insert(schedules)
@@ -91,29 +92,33 @@ def add(settings: Settings, registry: Registry, spec: ScheduleSpec, *, by: str) 
 def get(settings: Settings, name: str, *, count: int = 3) -> ScheduleView:
     """One schedule, with its next ``count`` slots."""
     with db.transaction(settings) as conn:
-        rows = _select(conn, schedules.c.name == name)
-        now = _db_now(conn)
-    if not rows:
+        views = _views(conn, schedules.c.name == name, count)
+    if not views:
         raise ScheduleNotFound(f"no schedule named {name!r} (see jobs schedule list)")
-    return ScheduleView.from_row(rows[0], now, count=count)
+    return views[0]
 
 
 def list_schedules(settings: Settings) -> list[ScheduleView]:
     """Every schedule, by name, with its next three slots."""
     with db.transaction(settings) as conn:
-        rows = _select(conn, sa.true())
-        now = _db_now(conn)
-    return [ScheduleView.from_row(row, now) for row in rows]
+        return _views(conn, sa.true(), 3)
 
 
-def _select(conn: sa.Connection, where: sa.ColumnElement[bool]) -> list[Any]:
+def _views(conn: sa.Connection, where: sa.ColumnElement[bool], count: int) -> list[ScheduleView]:
+    """The schedules ``where`` selects, with their last job's state or last workflow's."""
     query = (
         sa.select(schedules, jobs.c.state.label("last_job_state"))
         .outerjoin(jobs, jobs.c.id == schedules.c.last_job_id)
         .where(where)
         .order_by(schedules.c.name)
     )
-    return list(conn.execute(query).all())
+    rows = list(conn.execute(query).all())
+    states = workflow_states(conn, (row.last_workflow_id for row in rows if row.last_workflow_id))
+    now = _db_now(conn)
+    return [
+        ScheduleView.from_row(row, now, count=count, workflow_state=states.get(row.last_workflow_id))
+        for row in rows
+    ]
 
 
 def edit(settings: Settings, registry: Registry, name: str, *, by: str, **changes: Any) -> ScheduleView:
@@ -121,7 +126,9 @@ def edit(settings: Settings, registry: Registry, name: str, *, by: str, **change
 
     ``changes`` are ``ScheduleSpec`` fields; ``params`` merges fields into the
     current payload (``payload`` replaces it). Giving ``cron`` clears the
-    interval and the other way round.
+    interval and the other way round; giving ``kind`` makes it fire that kind's
+    jobs instead of its workflow, giving ``workflow`` that workflow instead of
+    its jobs (or its former workflow).
     """
     with db.transaction(settings) as conn:
         row = _locked(conn, name)
@@ -135,10 +142,17 @@ def edit(settings: Settings, registry: Registry, name: str, *, by: str, **change
             updates["every"] = None
         elif "every" in updates:
             updates["cron"] = None
+        if "kind" in updates and "workflow" in updates:
+            raise InvalidSchedule("give a job kind or a workflow, not both")
+        if "kind" in updates:
+            updates["workflow"] = None
+        elif "workflow" in updates:  # the kind's payload and options go with it
+            for key, empty in (("kind", None), ("payload", {}), ("queue", None), ("priority", None)):
+                updates.setdefault(key, empty)
         spec = dataclasses.replace(spec_of(row), **updates)
         if params:
             spec = dataclasses.replace(spec, payload={**spec.payload, **params})
-        values = validate(spec, registry, max_payload_bytes=settings.max_payload_bytes)
+        values = validate(spec, registry, settings)
         changed = {key: values[key] for key in DEFINITION_COLUMNS if values[key] != getattr(row, key)}
         if changed:
             extra: dict[str, Any] = {"updated_at": sa.func.now(), "updated_by": by}
@@ -172,8 +186,9 @@ def remove(settings: Settings, name: str) -> ScheduleView:
     return shown
 
 
-def trigger(producer: Producer, name: str, *, by: str) -> tuple[JobId, datetime]:
-    """Fire a schedule now, once, marked as manual (even when paused; the overlap policy is not applied)."""
+def trigger(producer: Producer, name: str, *, by: str) -> tuple[JobId | WorkflowId, datetime]:
+    """Fire a schedule now, once, marked as manual (even when paused; the overlap policy is not
+    applied); returns its job, or its workflow, and the slot (now)."""
     settings = producer.settings
     with db.ledger_errors(settings.database_url), db.session(settings) as session, session.begin():
         conn = session.connection()
@@ -183,10 +198,20 @@ def trigger(producer: Producer, name: str, *, by: str) -> tuple[JobId, datetime]
         conn.execute(
             sa.update(schedules)
             .where(schedules.c.name == name)
-            .values(last_fired_at=sa.func.now(), last_job_id=job)
+            .values(last_fired_at=sa.func.now(), **_last_firing(job))
         )
-    log.info("schedule %s fired by hand (%s) as job %s", name, by, job)
+    what = "workflow" if row.workflow is not None else "job"
+    log.info("schedule %s fired by hand (%s) as %s %s", name, by, what, job)
     return job, slot
+
+
+def _last_firing(fired: JobId | WorkflowId) -> dict[str, Any]:
+    """The columns naming a schedule's last firing: its job's id or its workflow's (one is NULL)."""
+    from jobs.workflows import WorkflowId
+
+    if isinstance(fired, WorkflowId):
+        return {"last_workflow_id": fired, "last_job_id": None}
+    return {"last_job_id": fired, "last_workflow_id": None}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -213,8 +238,9 @@ class FiringRound:
 
     #: Slots at or before it were fired or passed over (the saved one only moves forward).
     handled_until: datetime
-    #: The newest slot fired in the round, and its job; clears ``last_error`` unless ``error`` is set.
-    fired: tuple[datetime, JobId] | None = None
+    #: The newest slot fired in the round, and its job or workflow; clears ``last_error`` unless
+    #: ``error`` is set.
+    fired: tuple[datetime, JobId | WorkflowId] | None = None
     #: Why a slot could not fire (the round stopped there).
     error: str | None = None
     #: Why slots were passed over by the misfire or overlap policy, and how many.
@@ -231,7 +257,7 @@ def record_round(conn: sa.Connection, name: str, done: FiringRound) -> None:
         values.update(last_error=done.error, last_error_at=sa.func.now())
     if done.fired is not None:
         slot, job = done.fired
-        values.update(last_slot=slot, last_job_id=job, last_fired_at=sa.func.now())
+        values.update(last_slot=slot, last_fired_at=sa.func.now(), **_last_firing(job))
         if done.error is None:
             values.update(last_error=None, last_error_at=None)
     if done.skip_reason is not None:
@@ -250,7 +276,7 @@ def sync_declared(settings: Settings, registry: Registry, declared: Sequence[Sch
     checked: list[dict[str, Any]] = []
     for spec in declared:
         try:
-            checked.append(validate(spec, registry, max_payload_bytes=settings.max_payload_bytes))
+            checked.append(validate(spec, registry, settings))
         except BadInput as error:
             log.error("declared schedule %r is invalid and was not synced: %s", spec.name, error.message)
     names = {spec.name for spec in declared}

@@ -12,7 +12,7 @@ from __future__ import annotations
 from jobs.workflows.canvas import from_canvas, submit_canvas
 from jobs.workflows.files import from_spec, load
 from jobs.workflows.spec import After, Chain, Group, Step, Workflow, chain, chord, group
-from jobs.workflows.submit import WorkflowId, submit_workflow
+from jobs.workflows.submit import WorkflowId, check_workflow, submit_workflow
 
 __all__ = [
     "After",
@@ -22,6 +22,7 @@ __all__ = [
     "Workflow",
     "WorkflowId",
     "chain",
+    "check_workflow",
     "chord",
     "from_canvas",
     "from_spec",

@@ -311,6 +311,23 @@ class Workflow:
 
         return from_spec(spec)
 
+    def to_spec(self) -> dict[str, Any]:
+        """The workflow as spec data (what ``from_spec`` reads back into the same workflow): its
+        steps in the order they were added, each with its name and every dependency explicit,
+        those a chain or chord gave it included. What a schedule firing the workflow stores."""
+        steps = []
+        for name in self._order:
+            step = self._steps[name]
+            item: dict[str, Any] = {"name": name, "kind": step.kind, "payload": dict(step.payload)}
+            if self._edges[name]:
+                item["after"] = [{"step": parent.step, "when": parent.when} for parent in self._edges[name]]
+            if step.inputs:
+                item["inputs"] = dict(step.inputs)
+            options = {"queue": step.queue, "priority": step.priority, "max_attempts": step.max_attempts}
+            item.update({key: value for key, value in options.items() if value is not None})
+            steps.append(item)
+        return {"name": self.name, "steps": steps}
+
 
 def _check_name(name: Any) -> None:
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:

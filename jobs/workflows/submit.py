@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from jobs import db, ledger, submission
 from jobs.errors import BadInput, InvalidWorkflow
+from jobs.kinds import Registry
 from jobs.producer import Producer, default_producer
+from jobs.settings import Settings
 from jobs.workflows.spec import Plan, PlannedStep, Workflow
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
     from sqlalchemy.orm import Session
 
-__all__ = ["WorkflowId", "submit_workflow"]
+__all__ = ["WorkflowId", "check_workflow", "submit_workflow"]
 
 
 class WorkflowId(uuid.UUID):
@@ -64,7 +66,7 @@ def submit_workflow(
     if (schedule_name is None) != (schedule_slot is None):
         raise InvalidWorkflow("a schedule firing needs both its schedule name and its slot")
     workflow_id = uuid.uuid4()
-    rows = [_row(producer, workflow_id, step) for step in plan.steps]
+    rows = [_row(producer.settings, workflow_id, step) for step in plan.steps]
     ids = {step.name: row.id for step, row in zip(plan.steps, rows, strict=True)}
     edges = [
         ledger.Edge(row.id, ids[parent.step], position, parent.when)
@@ -85,6 +87,18 @@ def submit_workflow(
             return _existing(conn, header)
     producer.send(created)
     return WorkflowId(workflow_id, steps=ids)
+
+
+def check_workflow(workflow: Workflow, registry: Registry, settings: Settings) -> dict[str, Any]:
+    """Check a workflow as ``submit_workflow`` does, writing nothing; ``InvalidWorkflow`` naming
+    the step. Returns its spec as data (``Workflow.to_spec``) with each step's payload in the
+    form the ledger would store: what a schedule that fires the workflow saves."""
+    plan = workflow.plan(registry)
+    payloads = {step.name: _row(settings, uuid.uuid4(), step).payload for step in plan.steps}
+    spec = workflow.to_spec()
+    for step in spec["steps"]:
+        step["payload"] = payloads[step["name"]]
+    return spec
 
 
 def _existing(conn: Connection, header: ledger.NewWorkflow) -> WorkflowId:
@@ -133,15 +147,13 @@ def _insert(
     return first
 
 
-def _row(producer: Producer, workflow_id: uuid.UUID, step: PlannedStep) -> ledger.NewJob:
+def _row(settings: Settings, workflow_id: uuid.UUID, step: PlannedStep) -> ledger.NewJob:
     """The job of one step: checked as a submission is (a step with inputs: its payload as
     given, validated in full when released)."""
     options = submission.Options(queue=step.queue, priority=step.priority, max_attempts=step.max_attempts)
     try:
         submission.check_texts(options, None)
-        row = submission.new_job(
-            producer.settings, step.kind, step.payload, options, None, partial=bool(step.inputs)
-        )
+        row = submission.new_job(settings, step.kind, step.payload, options, None, partial=bool(step.inputs))
     except BadInput as error:
         raise InvalidWorkflow(f"step {step.name!r}: {error.message}") from None
     row.workflow_id = workflow_id

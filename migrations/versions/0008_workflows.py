@@ -1,5 +1,5 @@
 """Workflows: the workflows table, a job's place in one (workflow, step, unfinished parents,
-inputs) and the dependency edges between steps.
+inputs), the dependency edges between steps, and schedules that fire a workflow.
 
 Revision ID: 0008
 Revises: 0007
@@ -80,10 +80,21 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("child_id", "parent_id", name=op.f("pk_job_deps")),
     )
     op.create_index("ix_job_deps_parent_id", "job_deps", ["parent_id"])
+    # A schedule fires a job of a kind or a workflow (its spec as data): exactly one of the two.
+    op.alter_column("schedules", "kind", existing_type=sa.Text(), nullable=True)
+    op.add_column("schedules", sa.Column("workflow", postgresql.JSONB(astext_type=sa.Text()), nullable=True))
+    op.add_column("schedules", sa.Column("last_workflow_id", sa.Uuid(), nullable=True))
+    op.create_check_constraint("target", "schedules", "(kind IS NULL) <> (workflow IS NULL)")
 
 
 def downgrade() -> None:
-    """Downgrade schema: steps waiting for their parents are cancelled (their graph is gone)."""
+    """Downgrade schema: steps waiting for their parents are cancelled (their graph is gone), and
+    schedules that fire a workflow are deleted (nothing could fire them)."""
+    op.execute("DELETE FROM schedules WHERE workflow IS NOT NULL")
+    op.drop_constraint(op.f("ck_schedules_target"), "schedules", type_="check")
+    op.drop_column("schedules", "last_workflow_id")
+    op.drop_column("schedules", "workflow")
+    op.alter_column("schedules", "kind", existing_type=sa.Text(), nullable=False)
     op.execute(
         "UPDATE jobs SET state = 'cancelled', finished_at = now() WHERE state = 'held' AND pending > 0"
     )

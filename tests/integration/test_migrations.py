@@ -43,3 +43,29 @@ def test_round_trip_and_check(scratch):
     migrate.upgrade(scratch)
     migrate.check(scratch)
     assert migrate.current(scratch) == migrate.head()
+
+
+def test_downgrading_below_workflows_keeps_the_schedules_that_fire_a_kind(scratch):
+    """0008 lets a schedule fire a workflow instead of a kind's job; going back to 0007 deletes those
+    (no kind to fire), keeps the others, and ``kind`` is required again."""
+    migrate.upgrade(scratch)
+    with db.transaction(scratch) as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO schedules (name, kind, payload, every_seconds) VALUES ('hb', 'ping', '{}', 60);"
+                "INSERT INTO schedules (name, payload, workflow, every_seconds)"
+                " VALUES ('etl', '{}', '{\"name\": \"etl\", \"steps\": []}', 60)"
+            )
+        )
+        with pytest.raises(sa.exc.IntegrityError, match="ck_schedules_target"), conn.begin_nested():
+            conn.execute(
+                sa.text("INSERT INTO schedules (name, payload, every_seconds) VALUES ('x', '{}', 60)")
+            )
+    migrate.downgrade(scratch, "0007")
+    with db.transaction(scratch) as conn:
+        assert conn.execute(sa.text("SELECT name, kind FROM schedules")).all() == [("hb", "ping")]
+        columns = {column["name"]: column for column in sa.inspect(conn).get_columns("schedules")}
+    assert "workflow" not in columns
+    assert columns["kind"]["nullable"] is False
+    migrate.upgrade(scratch)
+    migrate.check(scratch)

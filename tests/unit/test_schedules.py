@@ -278,7 +278,18 @@ def test_a_saved_expression_refused_under_the_current_rules_is_reported_not_fire
     with pytest.raises(InvalidSchedule, match="Bad minute"):  # cronsim's own check, without parse_cron
         Cron("22-2 * * * *").next_after(utc(2026, 1, 1))
     fields = dict.fromkeys(
-        ("payload", "queue", "priority", "last_job_id", "last_slot", "last_fired_at", "last_skip_at"), None
+        (
+            "payload",
+            "queue",
+            "priority",
+            "workflow",
+            "last_job_id",
+            "last_workflow_id",
+            "last_slot",
+            "last_fired_at",
+            "last_skip_at",
+        ),
+        None,
     )
     fields.update(last_skip_reason=None, last_error=None, last_error_at=None, skipped=0, updated_by="cli")
     row = SimpleNamespace(
