@@ -181,20 +181,25 @@ class Workflow:
         return self._place(step, [])[0]
 
     def add(self, node: Node, *, after: Sequence[str | After] = ()) -> list[str]:
-        """Add a node (a step, chain or group) after the steps ``after``; returns its last steps."""
-        return self._add(node, [self._after(item, "succeeded") for item in after])
+        """Add a node (a step, chain or group) after the steps ``after`` (a name takes the policy
+        of each step it comes before; an ``After`` keeps its own); returns its last steps."""
+        return self._add(
+            node, [item if isinstance(item, str) else self._after(item, "succeeded") for item in after]
+        )
 
-    def _add(self, node: Node, after: list[After]) -> list[str]:
+    def _add(self, node: Node, after: list[str | After]) -> list[str]:
+        """Place ``node`` after ``after``: names (from a chain, or given) take the policy of the
+        step they come before; ``After`` items keep theirs."""
         if isinstance(node, Step):
             return self._place(node, after)
         if isinstance(node, Chain):
             if not node.nodes:
                 raise InvalidWorkflow(f"workflow {self.name!r}: a chain needs at least one step")
-            exits = [item.step for item in after]
+            exits = [item if isinstance(item, str) else item.step for item in after]
             current = after
             for child in node.nodes:
                 exits = self._add(child, current)
-                current = [After(name) for name in exits]
+                current = list(exits)
             return exits
         if isinstance(node, Group):
             if not node.nodes:
@@ -218,14 +223,14 @@ class Workflow:
             return After(step, cast("Policy", policy))
         raise InvalidWorkflow(f"workflow {self.name!r}: a dependency is a step name, not {item!r}")
 
-    def _place(self, step: Step, after: list[After]) -> list[str]:
+    def _place(self, step: Step, after: list[str | After]) -> list[str]:
         name = step.name if step.name is not None else self._auto_name(step.kind)
         if name in self._steps:
             raise InvalidWorkflow(f"step {name!r}: the workflow has two steps with that name")
         if step.when not in POLICIES:
             raise InvalidWorkflow(f"step {name!r}: 'when' is 'succeeded' or 'finished', not {step.when!r}")
         own = [self._after(item, step.when) for item in step.after]
-        placed = [After(item.step, step.when) for item in after] + own
+        placed = [self._after(item, step.when) for item in after] + own
         self._steps[name] = step
         self._order.append(name)
         self._edges[name] = placed

@@ -225,3 +225,16 @@ def test_canvas_features_a_workflow_does_not_have_are_refused(make, expected):
     app = Celery(set_as_current=False)
     with pytest.raises(InvalidWorkflow, match=expected):
         from_canvas(make(app))
+
+
+def test_a_dependency_given_to_add_keeps_its_own_policy():
+    from jobs.workflows import After
+
+    flow = Workflow("policies")
+    flow.step("a", "test.step")
+    flow.add(wf_chain(Step("test.step", name="b"), Step("test.step", name="c")), after=[After("a", "finished")])
+    flow.add(Step("test.step", name="d", when="finished"), after=["c"])
+    plan = {step.name: step.parents for step in flow.plan(registry).steps}
+    assert plan["b"] == (After("a", "finished"),)
+    assert plan["c"] == (After("b", "succeeded"),)
+    assert plan["d"] == (After("c", "finished"),)
