@@ -2,7 +2,7 @@
 
 ``gather`` collects the facts (the job's row from the ledger, paused queues,
 the leader, the workers that answer, how many jobs wait ahead, the limits a
-held job waits for); ``reasons``
+held job waits for, the workflow a step belongs to and its parents); ``reasons``
 is a pure function of those facts, so every case is tested without servers.
 The first reason is the one that matters; later ones are also true.
 """
@@ -16,13 +16,17 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobs import db, fleet, limit_usage, observe, pauses
+from jobs import db, fleet, limit_usage, observe, parentage, pauses
 from jobs.errors import BrokerUnavailable, JobNotFound
 from jobs.leader import current_leader
+from jobs.parentage import StepOf
 from jobs.schema import TERMINAL_STATES, jobs
 from jobs.settings import Settings
 
 __all__ = ["Facts", "Reason", "gather", "reasons"]
+
+#: Parents named in a waiting step's reason; the rest are counted.
+PARENTS_NAMED = 10
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -43,6 +47,8 @@ class Facts:
     """Live workers that implement the kind on other queues."""
     limits: list[limit_usage.Wait] = dataclasses.field(default_factory=list)
     """A held job's limits: each with how full the job's key is now."""
+    step: StepOf | None = None
+    """The workflow the job is a step of; None for a job on its own."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -73,21 +79,69 @@ def _no_leader() -> Reason:
     )
 
 
-def _finished(job: dict[str, Any]) -> Reason:
+def _finished(job: dict[str, Any], step: StepOf | None = None) -> list[Reason]:
     state = job["state"]
     detail = ""
-    if state == "failed" and job.get("error"):
+    if state != "succeeded" and job.get("error"):
         message = (str(job["error"].get("message") or "").strip().splitlines() or [""])[0]
         detail = f": {job['error'].get('type')}: {message}"
     elif state == "succeeded":
         detail = " (result in `jobs status`)"
-    return Reason(
-        "finished",
-        f"already finished: {state} after {job['attempt']} of {job['max_attempts']} attempts{detail}",
-        "nothing runs it again; `jobs retry ID` submits a new job with the same payload"
-        if state != "succeeded"
-        else "nothing to do",
-    )
+    action = "nothing to do"
+    if state != "succeeded":
+        action = "nothing runs it again; `jobs retry ID` submits a new job with the same payload"
+        if step is not None and step.replaced_by is not None:
+            action = "nothing runs this job again: the job that replaced it is the step now"
+        elif step is not None:
+            action = (
+                f"`jobs workflow retry {step.workflow_id}` runs it again with the steps after it, "
+                "once the workflow has finished (steps that succeeded keep their results)"
+            )
+    found = [
+        Reason(
+            "finished",
+            f"already finished: {state} after {job['attempt']} of {job['max_attempts']} attempts{detail}",
+            action,
+        )
+    ]
+    if step is not None and step.replaced_by is not None:
+        found.insert(
+            0,
+            Reason(
+                "replaced",
+                f"a retry of workflow {step.workflow!r} replaced this job: step {step.step!r} is now "
+                f"job {step.replaced_by}",
+                f"explain that one: `jobs explain {step.replaced_by}`",
+            ),
+        )
+    return found
+
+
+def _parents(facts: Facts, step: StepOf) -> list[Reason]:
+    """A held step waits for its parents: which, and in what state each is now."""
+    waiting = step.waiting()
+    named = ", ".join(f"{parent.step} ({parent.state})" for parent in waiting[:PARENTS_NAMED])
+    more = f" and {len(waiting) - PARENTS_NAMED} more" if len(waiting) > PARENTS_NAMED else ""
+    found = [
+        Reason(
+            "parents",
+            f"waits for {len(waiting)} of its {len(step.parents)} parent step(s): {named}{more}",
+            "it is released (queued) in the transaction that records the end of the last of them; "
+            f"`jobs workflow status {step.workflow_id}` draws the workflow",
+        )
+    ]
+    if waiting and all(parent.state in TERMINAL_STATES for parent in waiting):
+        found.append(
+            Reason(
+                "settling",
+                "its parents have finished but their ends are not counted yet: the leader counts "
+                "them within a tick",
+                "wait a second; if it stays held, check the leader (`jobs health beat`) and its log",
+            )
+        )
+        if facts.leader is None:
+            found.append(_no_leader())
+    return found
 
 
 def _running(facts: Facts) -> list[Reason]:
@@ -218,8 +272,10 @@ def _holding(wait: limit_usage.Wait, now: datetime) -> Reason | None:
 
 
 def _held(facts: Facts) -> list[Reason]:
-    """A held job waits in the ledger for its limits (``jobs limits``): one line per limit that
-    does not admit it now."""
+    """A held job waits in the ledger for its parents (a workflow's step), or for its limits
+    (``jobs limits``): one line per limit that does not admit it now."""
+    if facts.step is not None and facts.job.get("pending"):
+        return _parents(facts, facts.step)
     found = [reason for wait in facts.limits if (reason := _holding(wait, facts.now)) is not None]
     if not found:
         why = "every limit it waits for has room" if facts.limits else "no limit holds it any more"
@@ -247,7 +303,7 @@ def reasons(facts: Facts) -> list[Reason]:
     job, now = facts.job, facts.now
     state = job["state"]
     if state in TERMINAL_STATES:
-        return [_finished(job)]
+        return _finished(job, facts.step)
     by_state = {"running": _running, "held": _held}.get(state)
     if by_state is not None:
         return by_state(facts)
@@ -290,6 +346,7 @@ def gather(settings: Settings, job_id: uuid.UUID, *, timeout: float = 1.0) -> Fa
         leader = current_leader(conn)
         ahead = observe.ahead_of(conn, job_id) if job["state"] == "queued" else 0
         waits = limit_usage.waits_of(conn, job_id) if job["state"] == "held" else []
+        step = parentage.step_of(conn, job)
     consumers: list[str] | None = None
     live: list[str] | None = None
     implementers: list[str] | None = None
@@ -316,4 +373,5 @@ def gather(settings: Settings, job_id: uuid.UUID, *, timeout: float = 1.0) -> Fa
         implementers=implementers,
         implemented_elsewhere=elsewhere,
         limits=waits,
+        step=step,
     )

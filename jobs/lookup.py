@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from jobs import db
+from jobs import db, parentage
 from jobs.errors import JobNotFound
 from jobs.schema import TERMINAL_STATES, job_attempts, jobs
 from jobs.settings import Settings
@@ -39,7 +39,8 @@ def _plain(row: Mapping[Any, Any]) -> dict[str, Any]:
 
 
 def get_job(settings: Settings, registry: Registry, job_id: uuid.UUID) -> dict[str, Any]:
-    """Everything the ledger knows of one job, secrets masked, attempts in order."""
+    """Everything the ledger knows of one job, secrets masked, attempts in order, and for a
+    workflow's step its workflow (``workflow``: id, name, step, parents, what it waits for)."""
     with db.transaction(settings) as conn:
         row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
         if row is None:
@@ -47,7 +48,9 @@ def get_job(settings: Settings, registry: Registry, job_id: uuid.UUID) -> dict[s
         attempts = conn.execute(
             sa.select(job_attempts).where(job_attempts.c.job_id == job_id).order_by(job_attempts.c.attempt)
         ).all()
+        step = parentage.step_of(conn, row._mapping)
     job = _plain(row._mapping)
+    job["workflow"] = step.as_dict() if step is not None else None
     job["payload"] = _mask(registry, job["kind"], job["payload"])
     job["terminal"] = job["state"] in TERMINAL_STATES
     job["attempts"] = [

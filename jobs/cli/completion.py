@@ -1,11 +1,11 @@
-"""Shell completion of the names operators type: kinds, queues, schedules and limits.
+"""Shell completion of the names operators type: kinds, queues, schedules, limits and workflows.
 
 click completes the commands and options (``eval "$(_JOBS_COMPLETE=bash_source jobs)"``,
 see docs/operations.md); the arguments and options that take a name use these
 callbacks as their ``shell_complete=``. Kind names come from the registry (the
 built-ins and ``JOBS_KIND_MODULES``); queue names from the kinds, the default
 queue and the ledger (paused queues, schedules' queues, jobs' queues); schedule
-and limit names from the ledger.
+and limit names, and workflows' ids and names, from the ledger.
 
 Completion never fails and never hangs: what cannot be read (a kind module that
 does not import, an invalid setting, PostgreSQL down or slow) is left out, and
@@ -28,7 +28,16 @@ from jobs.states import STATES, TERMINAL_STATES
 if TYPE_CHECKING:
     from jobs.kinds import Kind
 
-__all__ = ["LEDGER_BUDGET", "kind_names", "limit_names", "queue_lists", "queue_names", "schedule_names"]
+__all__ = [
+    "LEDGER_BUDGET",
+    "kind_names",
+    "limit_names",
+    "queue_lists",
+    "queue_names",
+    "schedule_names",
+    "workflow_ids",
+    "workflow_names",
+]
 
 #: Seconds completion waits for the ledger before suggesting what it has without it.
 LEDGER_BUDGET = 1.0
@@ -50,6 +59,14 @@ SCHEDULE_QUERY = (
 LIMIT_QUERY = (
     "SELECT name, coalesce(kind, 'queue ' || queue) FROM limits WHERE starts_with(name, %(prefix)s)"
     " ORDER BY name"
+)
+# The newest first: the workflow an operator just submitted is the one they ask about.
+WORKFLOW_ID_QUERY = (
+    "SELECT id::text, name FROM workflows WHERE starts_with(id::text, %(prefix)s)"
+    " ORDER BY created_at DESC LIMIT 50"
+)
+WORKFLOW_NAME_QUERY = (
+    "SELECT DISTINCT name FROM workflows WHERE starts_with(name, %(prefix)s) ORDER BY name LIMIT 100"
 )
 
 
@@ -136,3 +153,16 @@ def limit_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> 
     """Limits in the ledger whose name starts with ``incomplete``, each with what it limits."""
     rows = _read_ledger((LIMIT_QUERY,), {"prefix": incomplete})
     return [CompletionItem(str(name), help=str(target)) for name, target in rows]
+
+
+def workflow_ids(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """The newest workflows whose id starts with ``incomplete``, each with its name."""
+    rows = _read_ledger((WORKFLOW_ID_QUERY,), {"prefix": incomplete.lower()})
+    return [CompletionItem(str(wid), help=str(name)) for wid, name in rows]
+
+
+def workflow_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Names of workflows in the ledger that start with ``incomplete``."""
+    return [
+        CompletionItem(str(row[0])) for row in _read_ledger((WORKFLOW_NAME_QUERY,), {"prefix": incomplete})
+    ]

@@ -36,12 +36,15 @@ def explain(job_id: str, timeout: float, as_json: bool) -> None:
                 "reasons": [reason.as_dict() for reason in found],
                 "limits": [wait.as_dict() for wait in facts.limits],
                 "workers_asked": facts.live_workers is not None,
+                "workflow": facts.step.as_dict() if facts.step is not None else None,
             }
         )
         return
     console.print(
         f"{job['id']} {escape(job['kind'])} on {escape(job['queue'])}: {state(job['state'])}", markup=True
     )
+    if facts.step is not None:
+        console.print(f"  {escape(facts.step.describe())}", markup=True)
     for reason in found:
         console.print(f"  [bold]•[/] {escape(reason.message)}", markup=True)
         console.print(f"    [dim]→ {escape(reason.action)}[/]", markup=True)

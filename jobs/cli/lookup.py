@@ -18,6 +18,7 @@ __all__ = ["list_", "status", "wait"]
 
 
 _HELD = " (waiting for its limits: `jobs explain ID` says which)"
+_PARENTS = " (waiting for {} parent step(s) to finish: `jobs explain ID` says which)"
 
 
 @click.command()
@@ -41,7 +42,7 @@ def status(job_id: str, as_json: bool) -> None:
     rows: list[tuple[str, Any]] = [
         ("id", job["id"]),
         ("kind", job["kind"]),
-        ("state", state(job["state"]) + (_HELD if job["state"] == "held" else "")),
+        ("state", state(job["state"]) + _held(job)),
         ("queue", f"{job['queue']} (priority {job['priority']})"),
         ("attempts", f"{job['attempt']} of {job['max_attempts']}"),
         ("created", humanize(job["created_at"])),
@@ -57,6 +58,7 @@ def status(job_id: str, as_json: bool) -> None:
         rows.append(("key", job["idempotency_key"]))
     if job["retry_of"]:
         rows.append(("retry of", job["retry_of"]))
+    rows += _workflow_rows(job.get("workflow"))
     if job["progress"]:
         rows.append(("progress", _progress(job["progress"])))
     rows.append(("payload", json.dumps(job["payload"])))
@@ -83,6 +85,30 @@ def status(job_id: str, as_json: bool) -> None:
             )
         console.print(table)
     _traceback(job["error"])
+
+
+def _held(job: dict[str, Any]) -> str:
+    """What a held job waits for: its parents (a workflow's step), or its limits."""
+    if job["state"] != "held":
+        return ""
+    flow = job.get("workflow")
+    return _PARENTS.format(len(flow["waiting_for"])) if flow and job["pending"] else _HELD
+
+
+def _workflow_rows(flow: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """A step's workflow, its name, the steps it comes after, the job that replaced it (a retry)."""
+    if not flow:
+        return []
+    from rich.markup import escape
+
+    text = str(flow["step"])
+    parents = [parent["step"] for parent in flow["parents"]]
+    if parents:
+        shown = ", ".join(parents[:5]) + (f" and {len(parents) - 5} more" if len(parents) > 5 else "")
+        text += f", after {shown}"
+    if flow["replaced_by"]:
+        text += f"; replaced by job {flow['replaced_by']} (a retry of the workflow)"
+    return [("workflow", f"{escape(flow['name'])} ({flow['id']})"), ("step", text)]
 
 
 def _traceback(error: dict[str, Any] | None) -> None:

@@ -53,6 +53,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "jobs.cli.explain:explain",
         "Why the job is not running (or what it is doing), one reason per line, each with what to do.",
     ),
+    "workflow": (
+        "jobs.cli.workflow:workflow",
+        "Workflows: steps (jobs) that run after other steps, submitted from a JSON or YAML spec.",
+    ),
     "kinds": ("jobs.cli.kinds:kinds", "List the job kinds this installation knows."),
     "schedule": (
         "jobs.cli.schedule:schedule",

@@ -52,8 +52,11 @@ def emit_json(data: Any) -> None:
 
 
 def fail(message: str, code: int) -> NoReturn:
-    """One line on stderr, then exit with ``code``; never a traceback."""
-    __getattr__("err").print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    """One line on stderr, then exit with ``code``; never a traceback. The message is text, not
+    markup (a name like ``[bold]x`` from the user prints as typed)."""
+    from rich.markup import escape
+
+    __getattr__("err").print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
     sys.exit(code)
 
 

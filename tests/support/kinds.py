@@ -285,14 +285,16 @@ jobs.declare(
 
 class StepWork(BaseModel):
     """A workflow step's work: record an effect under ``key`` (in the job's transaction, so a
-    step that ran to success twice shows twice), wait ``sleep`` seconds, fail when ``fail``, and
-    return ``value`` with the step's job id."""
+    step that ran to success twice shows twice), wait ``sleep`` seconds, fail when ``fail`` (or
+    while ``test_effects`` has no row keyed ``fail_until``: a cause the test fixes before it
+    retries the workflow), and return ``value`` with the step's job id."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     value: Any = None
     key: str | None = None
     sleep: float = 0.0
     fail: bool = False
+    fail_until: str | None = None
 
 
 @jobs.kind("test.step", payload=StepWork, max_attempts=3, backoff=FAST)
@@ -310,6 +312,12 @@ def step(ctx: jobs.JobContext, payload: StepWork) -> dict[str, Any]:
         time.sleep(0.02)
     if payload.fail:
         raise jobs.Fail("this step fails on purpose")
+    if payload.fail_until is not None:
+        fixed = ctx.session.execute(
+            sa.text("SELECT count(*) FROM test_effects WHERE key = :k"), {"k": payload.fail_until}
+        ).scalar_one()
+        if not fixed:
+            raise jobs.Fail(f"{payload.fail_until!r} is not fixed yet")
     return {"value": payload.value, "job": str(ctx.job_id)}
 
 

@@ -41,3 +41,18 @@ def test_the_architecture_names_every_module():
             if parts and f"`{'.'.join(parts)}`" not in text:
                 missing.append(f"{package}/{'/'.join(parts)}")
     assert missing == [], f"docs/architecture.md does not name: {missing}"
+
+
+def test_the_readme_workflow_spec_passes_its_checks():
+    """The spec of the README's "Workflows" section is one ``jobs workflow submit`` accepts."""
+    import yaml
+
+    from jobs.catalog import load_kinds
+    from jobs.workflows import from_spec
+
+    section = README.split("## Workflows", 1)[1].split("\n## ", 1)[0]
+    spec = re.search(r"```yaml\n(.*?)```", section, re.DOTALL)
+    assert spec is not None, "the README's Workflows section has no yaml block"
+    plan = from_spec(yaml.safe_load(spec.group(1))).plan(load_kinds([]))
+    assert [step.name for step in plan.steps] == ["extract", "enrich", "audit", "publish", "notify"]
+    assert "jobs workflow submit nightly.yaml" in section
