@@ -87,6 +87,11 @@ def submit(file: str, as_json: bool) -> None:
         f"(`jobs workflow status {submitted}` draws it)",
         markup=False,
     )
+    if not submitted.published:
+        err.print(
+            "[yellow]warning:[/] the broker (Redis) is unreachable; the workflow is saved in the "
+            "ledger and its first steps will be published when Redis returns"
+        )
 
 
 @workflow.command()

@@ -163,13 +163,16 @@ def claim(conn: Executor, job_id: uuid.UUID, *, worker: str, lease: float) -> Cl
 def _finish_statement(event: str) -> sa.Select[Any]:
     """One statement per finishing event, built once; its parameters are named ``w_*``."""
     (state,) = targets(event)
+    # The finish's own moment: a success recorded in the body's transaction (``ctx.session``) has
+    # ``now()`` = when that transaction began, early by the body's run time.
+    ended = sa.func.statement_timestamp()
     values: dict[str, Any] = {"state": state, "lease_until": None}
     if event == "succeed":
-        values.update(result=json_param("w_result"), finished_at=now(), error=None)
+        values.update(result=json_param("w_result"), finished_at=ended, error=None)
     elif event == "retry":
-        values.update(error=json_param("w_error"), not_before=now() + param("w_delay", sa.Interval))
+        values.update(error=json_param("w_error"), not_before=ended + param("w_delay", sa.Interval))
     else:
-        values.update(error=json_param("w_error"), finished_at=now())
+        values.update(error=json_param("w_error"), finished_at=ended)
     finished = (
         sa.update(jobs)
         .where(
@@ -197,6 +200,7 @@ def _finish_statement(event: str) -> sa.Select[Any]:
         "succeeded" if event == "succeed" else "error",
         error=None if event == "succeed" else json_param("w_error"),
         open_only=False,
+        at=ended,
     ).cte("history")
     return sa.select(
         finished.c.id, finished.c.kind, finished.c.queue, finished.c.not_before, finished.c.ran

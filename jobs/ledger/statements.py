@@ -83,17 +83,18 @@ def close_attempt(
     error: Any = None,
     open_only: bool = True,
     when: Iterable[sa.ColumnElement[bool]] = (),
+    at: Any = None,
 ) -> sa.Update:
     """The attempt history's half of a transition: attempt ``attempt`` of ``job_id`` ended with
     ``outcome`` (and ``error``), now. Every transition that ends an attempt writes it in the same
     statement as the job's row, as a data-modifying CTE; ``open_only`` leaves an attempt that is
-    already closed alone."""
+    already closed alone; ``at``: when it ended (the transaction's ``now()`` unless given)."""
     statement = sa.update(job_attempts).where(
         job_attempts.c.job_id == job_id, job_attempts.c.attempt == attempt, *when
     )
     if open_only:
         statement = statement.where(job_attempts.c.outcome.is_(None))
-    return statement.values(outcome=outcome, finished_at=now(), error=error)
+    return statement.values(outcome=outcome, finished_at=now() if at is None else at, error=error)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,19 +30,28 @@ __all__ = ["WorkflowId", "check_workflow", "submit_workflow"]
 
 class WorkflowId(uuid.UUID):
     """A submitted workflow's id; ``steps`` maps each step's name to its job's id. ``duplicate``:
-    its schedule's slot had fired it already (this is that workflow, and ``steps`` is empty)."""
+    its schedule's slot had fired it already (this is that workflow, and ``steps`` is empty).
+    ``published``: its first steps reached Redis now (if not, they are safe in the ledger and the
+    relay publishes them later)."""
 
-    __slots__ = ("duplicate", "steps")
+    __slots__ = ("duplicate", "published", "steps")
     duplicate: bool
+    published: bool
     steps: dict[str, uuid.UUID]
 
     def __init__(
-        self, value: uuid.UUID, *, steps: dict[str, uuid.UUID] | None = None, duplicate: bool = False
+        self,
+        value: uuid.UUID,
+        *,
+        steps: dict[str, uuid.UUID] | None = None,
+        duplicate: bool = False,
+        published: bool = False,
     ) -> None:
         object.__setattr__(self, "int", value.int)
         object.__setattr__(self, "is_safe", value.is_safe)
         object.__setattr__(self, "steps", steps or {})
         object.__setattr__(self, "duplicate", duplicate)
+        object.__setattr__(self, "published", published)
 
 
 def submit_workflow(
@@ -85,8 +94,8 @@ def submit_workflow(
         created = _insert(producer, conn, plan, header, rows, edges, admit=True)
         if created is None:
             return _existing(conn, header)
-    producer.send(created)
-    return WorkflowId(workflow_id, steps=ids)
+    sent = producer.send(created)
+    return WorkflowId(workflow_id, steps=ids, published=sent == len(created))
 
 
 def check_workflow(workflow: Workflow, registry: Registry, settings: Settings) -> dict[str, Any]:

@@ -232,7 +232,8 @@ def test_a_dependency_given_to_add_keeps_its_own_policy():
 
     flow = Workflow("policies")
     flow.step("a", "test.step")
-    flow.add(wf_chain(Step("test.step", name="b"), Step("test.step", name="c")), after=[After("a", "finished")])
+    b_then_c = wf_chain(Step("test.step", name="b"), Step("test.step", name="c"))
+    flow.add(b_then_c, after=[After("a", "finished")])
     flow.add(Step("test.step", name="d", when="finished"), after=["c"])
     plan = {step.name: step.parents for step in flow.plan(registry).steps}
     assert plan["b"] == (After("a", "finished"),)
