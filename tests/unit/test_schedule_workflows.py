@@ -46,7 +46,13 @@ def test_a_workflow_schedule_stores_its_checked_spec_as_data(registry):
     assert stored["name"] == "diamond"
     assert [step["name"] for step in stored["steps"]] == ["a", "b", "c", "d"]
     a, b, c, d = stored["steps"]
-    assert a["payload"] == {"value": 1, "key": None, "sleep": 0.0, "fail": False, "fail_until": None}  # its validated form
+    assert a["payload"] == {
+        "value": 1,
+        "key": None,
+        "sleep": 0.0,
+        "fail": False,
+        "fail_until": None,
+    }  # its validated form
     assert b["after"] == [{"step": "a", "when": "succeeded"}]  # every dependency explicit
     assert c["after"] == [{"step": "a", "when": "finished"}]
     assert c["queue"] == "slow"
