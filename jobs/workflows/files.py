@@ -10,7 +10,7 @@
         kind: http.post
         payload: {url: "https://example.com/d"}
         after: [b, {step: c, when: finished}]
-        inputs: {json.from_b: b.body, json.from_c: c.body}
+        inputs: {body.from_b: b.body, body.from_c: c.body}
 
 ``steps`` may also map each step's name to the rest. Each step: ``name``, ``kind``,
 ``payload``, ``after`` (names, or ``{step, when}``), ``inputs``, ``when`` (the default policy of
