@@ -56,3 +56,23 @@ def test_the_readme_workflow_spec_passes_its_checks():
     plan = from_spec(yaml.safe_load(spec.group(1))).plan(load_kinds([]))
     assert [step.name for step in plan.steps] == ["extract", "enrich", "audit", "publish", "notify"]
     assert "jobs workflow submit nightly.yaml" in section
+
+
+def test_the_workflow_docs_spec_passes_its_checks():
+    """The spec of docs/workflows.md, "The spec", is one ``jobs workflow submit`` accepts."""
+    import yaml
+
+    from jobs.catalog import load_kinds
+    from jobs.workflows import from_spec
+
+    text = (ROOT / "docs" / "workflows.md").read_text(encoding="utf-8")
+    section = text.split("## The spec", 1)[1].split("\n## ", 1)[0]
+    spec = re.search(r"```yaml\n(.*?)```", section, re.DOTALL)
+    assert spec is not None, "docs/workflows.md's spec section has no yaml block"
+    plan = from_spec(yaml.safe_load(spec.group(1))).plan(load_kinds([]))
+    assert [(step.name, [parent.step for parent in step.parents]) for step in plan.steps] == [
+        ("a", []),
+        ("b", ["a"]),
+        ("c", ["a"]),
+        ("d", ["b", "c"]),
+    ]
