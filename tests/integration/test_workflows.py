@@ -14,9 +14,12 @@ import sqlalchemy as sa
 
 from jobs import db, ledger, workflow_control, workflow_views
 from jobs.errors import InvalidTransition, InvalidWorkflow
+from jobs.limits import Limit
 from jobs.producer import Producer
 from jobs.schema import jobs
 from jobs.workflows import Step, Workflow, chain, chord, group, submit_workflow
+from tests.support.fixtures import queued_messages
+from tests.support.limits import set_limit
 
 pytestmark = pytest.mark.integration
 
@@ -135,6 +138,59 @@ def test_a_fan_in_of_many_is_released_once_with_every_result_in_order(producer: 
         released += run(settings, wid.steps[name], result={"value": n})
     assert [item.id for item in released] == [fan_in]
     assert released[0].payload["numbers"] == list(range(50))
+
+
+def test_a_fan_out_releases_every_held_child_and_counts_the_edge_of_one_cancelled_meanwhile(
+    producer: Producer,
+):
+    settings = producer.settings
+    flow = Workflow("fan-out")
+    flow.step("root", "test.step", {"value": 1})
+    for n in range(300):
+        flow.step(f"child-{n}", "test.step", {"value": n}, after=["root"])
+    wid = submit_workflow(flow, producer=producer)
+    gone = wid.steps["child-7"]
+    with db.transaction(settings) as conn:
+        assert ledger.cancel(conn, gone) == "held"
+    released = run(settings, wid.steps["root"])
+    children = {wid.steps[f"child-{n}"] for n in range(300)} - {gone}
+    assert sorted(item.id for item in released) == sorted(children)
+    assert state_of(settings, gone) == "cancelled"
+    assert row_of(settings, gone).pending == 1  # a child no longer held is not counted down
+    with db.transaction(settings) as conn:
+        unresolved = conn.execute(
+            sa.text("SELECT count(*) FROM job_deps WHERE parent_id = :p AND resolved IS NULL"),
+            {"p": wid.steps["root"]},
+        ).scalar_one()
+    assert unresolved == 0  # every edge counted once, the cancelled child's too
+
+
+def test_the_workers_success_releases_children_and_frees_the_slot_of_a_step_under_a_limit(
+    producer: Producer, broker
+):
+    from workers import outcomes
+
+    settings = producer.settings
+    set_limit(settings, Limit("one-sum", concurrency=1, kind="test.sum"))
+    flow = Workflow("worker-path")
+    flow.step("free", "test.step", {"value": 1})
+    flow.step("after-free", "test.step", after=["free"])
+    flow.step("capped", "test.sum", {"numbers": [1]})
+    flow.step("capped-too", "test.sum", {"numbers": [2]})
+    flow.step("after-capped", "test.step", after=["capped"])
+    wid = submit_workflow(flow, producer=producer)
+    assert state_of(settings, wid.steps["capped-too"]) == "held"  # waits for the cap
+    assert queued_messages(broker) == 2
+    for name in ("free", "capped"):
+        with db.transaction(settings) as conn:
+            claimed = ledger.claim(conn, wid.steps[name], worker="w", lease=60)
+        assert claimed is not None
+        assert claimed.workflow
+        assert claimed.limited == (name == "capped")
+        assert outcomes.record_success(settings, None, claimed, {"value": 1})
+    for name in ("after-free", "capped-too", "after-capped"):
+        assert state_of(settings, wid.steps[name]) == "queued", name
+    assert queued_messages(broker) == 5  # each published after its parent's commit
 
 
 def _finish_together(settings, ids: list[uuid.UUID]) -> list[list[ledger.Published]]:
