@@ -150,6 +150,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--wf-fanin", type=int, default=4, help="wf_latency: parents of each fan-in (default: %(default)s)"
     )
     parser.add_argument(
+        "--wf-rate",
+        type=float,
+        default=20.0,
+        help="wf_latency: steps submitted per second, well below capacity (default: %(default)s)",
+    )
+    parser.add_argument(
         "--backlog", type=int, default=0, help="drain: more jobs queued behind the timed --n (default: 0)"
     )
     parser.add_argument(
@@ -264,7 +270,7 @@ def measure(
             bench, args.wf_shapes, args.wf_n, args.wf_width, args.wf_parents, number, f"{tag}-wf-drain"
         ),
         "wf_latency": lambda: workflows.release_latency(
-            bench, args.wf_samples, args.wf_fanin, args.latency_rate, f"{tag}-wf-latency"
+            bench, args.wf_samples, args.wf_fanin, args.wf_rate, f"{tag}-wf-latency"
         ),
     }
     return steps[phase]()

@@ -16,7 +16,8 @@
   shapes run in a different order each round. Statistics are taken once the ledger is filled,
   as autovacuum would soon after a burst.
 - ``wf_latency``: release latency: two-step chains, then fan-ins (``--wf-fanin`` parents and
-  one child), submitted at a steady ``--latency-rate`` jobs/s to a warm worker; for each child,
+  one child), submitted at a steady ``--wf-rate`` steps/s to a warm worker (a small share of
+  what it can run: a faster trickle measures the queue, not the release); for each child,
   its ``started_at`` (the claim) minus the latest ``finished_at`` of its parents (the start of
   the transaction that recorded the last parent's success and released the child). It spans
   that transaction (the release included) and its commit, the publish, the worker taking the
