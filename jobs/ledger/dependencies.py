@@ -6,8 +6,9 @@ A step with parents is created ``held`` with ``pending`` = its number of parents
 (``release``, called wherever a job finishes, with flow control's release) does, in one
 statement: mark each of the parent's unresolved edges ``resolved`` with its state (an edge is
 counted once, whoever calls), and take the count off each held child's ``pending``. Two parents
-finishing at once on two workers serialize on the child's row, and the second sees the first's
-count (PostgreSQL re-reads a row an UPDATE waited for), so exactly one of them brings it to zero:
+finishing at once on two workers serialize on the child's row (each locks the children it counts
+in order of id, so parents sharing several children never deadlock), and the second sees the
+first's count (PostgreSQL re-reads a row it waited for), so exactly one of them brings it to zero:
 
 - a child whose edge required success (``policy = 'succeeded'``, the default) and whose parent
   failed or was cancelled is cancelled now (``held --cancel--> cancelled``, the error names the
@@ -136,12 +137,16 @@ def _count_statement() -> sa.CompoundSelect[Any]:
     """``_count``'s one statement, built once: building it (two aliases of ``jobs``, whose every
     column is copied) cost more CPU than running it, on every step's finish."""
     parent = jobs.alias("parent")
+    parent_ids = sa.bindparam("parent_ids", type_=pg.ARRAY(sa.Uuid))
     consumed = (
         sa.update(job_deps)
         .where(
-            job_deps.c.parent_id == sa.any_(sa.bindparam("parent_ids", type_=pg.ARRAY(sa.Uuid))),
+            job_deps.c.parent_id == sa.any_(parent_ids),
             job_deps.c.resolved.is_(None),
             job_deps.c.parent_id == parent.c.id,
+            # Said of the parent too: else, with statistics taken while few jobs had finished,
+            # the parents are found by walking every finished job (``ix_jobs_state_created_at``).
+            parent.c.id == sa.any_(parent_ids),
             parent.c.state.in_(_TERMINAL),
         )
         .values(resolved=parent.c.state)
@@ -153,11 +158,23 @@ def _count_statement() -> sa.CompoundSelect[Any]:
         .group_by(consumed.c.child_id)
         .cte("counted")
     )
-    # Waits for a child's row another parent's finish holds, then counts from its new value.
+    # The children's rows are locked in one order, by id, before any is counted down: two parents
+    # that share children (neighbours in a layered workflow) finishing at once deadlocked when
+    # each locked them in the order of its own count. A row another parent's finish holds is
+    # waited for, then counted from its new value (PostgreSQL re-reads a row it waited for).
+    # (Each CTE joins the one before it only: two of them joined are planned as a nested loop.)
+    locked = (
+        sa.select(jobs.c.id, counted.c.n)
+        .join(counted, counted.c.child_id == jobs.c.id)
+        .where(jobs.c.state == "held")
+        .order_by(jobs.c.id)
+        .with_for_update(of=jobs)
+        .cte("locked")
+    )
     decremented = (
         sa.update(jobs)
-        .where(jobs.c.id == counted.c.child_id, jobs.c.state == "held")
-        .values(pending=jobs.c.pending - counted.c.n)
+        .where(jobs.c.id == locked.c.id, jobs.c.state == "held")
+        .values(pending=jobs.c.pending - locked.c.n)
         .returning(jobs.c.id, jobs.c.pending)
         .cte("decremented")
     )
