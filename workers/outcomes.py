@@ -228,7 +228,8 @@ def record_success(settings: Settings, session: Session | None, claimed: ledger.
         conn = session.connection()
         finished = ledger.succeed(conn, claimed.id, claimed.attempt, result)
         if finished and (claimed.limited or claimed.workflow):
-            admitted = ledger.release(conn, [claimed.id], tally=counters.process_tally(settings))
+            tally = counters.process_tally(settings)
+            admitted = ledger.release(conn, [claimed.id], tally=tally, limited=claimed.limited)
         if finished:
             session.commit()
         else:
@@ -237,7 +238,8 @@ def record_success(settings: Settings, session: Session | None, claimed: ledger.
         with db.transaction(settings) as conn:
             finished = ledger.succeed(conn, claimed.id, claimed.attempt, result)
             if finished:
-                admitted = ledger.release(conn, [claimed.id], tally=counters.process_tally(settings))
+                tally = counters.process_tally(settings)
+                admitted = ledger.release(conn, [claimed.id], tally=tally, limited=claimed.limited)
     elif claimed.limited:
         # The quick finish first, unless the kind's last finish here found jobs waiting behind it.
         contended = time.monotonic() - _CONTENDED.get(claimed.kind, float("-inf")) < CONTENDED_FOR

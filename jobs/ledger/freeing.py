@@ -16,10 +16,14 @@ from jobs.ledger.publishing import Published
 __all__ = ["release"]
 
 
-def release(conn: sa.Connection, ids: Sequence[uuid.UUID], *, tally: Tally | None = None) -> list[Published]:
+def release(
+    conn: sa.Connection, ids: Sequence[uuid.UUID], *, tally: Tally | None = None, limited: bool = True
+) -> list[Published]:
     """After these jobs finished, were retried, cancelled or rescued (in this transaction): free
     what they held and release what waited on them. Returns the jobs to publish after the commit;
-    ``tally`` counts the workflow steps this ends in turn (cancelled or rejected)."""
+    ``tally`` counts the workflow steps this ends in turn (cancelled or rejected). ``limited=False``:
+    none of them is under a limit (their claim said so), so they hold no slot to free."""
     if not ids:
         return []
-    return admission.release(conn, ids) + dependencies.release_children(conn, ids, tally=tally)
+    admitted = admission.release(conn, ids) if limited else []
+    return admitted + dependencies.release_children(conn, ids, tally=tally)

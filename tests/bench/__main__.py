@@ -5,7 +5,8 @@ first, so slow drift on a shared machine hits both. It prints a table of
 medians (min-max) with each platform figure as a ratio to bare Celery of the
 same round, and writes the same as JSON to ``bench-results/``. With ``--flow``,
 flow control's phases (``tests.bench.flow``, platform only) run too, in a table
-of their own against the platform's figures without a limit. Method and latest
+of their own against the platform's figures without a limit; with ``--workflows``,
+workflows' phases (``tests.bench.workflows``), against plain jobs. Method and latest
 numbers: ``docs/performance.md``.
 
 It uses only the ``jobs_bench`` database and Redis db 12 (or what
@@ -43,16 +44,29 @@ from rich.console import Console
 from jobs import db
 from jobs.producer import Producer
 from jobs.settings import get_settings
-from tests.bench import flow, flow_report, latency, phases, report, servers
+from tests.bench import flow, flow_report, latency, phases, report, servers, workflows, workflows_report
 from tests.bench.workers import SYSTEMS
 
 ROOT = Path(__file__).resolve().parents[2]
 PHASES = ("single", "bulk", "bulk_cli", "drain", "latency")
 FLOW_PHASES = ("drain_capped", "slot_latency")
-EXTRA_PHASES = ("backlog", *FLOW_PHASES)
+WORKFLOW_PHASES = ("wf_submit", "wf_drain", "wf_latency")
+EXTRA_PHASES = ("backlog", *FLOW_PHASES, *WORKFLOW_PHASES)
 # Steps run in this order whatever --only says; a phase that is compared runs next to its baseline.
-ORDER = ("single", "bulk", "bulk_cli", "drain", "drain_capped", "latency", "slot_latency", "backlog")
-PLATFORM_ONLY = ("bulk", "bulk_cli", "backlog", *FLOW_PHASES)
+ORDER = (
+    "single",
+    "bulk",
+    "bulk_cli",
+    "drain",
+    "drain_capped",
+    "latency",
+    "slot_latency",
+    "wf_latency",
+    "wf_submit",
+    "wf_drain",
+    "backlog",
+)
+PLATFORM_ONLY = ("bulk", "bulk_cli", "backlog", *FLOW_PHASES, *WORKFLOW_PHASES)
 console = Console(stderr=True)
 
 
@@ -96,6 +110,52 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="slot_latency: each job's body sleeps this long (default: %(default)s)",
     )
     parser.add_argument(
+        "--workflows",
+        action="store_true",
+        help=f"also run workflows' phases ({','.join(WORKFLOW_PHASES)})",
+    )
+    parser.add_argument(
+        "--wf-submit-n",
+        type=int,
+        default=10_000,
+        help="wf_submit: steps after the fan-out's root, before the fan-in's join (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--wf-n", type=int, default=5_000, help="wf_drain: jobs per shape (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--wf-shapes",
+        default=",".join(workflows.SHAPES),
+        help="wf_drain: plain jobs and workflow shapes drained (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--wf-width",
+        type=int,
+        default=100,
+        help="wf_drain: chains side by side, steps per layer (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--wf-parents",
+        type=int,
+        default=4,
+        help="wf_drain: parents of each step of a layer (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--wf-samples",
+        type=int,
+        default=200,
+        help="wf_latency: two-step chains, then as many fan-ins (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--wf-fanin", type=int, default=4, help="wf_latency: parents of each fan-in (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--wf-rate",
+        type=float,
+        default=20.0,
+        help="wf_latency: steps submitted per second, well below capacity (default: %(default)s)",
+    )
+    parser.add_argument(
         "--backlog", type=int, default=0, help="drain: more jobs queued behind the timed --n (default: 0)"
     )
     parser.add_argument(
@@ -136,6 +196,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.only = [p.strip() for p in args.only.split(",") if p.strip()]
     if args.flow:
         args.only += [phase for phase in FLOW_PHASES if phase not in args.only]
+    if args.workflows:
+        args.only += [phase for phase in WORKFLOW_PHASES if phase not in args.only]
+    args.wf_shapes = [name.strip() for name in args.wf_shapes.split(",") if name.strip()]
     args.slot_caps = [int(cap) for cap in args.slot_caps.split(",") if cap.strip()]
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     if args.with_db_backend and "celery-db" not in args.systems:
@@ -144,6 +207,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     for name, chosen, known in (
         ("phase", args.only, ORDER),
         ("system", args.systems, SYSTEMS),
+        ("workflow shape", args.wf_shapes, workflows.SHAPES),
     ):
         unknown = set(chosen) - set(known)
         if unknown:
@@ -184,9 +248,10 @@ def plan(args: argparse.Namespace, systems: list[str], number: int) -> list[tupl
 
 
 def measure(
-    bench: phases.Bench, args: argparse.Namespace, phase: str, system: str, tag: str
+    bench: phases.Bench, args: argparse.Namespace, phase: str, system: str, number: int
 ) -> dict[str, Any]:
-    """One step's figures."""
+    """One step's figures (``number``: the round's)."""
+    tag = f"round{number}"
     steps: dict[str, Callable[[], dict[str, Any]]] = {
         "single": lambda: phases.single(bench, system, args.single_n),
         "bulk": lambda: phases.bulk(bench, args.bulk_n),
@@ -200,6 +265,13 @@ def measure(
         "slot_latency": lambda: flow.slot_latency(
             bench, args.slot_caps, args.slot_jobs, args.slot_body_ms, f"{tag}-slot"
         ),
+        "wf_submit": lambda: workflows.submit_times(bench, args.wf_submit_n),
+        "wf_drain": lambda: workflows.drain_edges(
+            bench, args.wf_shapes, args.wf_n, args.wf_width, args.wf_parents, number, f"{tag}-wf-drain"
+        ),
+        "wf_latency": lambda: workflows.release_latency(
+            bench, args.wf_samples, args.wf_fanin, args.wf_rate, f"{tag}-wf-latency"
+        ),
     }
     return steps[phase]()
 
@@ -211,7 +283,7 @@ def run_round(bench: phases.Bench, args: argparse.Namespace, number: int) -> dic
         busy = await_quiet(args.quiet_below, args.quiet_wait)
         started = time.monotonic()
         try:
-            figures = measure(bench, args, phase, system, f"round{number}")
+            figures = measure(bench, args, phase, system, number)
         except phases.BenchError as error:
             console.print(f"[red]round {number} {phase} {system}: {error}[/]")
             figures = {"error": str(error)}
@@ -299,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
             document["rounds"].append(run_round(bench, args, number))
             document["summary"] = report.summarize(document["rounds"])
             document["flow_summary"] = report.summarize(document["rounds"], flow_report.FLOW_METRICS)
+            document["workflows_summary"] = report.summarize(
+                document["rounds"], workflows_report.WORKFLOW_METRICS
+            )
             document["seconds"] = round(time.monotonic() - began, 1)
             out.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
     finally:
@@ -310,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     report.render(table_console, document["summary"], machine, args.rounds)
     report.render_backlog(table_console, document["rounds"])
     flow_report.render_flow(table_console, document.get("flow_summary", []), args.rounds)
+    workflows_report.render_workflows(table_console, document.get("workflows_summary", []), args.rounds)
     console.print(f"{time.monotonic() - began:.0f}s; JSON: {out}; worker logs: {bench.log_dir}")
     return 0
 

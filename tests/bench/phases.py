@@ -39,9 +39,12 @@ __all__ = [
     "backlog_ledger",
     "bulk",
     "bulk_cli",
+    "database_cpu",
     "drain",
+    "ledger_check",
     "single",
     "still_empty",
+    "watch",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -196,8 +199,8 @@ def drain(
         filled(bench)
     worker = bench.worker(system, tag).start()
     try:
-        first, last, cpu = _watch(bench, worker, n + backlog, leave=backlog)
-        db_cpu = _database_cpu(bench, worker)
+        first, last, cpu = watch(bench, worker, n + backlog, leave=backlog)
+        db_cpu = database_cpu(bench, worker)
     finally:
         worker.stop()
     result.update(
@@ -210,17 +213,19 @@ def drain(
         processes=worker.processes,
     )
     if system == "platform":
-        result.update(_ledger_check(bench, n, backlog, limited=limit is not None))
+        result.update(ledger_check(bench, n, backlog, limited=limit is not None))
     elif system == "celery-db":
         result.update(_results_check(bench, n))
     bench.clear()
     return result
 
 
-def _watch(bench: Bench, worker: Worker, n: int, leave: int = 0) -> tuple[float, float, float]:
+def watch(bench: Bench, worker: Worker, n: int, leave: int = 0) -> tuple[float, float, float]:
     """When the first message was taken and the last acknowledged, and the worker's CPU seconds between.
 
-    With ``leave``, the last one is the one that leaves ``leave`` messages waiting.
+    ``n``: the messages queued when the worker started (a workflow's first steps; the others
+    are published as they are released, before their parent's message is acknowledged). With
+    ``leave``, the last one is the one that leaves ``leave`` messages waiting.
     """
     first: float | None = None
     cpu_at_first = 0.0
@@ -256,7 +261,7 @@ def still_empty(bench: Bench) -> bool:
     return bench.depth() == (0, 0)
 
 
-def _database_cpu(bench: Bench, worker: Worker) -> float:
+def database_cpu(bench: Bench, worker: Worker) -> float:
     """CPU seconds used so far by the PostgreSQL backends serving this worker (none for bare Celery)."""
     port = sa.make_url(bench.settings.database_url).port or 5432
     ports = worker.client_ports(port)
@@ -280,7 +285,7 @@ def _database_cpu(bench: Bench, worker: Worker) -> float:
     return total
 
 
-def _ledger_check(bench: Bench, n: int, backlog: int = 0, *, limited: bool = False) -> dict[str, Any]:
+def ledger_check(bench: Bench, n: int, backlog: int = 0, *, limited: bool = False) -> dict[str, Any]:
     """Every job succeeded, once, with its attempt recorded; the ledger's own first-start-to-last-finish.
 
     With a backlog, the worker was stopped after ``n`` jobs: at least ``n`` succeeded, none twice.

@@ -5,6 +5,7 @@ worker (claim, then finish and release in one transaction, as the worker does)."
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import Counter
 from typing import Any
@@ -14,9 +15,12 @@ import sqlalchemy as sa
 
 from jobs import db, ledger, workflow_control, workflow_views
 from jobs.errors import InvalidTransition, InvalidWorkflow
+from jobs.limits import Limit
 from jobs.producer import Producer
 from jobs.schema import jobs
 from jobs.workflows import Step, Workflow, chain, chord, group, submit_workflow
+from tests.support.fixtures import queued_messages
+from tests.support.limits import set_limit
 
 pytestmark = pytest.mark.integration
 
@@ -138,24 +142,82 @@ def test_a_fan_in_of_many_is_released_once_with_every_result_in_order(producer: 
     assert released[0].payload["numbers"] == list(range(50))
 
 
+def test_a_fan_out_releases_every_held_child_and_counts_the_edge_of_one_cancelled_meanwhile(
+    producer: Producer,
+):
+    settings = producer.settings
+    flow = Workflow("fan-out")
+    flow.step("root", "test.step", {"value": 1})
+    for n in range(300):
+        flow.step(f"child-{n}", "test.step", {"value": n}, after=["root"])
+    wid = submit_workflow(flow, producer=producer)
+    gone = wid.steps["child-7"]
+    with db.transaction(settings) as conn:
+        assert ledger.cancel(conn, gone) == "held"
+    released = run(settings, wid.steps["root"])
+    children = {wid.steps[f"child-{n}"] for n in range(300)} - {gone}
+    assert sorted(item.id for item in released) == sorted(children)
+    assert state_of(settings, gone) == "cancelled"
+    assert row_of(settings, gone).pending == 1  # a child no longer held is not counted down
+    with db.transaction(settings) as conn:
+        unresolved = conn.execute(
+            sa.text("SELECT count(*) FROM job_deps WHERE parent_id = :p AND resolved IS NULL"),
+            {"p": wid.steps["root"]},
+        ).scalar_one()
+    assert unresolved == 0  # every edge counted once, the cancelled child's too
+
+
+def test_the_workers_success_releases_children_and_frees_the_slot_of_a_step_under_a_limit(
+    producer: Producer, broker
+):
+    from workers import outcomes
+
+    settings = producer.settings
+    set_limit(settings, Limit("one-sum", concurrency=1, kind="test.sum"))
+    flow = Workflow("worker-path")
+    flow.step("free", "test.step", {"value": 1})
+    flow.step("after-free", "test.step", after=["free"])
+    flow.step("capped", "test.sum", {"numbers": [1]})
+    flow.step("capped-too", "test.sum", {"numbers": [2]})
+    flow.step("after-capped", "test.step", after=["capped"])
+    wid = submit_workflow(flow, producer=producer)
+    assert state_of(settings, wid.steps["capped-too"]) == "held"  # waits for the cap
+    assert queued_messages(broker) == 2
+    for name in ("free", "capped"):
+        with db.transaction(settings) as conn:
+            claimed = ledger.claim(conn, wid.steps[name], worker="w", lease=60)
+        assert claimed is not None
+        assert claimed.workflow
+        assert claimed.limited == (name == "capped")
+        assert outcomes.record_success(settings, None, claimed, {"value": 1})
+    for name in ("after-free", "capped-too", "after-capped"):
+        assert state_of(settings, wid.steps[name]) == "queued", name
+    assert queued_messages(broker) == 5  # each published after its parent's commit
+
+
 def _finish_together(settings, ids: list[uuid.UUID]) -> list[list[ledger.Published]]:
     """Claim these jobs, then record their successes at the same moment in two transactions."""
     with db.transaction(settings) as conn:
         claimed = [ledger.claim(conn, job_id, worker="w", lease=60) for job_id in ids]
     barrier = threading.Barrier(len(ids))
     released: list[list[ledger.Published]] = []
+    errors: list[BaseException] = []
 
     def finish(job: ledger.Claimed) -> None:
-        with db.transaction(settings) as conn:
-            ledger.succeed(conn, job.id, job.attempt, {"value": str(job.id)})
-            barrier.wait()
-            released.append(ledger.release(conn, [job.id]))
+        try:
+            with db.transaction(settings) as conn:
+                ledger.succeed(conn, job.id, job.attempt, {"value": str(job.id)})
+                barrier.wait()
+                released.append(ledger.release(conn, [job.id]))
+        except BaseException as error:  # a deadlock, say: the test fails with it
+            errors.append(error)
 
     threads = [threading.Thread(target=finish, args=(job,)) for job in claimed if job is not None]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(30)
+    assert errors == []
     return released
 
 
@@ -170,6 +232,60 @@ def test_two_last_parents_finishing_at_once_release_the_child_exactly_once(produ
         released = _finish_together(settings, [wid.steps["x"], wid.steps["y"]])
         assert sorted(len(items) for items in released) == [0, 1]
         assert state_of(settings, wid.steps["z"]) == "queued"
+
+
+def test_a_finish_locks_the_children_it_counts_in_one_order(producer: Producer):
+    """By id: two parents that share children (neighbours in a layered workflow) finishing at
+    once deadlocked when each locked them in the order of its own count."""
+    settings = producer.settings
+    flow = Workflow("ordered")
+    flow.step("x", "test.step")
+    for n in range(40):
+        flow.step(f"c{n}", "test.step", after=["x"])
+    wid = submit_workflow(flow, producer=producer)
+    children = sorted(wid.steps[f"c{n}"] for n in range(40))
+    middle = children[20]
+    with db.transaction(settings) as conn:
+        claimed = ledger.claim(conn, wid.steps["x"], worker="w", lease=60)
+    assert claimed is not None
+    released: list[ledger.Published] = []
+    with db.transaction(settings) as holder:  # holds one child's row while x finishes
+        holder.execute(sa.select(jobs.c.id).where(jobs.c.id == middle).with_for_update())
+
+        def finish() -> None:
+            with db.transaction(settings) as conn:
+                ledger.succeed(conn, claimed.id, claimed.attempt, {"value": 1})
+                released.extend(ledger.release(conn, [claimed.id]))
+
+        thread = threading.Thread(target=finish)
+        thread.start()
+        _await_a_lock_wait(settings)
+        with db.transaction(settings) as conn:
+            free = conn.execute(
+                sa.select(jobs.c.id)
+                .where(jobs.c.id.in_(children))
+                .with_for_update(skip_locked=True)
+                .order_by(jobs.c.id)
+            ).scalars()
+            assert list(free) == children[21:]  # those before it locked, none after
+    thread.join(30)
+    assert sorted(item.id for item in released) == children
+
+
+def _await_a_lock_wait(settings, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with db.transaction(settings) as conn:
+            waiting = conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+        if waiting:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no session waited for a lock within {timeout:g}s")
 
 
 def test_cancel_stops_every_unfinished_step_and_retry_reruns_only_what_failed(producer: Producer):
