@@ -42,7 +42,7 @@ def healthy(
     # This leader meets a broker the shared test ledger has not seen: it publishes the ledger's queued
     # jobs there (a new broker is treated as one that lost its data). Start from an empty ledger.
     with db.transaction(ledger_db) as conn:
-        conn.execute(sa.text("TRUNCATE jobs, job_attempts, limit_slots"))
+        conn.execute(sa.text("TRUNCATE jobs, job_attempts, limit_slots, workflows, job_deps"))
     started = Processes(tmp_path_factory.mktemp("doctor"))
     try:
         started.start("worker", "worker", "-c", "1", "-l", "INFO", env=env)

@@ -152,7 +152,7 @@ def producer(ledger_db: Settings, registry: Registry, broker: redis.Redis) -> Pr
     """Submits to the stack, from an empty ledger and broker db (emptied once, before it starts)."""
 
     with db.transaction(ledger_db) as conn:
-        conn.execute(sa.text("TRUNCATE jobs, job_attempts, limit_slots, test_effects"))
+        conn.execute(sa.text("TRUNCATE jobs, job_attempts, limit_slots, workflows, job_deps, test_effects"))
     clear_broker(broker)
     return Producer(ledger_db, registry=registry)
 

@@ -70,7 +70,7 @@ def claim_finish(settings: Settings, size: int, probe: int) -> dict[str, Any]:
 
     registry = load_kinds(settings.kind_modules)
     with db.transaction(settings) as conn:
-        conn.execute(sa.text("TRUNCATE jobs, job_attempts, limit_slots"))
+        conn.execute(sa.text("TRUNCATE jobs, job_attempts, limit_slots, workflows, job_deps"))
     ids = _fill(settings, size)
     sample = random.sample(ids, min(probe, size))
 
@@ -99,7 +99,7 @@ def claim_finish(settings: Settings, size: int, probe: int) -> dict[str, Any]:
     plans = _plans(settings, captured)
     with db.transaction(settings) as conn:
         succeeded = conn.execute(sa.text("SELECT count(*) FROM jobs WHERE state = 'succeeded'")).scalar()
-        conn.execute(sa.text("TRUNCATE jobs, job_attempts, limit_slots"))
+        conn.execute(sa.text("TRUNCATE jobs, job_attempts, limit_slots, workflows, job_deps"))
     return {
         "backlog": size,
         "probed": len(times),
