@@ -267,7 +267,14 @@ def measure(
         ),
         "wf_submit": lambda: workflows.submit_times(bench, args.wf_submit_n),
         "wf_drain": lambda: workflows.drain_edges(
-            bench, args.wf_shapes, args.wf_n, args.wf_width, args.wf_parents, number, f"{tag}-wf-drain"
+            bench,
+            args.wf_shapes,
+            args.wf_n,
+            args.wf_width,
+            args.wf_parents,
+            number,
+            f"{tag}-wf-drain",
+            quiet=lambda: await_quiet(args.quiet_below, args.quiet_wait),
         ),
         "wf_latency": lambda: workflows.release_latency(
             bench, args.wf_samples, args.wf_fanin, args.wf_rate, f"{tag}-wf-latency"

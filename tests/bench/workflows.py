@@ -32,7 +32,7 @@ from __future__ import annotations
 import statistics
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,14 +171,23 @@ def _release_fan_out(bench: Bench, root: uuid.UUID, n: int) -> dict[str, Any]:
 
 
 def drain_edges(
-    bench: Bench, shapes: list[str], n: int, width: int, parents: int, number: int, tag: str
+    bench: Bench,
+    shapes: list[str],
+    n: int,
+    width: int,
+    parents: int,
+    number: int,
+    tag: str,
+    quiet: Callable[[], float] = lambda: 0.0,
 ) -> dict[str, Any]:
     """Drain ``n`` jobs in each shape (in an order that turns with the round ``number``); each
-    workflow shape's cost per edge against the plain jobs and against the group."""
+    workflow shape's cost per edge against the plain jobs and against the group. ``quiet`` waits
+    for a quiet machine before each drain, and returns how busy it still was (per cent)."""
     turn = (number - 1) % len(shapes)
     found: dict[str, Any] = {"n": n, "width": width, "parents": parents}
     for name in shapes[turn:] + shapes[:turn]:
-        figures = _drain(bench, shape(name, n, width, parents), tag)
+        busy = quiet()
+        figures = {**_drain(bench, shape(name, n, width, parents), tag), "busy_before_pct": busy}
         found.update({f"{name}_{key}": value for key, value in figures.items()})
     for name in shapes:
         edges = found.get(f"{name}_edges", 0)
