@@ -23,7 +23,7 @@ from jobs import db
 from jobs.errors import WorkflowNotFound
 from jobs.schema import job_deps, jobs, workflows
 from jobs.settings import Settings
-from jobs.states import TERMINAL_STATES
+from jobs.states import workflow_state
 
 __all__ = [
     "STATES",
@@ -126,14 +126,8 @@ class WorkflowView:
 
 
 def derive(counts: dict[str, int]) -> str:
-    """A workflow's state from its steps' states."""
-    if any(count for state, count in counts.items() if state not in TERMINAL_STATES):
-        return "running"
-    if counts.get("failed"):
-        return "failed"
-    if counts.get("cancelled"):
-        return "cancelled"
-    return "succeeded"
+    """A workflow's state from how many of its steps are in each state."""
+    return workflow_state(state for state, count in counts.items() if count)
 
 
 def current_steps(workflow_id: Any) -> sa.Subquery:

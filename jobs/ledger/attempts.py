@@ -30,6 +30,7 @@ __all__ = [
     "Claimed",
     "Finished",
     "cancel",
+    "cancel_where",
     "claim",
     "fail",
     "hand_back",
@@ -276,9 +277,18 @@ def cancel(conn: sa.Connection, job_id: uuid.UUID, *, tally: Tally | None = None
 
     ``tally``: counts the cancelled job (and its attempt, if it was running) into it.
     """
+    found = cancel_where(conn, jobs.c.id == job_id, tally=tally)
+    return found[0][1] if found else None
+
+
+def cancel_where(
+    conn: sa.Connection, which: sa.ColumnElement[bool], *, tally: Tally | None = None
+) -> list[tuple[uuid.UUID, State]]:
+    """Cancel every unfinished job ``which`` selects, in one statement (a running one's attempt
+    closed ``cancelled`` with it); returns each with the state it was in. ``tally``: counts them."""
     previous = (
         sa.select(jobs.c.id, jobs.c.state, jobs.c.attempt, jobs.c.kind, jobs.c.queue)
-        .where(jobs.c.id == job_id, jobs.c.state.in_(sources("cancel")))
+        .where(which, jobs.c.state.in_(sources("cancel")))
         .with_for_update()
         .cte("previous")
     )
@@ -292,19 +302,17 @@ def cancel(conn: sa.Connection, job_id: uuid.UUID, *, tally: Tally | None = None
     history = close_attempt(
         previous.c.id, previous.c.attempt, "cancelled", when=[previous.c.state == "running"]
     ).cte("history")
-    row = conn.execute(
-        sa.select(previous.c.state, previous.c.kind, previous.c.queue)
+    rows = conn.execute(
+        sa.select(previous.c.id, previous.c.state, previous.c.kind, previous.c.queue)
         .join(cancelled, cancelled.c.id == previous.c.id)
         .add_cte(history)
-    ).first()
-    if row is None:
-        return None
+    ).all()
     if tally is not None:
-        tally.count(FINISHED, row.kind, row.queue, "cancelled")
-        if row.state == "running":
-            tally.count(ATTEMPTS, row.kind, row.queue, "cancelled")
-    state: State = row.state
-    return state
+        for row in rows:
+            tally.count(FINISHED, row.kind, row.queue, "cancelled")
+            if row.state == "running":
+                tally.count(ATTEMPTS, row.kind, row.queue, "cancelled")
+    return [(row.id, row.state) for row in rows]
 
 
 def progress(conn: sa.Connection, job_id: uuid.UUID, attempt: int, report: dict[str, Any]) -> bool:

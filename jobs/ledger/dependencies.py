@@ -35,10 +35,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from jobs.counters import ATTEMPTS, FINISHED, Tally
-from jobs.ledger.lifecycle import sources
+from jobs.counters import FINISHED, Tally
+from jobs.ledger.attempts import cancel_where
 from jobs.ledger.publishing import Published
-from jobs.ledger.statements import any_id, close_attempt, now, seconds
+from jobs.ledger.statements import any_id, now, seconds
 from jobs.ledger.steps import release_steps
 from jobs.schema import job_deps, jobs, workflows
 from jobs.states import TERMINAL_STATES
@@ -286,33 +286,8 @@ def cancel_workflow(
 ) -> list[CancelledStep]:
     """Cancel every unfinished step of the workflow in one statement (running ones' attempts
     closed ``cancelled`` with it); returns them with the state each was in."""
-    previous = (
-        sa.select(jobs.c.id, jobs.c.state, jobs.c.attempt, jobs.c.kind, jobs.c.queue)
-        .where(jobs.c.workflow_id == workflow_id, jobs.c.state.in_(sources("cancel")))
-        .with_for_update()
-        .cte("previous")
-    )
-    cancelled = (
-        sa.update(jobs)
-        .where(jobs.c.id == previous.c.id)
-        .values(state="cancelled", finished_at=now(), lease_until=None)
-        .returning(jobs.c.id)
-        .cte("cancelled")
-    )
-    history = close_attempt(
-        previous.c.id, previous.c.attempt, "cancelled", when=[previous.c.state == "running"]
-    ).cte("history")
-    rows = conn.execute(
-        sa.select(previous.c.id, previous.c.state, previous.c.kind, previous.c.queue)
-        .join(cancelled, cancelled.c.id == previous.c.id)
-        .add_cte(history)
-    ).all()
-    if tally is not None:
-        for row in rows:
-            tally.count(FINISHED, row.kind, row.queue, "cancelled")
-            if row.state == "running":
-                tally.count(ATTEMPTS, row.kind, row.queue, "cancelled")
-    return [CancelledStep(row.id, row.state) for row in rows]
+    cancelled = cancel_where(conn, jobs.c.workflow_id == workflow_id, tally=tally)
+    return [CancelledStep(job_id, state) for job_id, state in cancelled]
 
 
 def settle_dependents(

@@ -23,7 +23,7 @@ from jobs.errors import BadInput
 from jobs.schedules.spec import workflow_error, workflow_of
 from jobs.schema import jobs, workflows
 from jobs.settings import Settings
-from jobs.states import ACTIVE_STATES
+from jobs.states import ACTIVE_STATES, workflow_state
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -116,9 +116,7 @@ def busy_firing(conn: sa.Connection, name: str) -> str | None:
 def workflow_states(conn: sa.Connection, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
     """The derived state of each workflow still in the ledger (a pruned one is left out).
 
-    As ``jobs.workflow_views.derive`` (a sibling layer this one may not import; a unit test
-    keeps the two equal): ``running`` while a step's newest job is unfinished, else
-    ``failed``, ``cancelled`` or ``succeeded``, the first that a step is in.
+    Derived as everywhere (``jobs.states.workflow_state``) from each step's newest job.
     """
     wanted = sorted(set(ids))
     if not wanted:
@@ -136,13 +134,8 @@ def workflow_states(conn: sa.Connection, ids: Iterable[uuid.UUID]) -> dict[uuid.
 
 
 def derived(states: Sequence[str]) -> str:
-    """A workflow's state from its steps' states."""
-    if any(state in ACTIVE_STATES for state in states):
-        return "running"
-    for state in ("failed", "cancelled"):
-        if state in states:
-            return state
-    return "succeeded"
+    """A workflow's state from its steps' states (``jobs.states.workflow_state``)."""
+    return workflow_state(states)
 
 
 @dataclass(frozen=True, slots=True)
