@@ -217,6 +217,7 @@ class _Process:
         self.stop = threading.Event()
         self.failing = False
         self.lock = threading.Lock()
+        self.writing = threading.Lock()  # one write at a time: a flush waits for one in flight
 
 
 _PROCESS = _Process()
@@ -246,6 +247,11 @@ def _flush_loop(state: _Process) -> None:
 
 
 def _flush(state: _Process) -> bool:
+    with state.writing:
+        return _write_taken(state)
+
+
+def _write_taken(state: _Process) -> bool:
     if state.settings is None or not len(state.tally):
         return True
     taken = state.tally.take()
@@ -269,8 +275,8 @@ def _flush(state: _Process) -> bool:
 
 
 def flush_process() -> bool:
-    """Write this process's counts now (at exit, when a pool process ends, in tests); ``False``
-    if the ledger could not take them."""
+    """Write this process's counts now (at exit, when a pool process ends, in tests), after a
+    write in flight has ended; ``False`` if the ledger could not take them."""
     return _flush(_PROCESS)
 
 

@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9808, gt=0, lt=65536, description="Port `jobs metrics` serves /metrics on.")
 
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
+    completion_budget: float = Field(
+        1.0, gt=0, description="Seconds shell completion waits for the ledger, connecting included."
+    )
 
     @field_validator("kind_modules", mode="before")
     @classmethod

@@ -39,7 +39,8 @@ __all__ = [
     "workflow_names",
 ]
 
-#: Seconds completion waits for the ledger before suggesting what it has without it.
+#: Seconds completion waits for the ledger before suggesting what it has without it, unless
+#: ``JOBS_COMPLETION_BUDGET`` says otherwise.
 LEDGER_BUDGET = 1.0
 STATEMENT_TIMEOUT_MS = 400
 
@@ -80,7 +81,7 @@ def _kinds() -> list[Kind]:
 
 
 def _read_ledger(queries: tuple[str, ...], params: dict[str, Any]) -> list[tuple[Any, ...]]:
-    """Rows of read-only queries, as many as the ledger returns within ``LEDGER_BUDGET`` seconds.
+    """Rows of read-only queries, as many as the ledger returns within the completion budget.
 
     psycopg alone, not ``jobs.db``: importing SQLAlchemy takes longer than the
     whole completion should. Each query runs in its own transaction with a
@@ -108,7 +109,10 @@ def _read_ledger(queries: tuple[str, ...], params: dict[str, Any]) -> list[tuple
     # A daemon thread, so that a ledger that does not answer cannot keep the shell waiting.
     reader = threading.Thread(target=quietly(read), name="jobs-completion", daemon=True)
     reader.start()
-    reader.join(LEDGER_BUDGET)
+    budget = LEDGER_BUDGET
+    with contextlib.suppress(Exception):  # settings that do not load: the default budget
+        budget = context.settings().completion_budget
+    reader.join(budget)
     return list(rows)
 
 

@@ -180,10 +180,11 @@ def test_a_cap_per_tenant_holds_at_the_server_and_a_small_tenant_is_not_starved(
     )
     assert tenants.most == {"A": 2, "B": 2}  # never more than the cap in flight, and the cap was used
     assert tenants.served == {"A": 200, "B": 20}
-    # B's 20 jobs are 10 rounds of 2: 2 s by the arithmetic, twice that with each job's own costs
-    # (publish, claim, record: about 0.07 s a round here), plus 5 s for a busy machine; not after
-    # A's 100 rounds.
-    assert b_took <= 10 * ROUND * 2 + 5, b_took
+    # B's 20 jobs are 10 rounds of 2 beside A's 100 rounds: B is not starved when it takes about a
+    # tenth of A's time (2 s by the arithmetic, twice that with each job's own costs: publish,
+    # claim, record, about 0.07 s a round here). Bounded against A's own time, which the same busy
+    # machine stretches alike (B's 20 once took 13.9 s beside the whole suite), and not after A.
+    assert b_took <= max(10 * ROUND * 2 + 5, a_took / 3), (b_took, a_took)
     assert ahead >= 8, ahead
     # A's 100 rounds of 0.2 s: 20 s by the cap's arithmetic; each round's own costs make it about
     # 1.4 times that here (28-31 s alone, 34 s beside other tests): within 1.6 times, plus 8 s for
@@ -210,9 +211,9 @@ def test_a_rate_admits_at_most_rate_plus_burst_in_any_second(fleet, producer: Pr
     # admission counted by.
     assert most_admitted <= 25, most_admitted
     # Starts follow admissions by the publish, the broker and a pool process: a few ms on a quiet
-    # machine (25-26 starts in the busiest window here), more on a busy one, where a late start
-    # joins the next window's. That is the workers' jitter, not the limit's: bounded loosely.
-    assert most_started <= 25 + 5, most_started
+    # machine (25-26 starts in the busiest window here). On a busy one a stalled worker starts a
+    # second's admissions together with the next second's (50 seen beside the whole suite): that is
+    # the workers' jitter, not the limit's, so starts are printed and only admissions are bounded.
     assert 12 <= took <= 22, took
 
 
@@ -228,17 +229,22 @@ def test_a_cap_raised_at_runtime_with_jobs_limits_set_admits_more_at_once(fleet,
     typed = time.monotonic()
     changed = run_jobs("limits", "set", "slow", "--concurrency", "5")  # as an operator does
     assert changed.returncode == 0, changed.stderr
-    raised = time.monotonic()  # the change is committed (and admitted from) before the command ends
+    raised = time.monotonic()
+    # The change is committed, and admitted from, before the command ends: 5 let through already.
+    admitted = Counter(row.state for row in rows(settings, ids))
+    assert admitted["held"] + admitted["succeeded"] == 10 - 5, admitted
     most = 0
-    while time.monotonic() - raised < 2 and most < 5:
+    while time.monotonic() - raised < 10 and most < 5:
         most = max(most, running(settings))
         time.sleep(0.05)
     waited = time.monotonic() - raised
     print(
-        f"cap 1 -> 5 at runtime: 5 running {waited:.2f}s after `jobs limits set` returned"
-        f" ({time.monotonic() - typed:.2f}s after it started)"
+        f"cap 1 -> 5 at runtime: 5 admitted when `jobs limits set` returned, running {waited:.2f}s"
+        f" after ({time.monotonic() - typed:.2f}s after it started)"
     )
-    assert most == 5, f"only {most} running 2 s after the cap was raised to 5"
+    # The workers start them as soon as the messages reach them: well within a second on a quiet
+    # machine, seconds on one the rest of the suite keeps busy.
+    assert most == 5, f"only {most} running 10 s after the cap was raised to 5"
 
     peak = 0
     while True:
@@ -261,11 +267,13 @@ def test_a_kind_without_a_limit_runs_at_once_while_a_limited_kind_is_saturated(f
     ping = uuid.UUID(result.stdout.split()[0])
     [row] = rows(settings, [ping])
     waited = (row.started_at - row.created_at).total_seconds()
-    states = Counter(each.state for each in rows(settings, limited))
-    print(f"ping started {waited:.2f}s after its submit, with {states['held']} limited jobs held")
+    # How many limited jobs had not started when the ping started (one a second may have, however
+    # long the command took to start on a busy machine).
+    waiting = sum(1 for each in rows(settings, limited) if not each.started_at or each.started_at > row.started_at)
+    print(f"ping started {waited:.2f}s after its submit, with {waiting} limited jobs waiting")
     assert row.state == "succeeded"
     assert waited < 3, waited
-    assert states["held"] >= 90, states
+    assert waiting >= 50, waiting  # the limited kind was saturated all along
 
     cancelled = run_jobs("cancel", "--kind", "test.tenant", "--state", "held", "--yes")
     assert cancelled.returncode == 0, cancelled.stderr

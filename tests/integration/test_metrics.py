@@ -175,7 +175,12 @@ def wait_for_counts(
 def test_counters_and_histograms_follow_the_ledger_and_outlive_pruning_and_restarts(
     clean, worker, producer, maintenance
 ):
-    counters.process_tally(clean).take()  # counts left by earlier tests' workers in this process
+    # Counts left by earlier tests' workers in this process: dropped, and a write of them already in
+    # flight (it may have waited for the TRUNCATE of `clean` and landed after it) waited for and undone.
+    counters.process_tally(clean).take()
+    counters.flush_process()
+    with db.transaction(clean) as conn:
+        conn.execute(sa.delete(counters_table))
     ok = producer.submit("ping", {"message": "counted"})
     flaky = producer.submit("test.flaky", {"succeed_on": 2})
     failing = producer.submit("test.fail", {})
