@@ -269,7 +269,9 @@ def test_a_kind_without_a_limit_runs_at_once_while_a_limited_kind_is_saturated(f
     waited = (row.started_at - row.created_at).total_seconds()
     # How many limited jobs had not started when the ping started (one a second may have, however
     # long the command took to start on a busy machine).
-    waiting = sum(1 for each in rows(settings, limited) if not each.started_at or each.started_at > row.started_at)
+    waiting = sum(
+        1 for each in rows(settings, limited) if not each.started_at or each.started_at > row.started_at
+    )
     print(f"ping started {waited:.2f}s after its submit, with {waiting} limited jobs waiting")
     assert row.state == "succeeded"
     assert waited < 3, waited
