@@ -59,8 +59,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_max_retries": None,
         "broker_connection_timeout": settings.publish_timeout,
         "broker_heartbeat": 0,
-        # Events for Flower.
-        "worker_send_task_events": True,
+        # Events for Flower: always, or from when an event consumer asks (workers.events).
+        "worker_send_task_events": settings.worker_task_events == "on",
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,

@@ -108,6 +108,13 @@ class Settings(BaseSettings):
             " three heartbeats is presumed dead."
         ),
     )
+    worker_task_events: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description=(
+            "Celery task events (what Flower shows): 'auto' sends them while an event consumer such"
+            " as Flower asks for them, 'on' always, 'off' only when asked (Celery's default)."
+        ),
+    )
     worker_stall_timeout: float = Field(
         30.0,
         ge=0,

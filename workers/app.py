@@ -11,7 +11,7 @@ from jobs.app import get_app
 from jobs.catalog import load_kinds
 from jobs.settings import get_settings
 from workers import builtin as _builtin  # noqa: F401 - attaches the built-in bodies
-from workers import pauses, presence, redact, transport, watchdog
+from workers import events, pauses, presence, redact, transport, watchdog
 from workers.task import register_kinds
 
 __all__ = ["app", "build"]
@@ -30,6 +30,7 @@ def build() -> Celery:
     pauses.install(celery_app)  # paused queues (jobs queue pause) are not consumed, even after a restart
     presence.install(celery_app, registry)  # the roster: queues, kinds and heartbeat in the ledger
     watchdog.install(celery_app)  # a consumer that stops taking messages reconnects
+    events.install(celery_app)  # task events only while an event consumer (Flower) asks for them
     redact.install()  # Celery's DEBUG line per task would print the payload, secrets included
     logs.quiet_celery_tasks()  # one line per attempt outcome: the platform's (workers.runner)
     return celery_app

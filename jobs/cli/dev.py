@@ -251,7 +251,10 @@ def _start(processes: Supervisor, concurrency: int, node: str, login: Login) -> 
     # `jobs worker` keeps a REMAP_SIGTERM already set, and an empty one means "no remap" to Celery.
     # A second Ctrl-C sends SIGQUIT, the cold shutdown: with no soft-shutdown window it hands the
     # running jobs back at once.
-    worker_env = dict(env, REMAP_SIGTERM="", JOBS_WORKER_SOFT_SHUTDOWN_TIMEOUT="0")
+    # Task events always on, so that the demo job shows in Flower even before Flower first asks.
+    worker_env = dict(
+        env, REMAP_SIGTERM="", JOBS_WORKER_SOFT_SHUTDOWN_TIMEOUT="0", JOBS_WORKER_TASK_EVENTS="on"
+    )
     worker = [*jobs_cmd, "worker", "-c", str(concurrency), "-n", node]
     processes.spawn("worker", worker, worker_env, at_once=signal.SIGQUIT)
     processes.spawn("beat", [*jobs_cmd, "beat"], env, grace=SIDE_GRACE)

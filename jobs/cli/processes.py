@@ -168,7 +168,21 @@ def flower_command(
 )
 def flower(no_auth: bool, state_file: str, max_tasks: int) -> None:
     """Run Flower (live view of workers and jobs), with basic auth from JOBS_FLOWER_*."""
-    argv, env = flower_command(
-        context.settings(), no_auth=no_auth, state_file=state_file, max_tasks=max_tasks
-    )
+    settings = context.settings()
+    argv, env = flower_command(settings, no_auth=no_auth, state_file=state_file, max_tasks=max_tasks)
+    _ask_for_task_events(settings)
     _exec(argv, env)
+
+
+def _ask_for_task_events(settings: Settings) -> None:
+    """Ask running workers for task events now; Flower asks again every 5 s, the first time only
+    5 s after it starts (workers in ``auto`` mode send them while asked: workers.events)."""
+    import contextlib
+
+    from jobs.app import create_app
+
+    with contextlib.suppress(Exception):  # Redis down: Flower asks again once it is up
+        app = create_app(settings)
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=settings.publish_timeout)
+            app.control.enable_events(connection=conn)

@@ -78,6 +78,9 @@ def flower(ledger_db, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flow
         started.start("beat", "beat")
         started.wait_log("worker", "ready.", timeout=60)
         started.wait_log("beat", "is now the leader", timeout=60)
+        # Workers send task events while an event consumer asks for them (workers.events): Flower
+        # asks every 5 s, `jobs flower` once at its start.
+        started.wait_log("worker", "Events of group {task} enabled by remote", timeout=60)
         view = Flower(port)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -171,7 +171,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--systems",
-        default="celery,platform",
+        default="celery-defaults,celery,platform",
         help=f"comma-separated systems among {','.join(SYSTEMS)} (default: %(default)s)",
     )
     parser.add_argument(

@@ -1,9 +1,13 @@
-"""Bare Celery for the benchmark: the platform's Celery settings and the ``ping`` body, no ledger.
+"""Bare Celery for the benchmark: the ``ping`` body, no ledger, in two configurations.
 
-The worker runs as ``celery -A tests.bench.bare worker ...``. Its app takes
-``jobs.app.celery_config(settings)`` unchanged (pool options come from the
-same command-line flags as ``jobs worker``), so the only difference from the
-platform is the ledger: no claim, no finish, no ORM session.
+- ``app`` (system ``celery``): ``jobs.app.celery_config(settings)`` unchanged (pool
+  options come from the same command-line flags as ``jobs worker``), so the only
+  difference from the platform is the ledger: no claim, no finish, no ORM session.
+  Its worker runs as ``celery -A tests.bench.bare worker ...``.
+- ``defaults_app`` (system ``celery-defaults``): Celery's own defaults, as users run
+  it (early acks, prefetch 4 per process, no task events, no time limits), with only
+  the broker and the queue's name set. Its worker runs as
+  ``celery -A tests.bench.bare:defaults_app worker ...`` without ``-l`` (WARNING).
 
 ``BENCH_RESULT_BACKEND`` (set by the benchmark for its reference run) turns on
 Celery's own database result backend instead.
@@ -23,7 +27,7 @@ from celery import Celery
 from jobs.app import celery_config
 from jobs.settings import get_settings
 
-__all__ = ["STARTED_KEY", "TASK_NAME", "app", "noop"]
+__all__ = ["STARTED_KEY", "TASK_NAME", "app", "defaults_app", "defaults_noop", "noop", "sender"]
 
 TASK_NAME = "bench.noop"
 STARTED_KEY = "bench:started"
@@ -37,8 +41,12 @@ if os.environ.get("BENCH_RESULT_BACKEND"):
 _recorder: redis.Redis | None = None
 
 
-@app.task(name=TASK_NAME, bind=True)
-def noop(self: Any, message: str = "pong", record: bool = False) -> dict[str, Any]:
+# Celery's defaults; the queue is named as the platform's so that both use the same Redis list.
+defaults_app = Celery("bench_defaults", set_as_current=False)
+defaults_app.conf.update(broker_url=_settings.broker_url, task_default_queue=_settings.default_queue)
+
+
+def _noop(self: Any, message: str = "pong", record: bool = False) -> dict[str, Any]:
     """What the ``ping`` kind's body does; with ``record``, note when the body started (latency runs)."""
     started = time.time()
     if record:
@@ -52,3 +60,12 @@ def noop(self: Any, message: str = "pong", record: bool = False) -> dict[str, An
         "host": platform.node(),
         "at": datetime.now(UTC).isoformat(),
     }
+
+
+noop = app.task(name=TASK_NAME, bind=True)(_noop)
+defaults_noop = defaults_app.task(name=TASK_NAME, bind=True)(_noop)
+
+
+def sender(system: str) -> Any:
+    """``apply_async`` of the system's app: Celery's defaults, or the platform's settings."""
+    return defaults_noop.apply_async if system == "celery-defaults" else noop.apply_async

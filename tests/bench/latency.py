@@ -26,7 +26,7 @@ def submit_to_start(bench: Bench, system: str, jobs: int, rate: float, tag: str)
     """Submit ``jobs`` jobs at a steady ``rate`` to a warm, idle worker; submit call to body start."""
     bench.clear()
     submit = bench.submitter(system)
-    send = bare.noop.apply_async
+    send = bare.sender(system)
     worker = bench.worker(system, tag).start()
     try:
         for _ in range(bench.concurrency * 2):

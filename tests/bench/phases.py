@@ -84,7 +84,7 @@ class Bench:
         if system == "platform":
             submit = self.producer.submit
             return lambda: submit("ping", PAYLOAD)
-        send = bare.noop.apply_async
+        send = bare.sender(system)
         return lambda: uuid.UUID(send(kwargs=PAYLOAD).id)
 
     def worker(self, system: str, tag: str) -> Worker:
@@ -165,7 +165,7 @@ def fill(bench: Bench, system: str, n: int) -> dict[str, Any]:
     else:
         # The worker keeps a result only if the message asks for one (the producer's ignore_result).
         options: dict[str, Any] = {"ignore_result": False} if system == "celery-db" else {}
-        send = bare.noop.apply_async
+        send = bare.sender(system)
         for _ in range(n):
             send(kwargs=PAYLOAD, **options)
     seconds = time.perf_counter() - started

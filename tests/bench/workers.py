@@ -21,16 +21,20 @@ ROOT = Path(__file__).resolve().parents[2]
 CELERY = [sys.executable, "-m", "celery"]
 JOBS = [sys.executable, "-m", "jobs"]
 
-# The systems compared; "celery-db" is bare Celery with its database result backend (reference only).
-SYSTEMS = ("celery", "platform", "celery-db")
+# The systems compared: "celery-defaults" is bare Celery with its own defaults, "celery" bare
+# Celery with the platform's settings, "celery-db" the latter with its database result backend.
+SYSTEMS = ("celery-defaults", "celery", "platform", "celery-db")
 
 
 def worker_argv(system: str, concurrency: int, loglevel: str) -> list[str]:
-    """The same pool, concurrency, queue and log level for every system; only the app differs."""
-    common = ["-P", "prefork", "-c", str(concurrency), "-l", loglevel, "-Q", "default"]
+    """The same pool, concurrency and queue for every system; the same log level but for Celery's
+    defaults (WARNING, no ``-l``); only the app differs."""
+    common = ["-P", "prefork", "-c", str(concurrency), "-Q", "default", "-n", f"bench-{system}@%h"]
     if system == "platform":
-        return [*JOBS, "worker", *common, "-n", f"bench-{system}@%h"]
-    return [*CELERY, "-A", "tests.bench.bare", "worker", *common, "-n", f"bench-{system}@%h"]
+        return [*JOBS, "worker", *common, "-l", loglevel]
+    if system == "celery-defaults":
+        return [*CELERY, "-A", "tests.bench.bare:defaults_app", "worker", *common]
+    return [*CELERY, "-A", "tests.bench.bare", "worker", *common, "-l", loglevel]
 
 
 class Worker:

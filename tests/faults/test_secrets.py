@@ -12,55 +12,24 @@ import base64
 import json
 import logging
 import secrets
-import threading
-from typing import Any
 
 import pytest
 
 from jobs import ledger, wire
-from jobs.app import create_app
 from tests.faults.harness import Platform
+from tests.support.task_events import TaskEvents
 
 pytestmark = pytest.mark.acceptance
 
 
-class TaskEvents:
-    """Celery task events as Flower receives them, collected in a thread."""
-
-    def __init__(self, platform: Platform) -> None:
-        self.app = create_app(platform.settings)
-        self.events: list[dict[str, Any]] = []
-        self.heard = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._receiver: Any = None
-
-    def _receive(self, event: dict[str, Any]) -> None:
-        self.events.append(event)
-        self.heard.set()
-
-    def _run(self) -> None:
-        with self.app.connection_for_read() as conn:
-            self._receiver = self.app.events.Receiver(conn, handlers={"*": self._receive})
-            for _ in self._receiver.consume(limit=None, timeout=None):
-                pass
-
-    def __enter__(self) -> TaskEvents:
-        self._thread.start()
-        # Consuming is not yet listening (Redis subscribes on the next read): a first event, say a
-        # worker's heartbeat (every 2 s), shows that no task event sent from now on can be missed.
-        assert self.heard.wait(30), "no Celery event arrived in 30 s (workers send a heartbeat every 2 s)"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._receiver is not None:
-            self._receiver.should_stop = True
-        self._thread.join(timeout=10)
-
-
 def test_a_secret_never_appears_in_logs_flower_status_or_list(faults: Platform) -> None:
     token = f"tok-{secrets.token_hex(12)}"
-    faults.start_worker("secrets-text", "-Q", "secrets-text", "-l", "DEBUG", wait=False)
-    faults.start_worker("secrets-json", "-Q", "secrets-json", "-l", "DEBUG", env={"JOBS_LOG_FORMAT": "json"})
+    # Task events always: this test listens to them without asking as Flower does (workers.events).
+    always = {"JOBS_WORKER_TASK_EVENTS": "on"}
+    faults.start_worker("secrets-text", "-Q", "secrets-text", "-l", "DEBUG", wait=False, env=always)
+    faults.start_worker(
+        "secrets-json", "-Q", "secrets-json", "-l", "DEBUG", env={**always, "JOBS_LOG_FORMAT": "json"}
+    )
     faults.processes.wait_log("secrets-text", "ready.")
 
     parked = faults.submit("test.secret", {"user": "ada", "token": token}, queue="secrets-parked")
@@ -73,7 +42,7 @@ def test_a_secret_never_appears_in_logs_flower_status_or_list(faults: Platform) 
     with faults.ledger() as conn:  # no worker consumes that queue: the checker wants it finished
         ledger.cancel(conn, parked)
 
-    with TaskEvents(faults) as events:
+    with TaskEvents(faults.settings) as events:
         jobs = [
             faults.submit("test.secret", {"user": "ada", "token": token}, queue=q)
             for q in ("secrets-text", "secrets-json")

@@ -35,7 +35,9 @@ def test_config_is_what_the_design_asks(settings):
     assert conf["worker_prefetch_multiplier"] == 1
     assert conf["task_ignore_result"] is True
     assert conf["result_backend"] is None
-    assert conf["worker_send_task_events"] is True
+    # Task events from when an event consumer asks for them (workers.events), unless told "on".
+    assert conf["worker_send_task_events"] is False
+    assert celery_config(settings.model_copy(update={"worker_task_events": "on"}))["worker_send_task_events"]
     assert conf["task_send_sent_event"] is True
     assert conf["broker_connection_max_retries"] is None
     assert (
