@@ -38,7 +38,8 @@ LINGER = 30.0
 #: Seconds between two looks at whether anybody still asks.
 CHECK_EVERY = 5.0
 
-_celery_enable_events = control.enable_events
+# celery-types does not declare the control commands' functions.
+_celery_enable_events: Any = getattr(control, "enable_events")  # noqa: B009
 
 
 @control.control_command(name="enable_events")

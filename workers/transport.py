@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
@@ -76,7 +78,24 @@ def _body_problem(body: Any, properties: dict[str, Any]) -> str | None:
 
 
 class Channel(kombu_redis.Channel):
-    """kombu's Redis channel with every popped item checked before it is parsed."""
+    """kombu's Redis channel with every popped item checked before it is parsed, and one client
+    object for its non-blocking commands."""
+
+    _shared: Any = None
+
+    @contextlib.contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        """kombu builds a new ``redis.Redis`` object for every ack, every unacked-message record and
+        every event it publishes (about a tenth of a worker's main process per message). A client
+        object holds no connection of its own (each command takes one from the channel's pool), so
+        one per channel serves them all; it is made again if kombu replaces the pool."""
+        if client:
+            yield client
+            return
+        shared = self._shared
+        if shared is None or shared.connection_pool is not self.pool:
+            shared = self._shared = self._create_client()
+        yield shared
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         # kombu's stubs leave out this (private, stable since kombu 4) method.

@@ -184,5 +184,5 @@ def _ask_for_task_events(settings: Settings) -> None:
     with contextlib.suppress(Exception):  # Redis down: Flower asks again once it is up
         app = create_app(settings)
         with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=settings.publish_timeout)
+            conn.ensure_connection(max_retries=1, timeout=max(1, round(settings.publish_timeout)))
             app.control.enable_events(connection=conn)

@@ -44,20 +44,21 @@ from rich.console import Console
 from jobs import db
 from jobs.producer import Producer
 from jobs.settings import get_settings
-from tests.bench import flow, flow_report, latency, phases, report, servers, workflows, workflows_report
+from tests.bench import flow, flow_report, io, latency, phases, report, servers, workflows, workflows_report
 from tests.bench.workers import SYSTEMS
 
 ROOT = Path(__file__).resolve().parents[2]
 PHASES = ("single", "bulk", "bulk_cli", "drain", "latency")
 FLOW_PHASES = ("drain_capped", "slot_latency")
 WORKFLOW_PHASES = ("wf_submit", "wf_drain", "wf_latency")
-EXTRA_PHASES = ("backlog", *FLOW_PHASES, *WORKFLOW_PHASES)
+EXTRA_PHASES = ("backlog", "drain_io", *FLOW_PHASES, *WORKFLOW_PHASES)
 # Steps run in this order whatever --only says; a phase that is compared runs next to its baseline.
 ORDER = (
     "single",
     "bulk",
     "bulk_cli",
     "drain",
+    "drain_io",
     "drain_capped",
     "latency",
     "slot_latency",
@@ -91,6 +92,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         default=",".join(PHASES),
         help=f"comma-separated phases among {','.join(ORDER)} (default: {','.join(PHASES)})",
+    )
+    parser.add_argument(
+        "--io",
+        action="store_true",
+        help="also run drain_io: jobs that each wait --io-ms on a threads pool, every system",
+    )
+    parser.add_argument("--io-n", type=int, default=2000, help="drain_io: jobs (default: %(default)s)")
+    parser.add_argument(
+        "--io-ms", type=float, default=20.0, help="drain_io: each job's wait, ms (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--io-concurrency", type=int, default=16, help="drain_io: threads per worker (default: %(default)s)"
     )
     parser.add_argument(
         "--flow",
@@ -194,6 +207,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results", help="where the JSON goes")
     args = parser.parse_args(argv)
     args.only = [p.strip() for p in args.only.split(",") if p.strip()]
+    if args.io and "drain_io" not in args.only:
+        args.only.append("drain_io")
     if args.flow:
         args.only += [phase for phase in FLOW_PHASES if phase not in args.only]
     if args.workflows:
@@ -258,6 +273,9 @@ def measure(
         "bulk_cli": lambda: phases.bulk_cli(bench, args.bulk_n),
         "backlog": lambda: phases.backlog_ledger(bench, args.backlog_sizes, args.backlog_probe),
         "drain": lambda: phases.drain(bench, system, args.n, f"{tag}-drain", backlog=args.backlog),
+        "drain_io": lambda: io.drain_io(
+            bench, system, args.io_n, args.io_ms, args.io_concurrency, f"{tag}-drain-io"
+        ),
         "drain_capped": lambda: flow.drain_capped(bench, args.n, f"{tag}-drain-capped"),
         "latency": lambda: latency.submit_to_start(
             bench, system, args.latency_jobs, args.latency_rate, f"{tag}-latency"

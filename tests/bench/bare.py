@@ -27,9 +27,19 @@ from celery import Celery
 from jobs.app import celery_config
 from jobs.settings import get_settings
 
-__all__ = ["STARTED_KEY", "TASK_NAME", "app", "defaults_app", "defaults_noop", "noop", "sender"]
+__all__ = [
+    "STARTED_KEY",
+    "TASK_NAME",
+    "app",
+    "defaults_app",
+    "defaults_noop",
+    "noop",
+    "pause_sender",
+    "sender",
+]
 
 TASK_NAME = "bench.noop"
+PAUSE_NAME = "bench.pause"
 STARTED_KEY = "bench:started"
 
 _settings = get_settings()
@@ -62,10 +72,23 @@ def _noop(self: Any, message: str = "pong", record: bool = False) -> dict[str, A
     }
 
 
+def _pause(ms: float = 5.0) -> dict[str, float]:
+    """What the benchmark's ``bench.pause`` kind's body does: wait ``ms`` milliseconds."""
+    time.sleep(ms / 1000)
+    return {"ms": ms}
+
+
 noop = app.task(name=TASK_NAME, bind=True)(_noop)
 defaults_noop = defaults_app.task(name=TASK_NAME, bind=True)(_noop)
+pause = app.task(name=PAUSE_NAME)(_pause)
+defaults_pause = defaults_app.task(name=PAUSE_NAME)(_pause)
 
 
 def sender(system: str) -> Any:
     """``apply_async`` of the system's app: Celery's defaults, or the platform's settings."""
     return defaults_noop.apply_async if system == "celery-defaults" else noop.apply_async
+
+
+def pause_sender(system: str) -> Any:
+    """``apply_async`` of the system's ``bench.pause`` task (the I/O-bound shape)."""
+    return defaults_pause.apply_async if system == "celery-defaults" else pause.apply_async

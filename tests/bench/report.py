@@ -128,6 +128,23 @@ def _against(baseline: str, short: str, targets: dict[str, float]) -> tuple[Metr
             baseline_label=baseline,
         ),
         Metric(
+            f"drain_io{_key(short)}",
+            f"I/O-bound drain (each job waits, threads pool){short}",
+            "jobs/s",
+            read("drain_io", baseline, "rate"),
+            read("drain_io", "platform", "rate"),
+            baseline_label=baseline,
+        ),
+        Metric(
+            f"drain_io_cpu{_key(short)}",
+            f"  worker CPU per job (I/O-bound drain){short}",
+            "ms",
+            read("drain_io", baseline, "worker_cpu_ms_per_job"),
+            read("drain_io", "platform", "worker_cpu_ms_per_job"),
+            higher_is_better=False,
+            baseline_label=baseline,
+        ),
+        Metric(
             f"fill{_key(short)}",
             f"  queue fill before the drain (apply_async loop vs submit_many){short}",
             "jobs/s",

@@ -26,10 +26,10 @@ JOBS = [sys.executable, "-m", "jobs"]
 SYSTEMS = ("celery-defaults", "celery", "platform", "celery-db")
 
 
-def worker_argv(system: str, concurrency: int, loglevel: str) -> list[str]:
+def worker_argv(system: str, concurrency: int, loglevel: str, pool: str = "prefork") -> list[str]:
     """The same pool, concurrency and queue for every system; the same log level but for Celery's
     defaults (WARNING, no ``-l``); only the app differs."""
-    common = ["-P", "prefork", "-c", str(concurrency), "-Q", "default", "-n", f"bench-{system}@%h"]
+    common = ["-P", pool, "-c", str(concurrency), "-Q", "default", "-n", f"bench-{system}@%h"]
     if system == "platform":
         return [*JOBS, "worker", *common, "-l", loglevel]
     if system == "celery-defaults":
@@ -49,8 +49,9 @@ class Worker:
         env: dict[str, str],
         loglevel: str = "INFO",
         sample_every: float = 0.1,
+        pool: str = "prefork",
     ) -> None:
-        self.argv = worker_argv(system, concurrency, loglevel)
+        self.argv = worker_argv(system, concurrency, loglevel, pool)
         self.log_path = log_path
         self.env = env
         self.sample_every = sample_every
