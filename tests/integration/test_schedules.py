@@ -359,7 +359,12 @@ def test_misfire_policy_after_the_leader_was_down(maintenance, sched, policy):
         assert slots[-1] == after["handled_until"]
         assert [(b - a).total_seconds() for a, b in itertools.pairwise(slots)] == [2.0] * (due - 1)
         assert after["skipped"] == 0
-    assert cron.run(maintenance) == 0  # nothing more until the next slot
+    # Nothing fired twice: a second run fires only a slot that came due since the first (every 2 s;
+    # on a busy machine the second run can reach the next one, which grace 0 makes late too).
+    again = cron.run(maintenance)
+    later = [r["schedule_slot"] for r in firings(sched, "m") if r["schedule_slot"] not in slots]
+    assert again == len(later) <= 1, (again, later)
+    assert all(slot > after["handled_until"] for slot in later)
 
 
 def test_a_firing_that_no_longer_validates_is_recorded_not_retried(maintenance, sched):
