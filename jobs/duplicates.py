@@ -87,9 +87,8 @@ def insert_or_existing(conn: Connection, row: ledger.NewJob, key: str | None) ->
     The existing job must have the same kind and payload as ``row``: if not,
     ``IdempotencyConflict`` names it and what differs.
     """
-    scheduled = row.schedule_name is not None
     for _ in range(_KEY_RACE_TRIES):
-        if ledger.insert_rows(conn, [row.columns()], idempotent=key is not None, scheduled=scheduled):
+        if ledger.insert_one(conn, row, idempotent=key is not None):
             return None
         holder = ledger.holder_of_key(conn, key, row.payload_json) if key is not None else None
         if holder is not None:

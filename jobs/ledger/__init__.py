@@ -74,6 +74,7 @@ from jobs.ledger.intake import (
     copy_rows,
     holder_of_key,
     id_for_slot,
+    insert_one,
     insert_rows,
     record_refused,
 )
@@ -117,6 +118,7 @@ __all__ = [
     "hold_due",
     "holder_of_key",
     "id_for_slot",
+    "insert_one",
     "insert_rows",
     "link",
     "lock_content",

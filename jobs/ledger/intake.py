@@ -5,6 +5,7 @@ holds an idempotency key, the job that fired a schedule's slot).
 
 from __future__ import annotations
 
+import functools
 import json
 import operator
 import uuid
@@ -19,7 +20,7 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from jobs.errors import ErrorRecord
-from jobs.ledger.statements import now, param
+from jobs.ledger.statements import execute_text, now, param
 from jobs.schema import jobs
 from jobs.states import State
 
@@ -34,6 +35,7 @@ __all__ = [
     "copy_rows",
     "holder_of_key",
     "id_for_slot",
+    "insert_one",
     "insert_rows",
     "record_refused",
 ]
@@ -151,18 +153,7 @@ def insert_rows(
     """
     # One constant statement executed with many parameter sets: compiled once and cached,
     # sent as multi-row INSERTs ("insertmanyvalues"), ids returned in the rows' order.
-    stmt = pg_insert(jobs)
-    if idempotent and scheduled:
-        stmt = stmt.on_conflict_do_nothing()
-    elif idempotent:
-        stmt = stmt.on_conflict_do_nothing(
-            index_elements=[jobs.c.idempotency_key], index_where=sa.text("idempotency_key IS NOT NULL")
-        )
-    elif scheduled:
-        stmt = stmt.on_conflict_do_nothing(
-            index_elements=[jobs.c.schedule_name, jobs.c.schedule_slot],
-            index_where=sa.text("schedule_name IS NOT NULL"),
-        )
+    stmt = _on_conflict(pg_insert(jobs), idempotent=idempotent, scheduled=scheduled)
     params = [{key: value for key, value in row.items() if key in jobs.c} for row in rows]
     if any(row.get("published_at") is SERVER_NOW for row in rows):
         # now() is evaluated by PostgreSQL in the INSERT itself: the same instant as created_at's
@@ -176,6 +167,53 @@ def insert_rows(
 
 
 _PUBLISHED_AT = param("w_published_at", sa.DateTime(timezone=True))
+
+
+def _on_conflict(stmt: pg.Insert, *, idempotent: bool, scheduled: bool) -> pg.Insert:
+    """An existing idempotency key, or an existing job for the same (schedule, slot), wins."""
+    if idempotent and scheduled:
+        return stmt.on_conflict_do_nothing()
+    if idempotent:
+        return stmt.on_conflict_do_nothing(
+            index_elements=[jobs.c.idempotency_key], index_where=sa.text("idempotency_key IS NOT NULL")
+        )
+    if scheduled:
+        return stmt.on_conflict_do_nothing(
+            index_elements=[jobs.c.schedule_name, jobs.c.schedule_slot],
+            index_where=sa.text("schedule_name IS NOT NULL"),
+        )
+    return stmt
+
+
+#: What ``insert_one`` sends for every job (NULL where the job has none).
+_ONE_JOB_COLUMNS = (*NEW_JOB_COLUMNS, "schedule_name", "schedule_slot", "unique_key", "debounce_key")
+
+
+@functools.cache
+def _insert_one_statement(*, idempotent: bool, scheduled: bool) -> sa.Insert:
+    values: dict[str, Any] = {name: param(f"w_{name}", jobs.c[name].type) for name in _ONE_JOB_COLUMNS}
+    # The payload's JSON text as the submission serialized it (for the message too), cast by
+    # PostgreSQL: no second json.dumps of the payload.
+    values["payload"] = sa.cast(param("w_payload", sa.Text), pg.JSONB)
+    values["published_at"] = sa.case((param("w_stamp", sa.Boolean), now()), else_=_PUBLISHED_AT)
+    stmt = _on_conflict(pg_insert(jobs).values(values), idempotent=idempotent, scheduled=scheduled)
+    return stmt.returning(jobs.c.id)
+
+
+def insert_one(conn: sa.Connection, job: NewJob, *, idempotent: bool) -> bool:
+    """Insert one new job: the single submit's statement. ``False`` when an existing job wins (it
+    holds the idempotency key, with ``idempotent``, or the same schedule slot).
+
+    One constant statement per conflict rule, compiled once and sent as text
+    (``execute_text``): about half the CPU of ``insert_rows`` for one row.
+    """
+    values = {f"w_{name}": getattr(job, name) for name in _ONE_JOB_COLUMNS}
+    values["w_payload"] = job.payload_json
+    values["w_stamp"] = job.published_at is SERVER_NOW
+    if job.published_at is SERVER_NOW:
+        values["w_published_at"] = None
+    statement = _insert_one_statement(idempotent=idempotent, scheduled=job.schedule_name is not None)
+    return execute_text(conn, statement, values) is not None
 
 
 def copy_rows(conn: sa.Connection, new_jobs: Iterable[NewJob], *, steps: bool = False) -> None:
