@@ -6,7 +6,6 @@ import platform
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import sqlalchemy as sa
 
 from jobs import builtin
@@ -37,6 +36,8 @@ class ServerError(Exception):
 @registry.implement(builtin.HTTP_POST.name)
 def http_post(ctx: JobContext, payload: builtin.HttpPost) -> dict[str, Any]:
     """POST; 2xx/3xx succeed, 4xx fail at once, 5xx and network errors are retried."""
+    import httpx  # here, not at import: 5 MiB in every worker process that never posts
+
     response = httpx.post(
         str(payload.url),
         json=payload.body,

@@ -17,15 +17,16 @@ import traceback
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
-
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING, Any
 
 from jobs import counters, db, kinds, ledger, publisher
 from jobs.backoff import Decision
 from jobs.errors import ErrorRecord
 from jobs.kinds import Kind
 from jobs.settings import Settings
+
+if TYPE_CHECKING:  # the ORM is imported when a body first opens ctx.session (jobs.db.session)
+    from sqlalchemy.orm import Session
 
 __all__ = [
     "AttemptFailed",
