@@ -235,3 +235,82 @@ def test_job_ids_are_uuids_usable_as_celery_task_ids(producer, clean):
     job = producer.submit("ping", {})
     assert isinstance(job, uuid.UUID)
     assert str(uuid.UUID(str(job))) == str(job)
+
+
+def _new_job(**columns: Any) -> ledger.NewJob:
+    values: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "kind": "ping",
+        "queue": "default",
+        "priority": 5,
+        "payload": {"message": "héllo", "nested": {"list": [1, 2.5, None, "x"]}},
+        "state": "queued",
+        "max_attempts": 3,
+    }
+    values.update(columns)
+    return ledger.NewJob(**values)
+
+
+@pytest.mark.parametrize(
+    "columns",
+    [
+        {"published_at": ledger.SERVER_NOW, "submitted_by": "test"},
+        {"state": "scheduled", "not_before": None, "published_at": None},
+        {"published_at": ledger.SERVER_NOW, "idempotency_key": "same-key"},
+        {"published_at": ledger.SERVER_NOW, "schedule_name": "nightly", "schedule_slot": "slot"},
+        {"published_at": ledger.SERVER_NOW, "unique_key": "u-1", "debounce_key": None, "limited": True},
+    ],
+    ids=["published", "delayed", "idempotent", "schedule-firing", "unique"],
+)
+def test_the_single_insert_writes_the_row_the_bulk_insert_writes(clean, columns):
+    """``insert_one`` (the single submit's statement, sent as text) and ``insert_rows`` agree on
+    every column of the row they create."""
+    if columns.get("schedule_slot") == "slot":
+        columns["schedule_slot"] = ledger_now(clean)
+    if columns.get("state") == "scheduled":
+        columns["not_before"] = ledger_now(clean)
+    one, many = _new_job(**columns), _new_job(**columns)
+    if "idempotency_key" in columns:
+        many.idempotency_key = "other-key"
+    if "schedule_name" in columns:
+        many.schedule_name = "hourly"
+    if "unique_key" in columns:
+        many.unique_key = "u-2"
+    key = one.idempotency_key is not None
+    with db.autocommit(clean) as conn:
+        assert ledger.insert_one(conn, one, idempotent=key)
+        scheduled = many.schedule_name is not None
+        assert ledger.insert_rows(conn, [many.columns()], idempotent=key, scheduled=scheduled)
+    by_id = {row["id"]: row for row in rows(clean)}
+    first, second = by_id[one.id], by_id[many.id]
+    differ = {"id", "created_at", "published_at", "idempotency_key", "schedule_name", "unique_key"}
+    assert {k: v for k, v in first.items() if k not in differ} == {
+        k: v for k, v in second.items() if k not in differ
+    }
+    assert (first["published_at"] is None) == (second["published_at"] is None)
+    if first["published_at"] is not None:
+        assert first["published_at"] == first["created_at"]  # the statement's now(), the server's clock
+    assert first["payload"] == one.payload
+    for name in ("idempotency_key", "schedule_name", "unique_key"):
+        assert first[name] == getattr(one, name)
+
+
+def test_the_single_insert_yields_to_a_key_or_a_slot_taken(clean):
+    """A second job with a taken idempotency key, or a second firing of a schedule's slot, is not
+    inserted: ``insert_one`` says so and the ledger keeps the first."""
+    slot = ledger_now(clean)
+    keyed = _new_job(published_at=ledger.SERVER_NOW, idempotency_key="k")
+    fired = _new_job(published_at=ledger.SERVER_NOW, schedule_name="nightly", schedule_slot=slot)
+    with db.autocommit(clean) as conn:
+        assert ledger.insert_one(conn, keyed, idempotent=True)
+        assert ledger.insert_one(conn, fired, idempotent=False)
+        again_keyed = _new_job(published_at=ledger.SERVER_NOW, idempotency_key="k")
+        again_fired = _new_job(published_at=ledger.SERVER_NOW, schedule_name="nightly", schedule_slot=slot)
+        assert not ledger.insert_one(conn, again_keyed, idempotent=True)
+        assert not ledger.insert_one(conn, again_fired, idempotent=False)
+    assert {row["id"] for row in rows(clean)} == {keyed.id, fired.id}
+
+
+def ledger_now(settings) -> Any:
+    with db.autocommit(settings) as conn:
+        return conn.execute(sa.select(sa.func.now())).scalar_one()
