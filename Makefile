@@ -39,7 +39,7 @@ $(CURDIR)/.tools/bin/uv:
 .PHONY: install
 install: $(if $(filter $(CURDIR)/.tools/bin/uv,$(UV)),$(UV)) ## Install the project and its dev tools into .venv
 	$(UV) sync --locked
-	$(UV) run --locked python -m compileall -q jobs workers beat
+	$(UV) run --locked --no-sync python -m compileall -q jobs workers beat
 
 .PHONY: dev
 dev: install ## Run the platform: migrations, worker, beat, Flower, and a first job (Ctrl-C stops)

@@ -13,7 +13,6 @@ from typing import Any
 
 from tests.bench import bare, phases
 from tests.bench.kinds import PAUSE
-from tests.bench.workers import Worker
 
 __all__ = ["drain_io"]
 
@@ -33,14 +32,7 @@ def drain_io(
     queued, _ = bench.depth()
     if queued != n:
         raise phases.BenchError(f"{system}: {queued} of {n} I/O-bound jobs queued")
-    worker = Worker(
-        system,
-        concurrency=concurrency,
-        pool="threads",
-        log_path=bench.log_dir / f"{tag}-{system}.log",
-        env=bench.env,
-        loglevel=bench.loglevel,
-    ).start()
+    worker = bench.worker(system, tag, pool="threads", concurrency=concurrency).start()
     try:
         first, last, cpu = phases.watch(bench, worker, n)
     finally:

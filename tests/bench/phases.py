@@ -87,13 +87,17 @@ class Bench:
         send = bare.sender(system)
         return lambda: uuid.UUID(send(kwargs=PAYLOAD).id)
 
-    def worker(self, system: str, tag: str) -> Worker:
+    def worker(
+        self, system: str, tag: str, *, pool: str = "prefork", concurrency: int | None = None
+    ) -> Worker:
+        """The system's worker: ``--concurrency`` prefork processes unless told otherwise."""
         env = dict(self.env)
         if system == "celery-db":
             env["BENCH_RESULT_BACKEND"] = "db+" + self.settings.database_url
         return Worker(
             system,
-            concurrency=self.concurrency,
+            concurrency=concurrency or self.concurrency,
+            pool=pool,
             log_path=self.log_dir / f"{tag}-{system}.log",
             env=env,
             loglevel=self.loglevel,
