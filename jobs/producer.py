@@ -174,12 +174,13 @@ class Producer:
             which = "a unique window" if definition.unique is not None else "a debounce"
             raise InvalidJobOptions(f"kind {kind} has {which}: submit its jobs one by one")
         submission.check_texts(options, None)
+        made = submission.Submission(self.settings, definition, options, None)
         rows: list[ledger.NewJob] = []
 
         def checked() -> Iterator[ledger.NewJob]:
             for number, payload in enumerate(payloads, start=1):
                 try:
-                    row = submission.new_job(self.settings, definition, payload, options, None)
+                    row = made.new_job(payload)
                 except BadInput as error:
                     raise type(error)(f"item {number}: {error.message}") from None
                 rows.append(row)
@@ -202,7 +203,7 @@ class Producer:
         if not rows:
             return []
         report("committed", len(rows))
-        items = admitted if limited else [_publishable(row) for row in rows if row.state == "queued"]
+        items = admitted if limited else [row for row in rows if row.state == "queued"]
         sent = publisher.publish_committed(
             self.settings, self.registry, items, batch=BATCH, progress=lambda n: report("published", n)
         )
@@ -241,15 +242,13 @@ class Producer:
             ledger.insert_rows(conn, [row.columns() for row in rows], idempotent=False)
         # Under a limit, the jobs wait held; the leader admits them once the caller's transaction
         # commits (admitting here would hold the limit's lock until then, stalling its finishes).
-        items = (
-            _hold(conn, rows, admit=False)
-            if limited
-            else [_publishable(r) for r in rows if r.state == "queued"]
+        items: Sequence[publisher.Publishable] = (
+            _hold(conn, rows, admit=False) if limited else [r for r in rows if r.state == "queued"]
         )
         self.publish_after_commit(session, items)
         return [JobId(row.id, held=row.state == "held") for row in rows]
 
-    def publish_after_commit(self, session: Session, items: Sequence[ledger.Published]) -> None:
+    def publish_after_commit(self, session: Session, items: Sequence[publisher.Publishable]) -> None:
         """Publish these jobs once the caller's transaction commits (never if it rolls back)."""
         if not session.info.get("jobs.listening"):
             session.info["jobs.listening"] = True
@@ -263,12 +262,12 @@ class Producer:
             self.send(items)
 
     def _publish(self, rows: Sequence[ledger.NewJob]) -> int:
-        items = [_publishable(r) for r in rows if r.state == "queued"]
+        items = [r for r in rows if r.state == "queued"]
         if not items:
             return len(rows)
         return self.send(items) + (len(rows) - len(items))
 
-    def send(self, items: Sequence[ledger.Published]) -> int:
+    def send(self, items: Sequence[publisher.Publishable]) -> int:
         """Publish committed jobs now; returns how many reached Redis (the relay sends the rest)."""
         return publisher.publish_committed(self.settings, self.registry, items) if items else 0
 
@@ -307,10 +306,6 @@ def _hold(conn: Connection, rows: Sequence[ledger.NewJob], *, admit: bool = True
     ids = [row.id for row in rows if row.state == "held"]
     slots = ledger.hold(conn, ids)
     return ledger.admit_jobs(conn, ids, slots) if admit else []
-
-
-def _publishable(row: ledger.NewJob) -> ledger.Published:
-    return ledger.Published(row.id, row.kind, row.queue, row.priority, row.payload, row.payload_json)
 
 
 def _forget(session: Session) -> None:

@@ -13,29 +13,61 @@ publishes it later; a duplicate publish is absorbed by the worker's claim.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from jobs import db, ledger, wire
 from jobs.errors import BrokerUnavailable, JobsError
 from jobs.kinds import Registry
 from jobs.settings import Settings
 
-__all__ = ["publish", "publish_committed"]
+__all__ = ["Publishable", "publish", "publish_committed"]
 
 log = logging.getLogger("jobs.publisher")
 
 
-def publish(settings: Settings, registry: Registry, items: Sequence[ledger.Published]) -> list[uuid.UUID]:
+class Publishable(Protocol):
+    """A committed job to put on the broker: a ``ledger.Published`` or a ``ledger.NewJob``."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def queue(self) -> str: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def payload(self) -> dict[str, Any]: ...
+    @property
+    def payload_json(self) -> str | None: ...
+
+
+def publish(settings: Settings, registry: Registry, items: Sequence[Publishable]) -> list[uuid.UUID]:
     """Send each job's message; returns the ids sent before any failure, raises if none could be."""
     if not items:
         return []
     messages = []
+    where: tuple[str, str, int] | None = None
+    key, envelope, secrets = "", None, None
     for item in items:
-        key = wire.queue_key(item.queue, item.priority)
-        envelope = wire.envelope(item.kind, item.queue, item.priority)
-        messages.append((key, envelope.encode(str(item.id), item.json(), _shown(registry, item))))
+        if where != (item.kind, item.queue, item.priority):  # a bulk submit's are all alike
+            where = (item.kind, item.queue, item.priority)
+            key = wire.queue_key(item.queue, item.priority)
+            envelope = wire.envelope(item.kind, item.queue, item.priority)
+            secrets = registry.get(item.kind) if item.kind in registry else None
+            if secrets is not None and not secrets.has_secrets:
+                secrets = None
+        assert envelope is not None
+        text = item.payload_json
+        # What people see of the payload (Flower's args): secret fields masked.
+        shown = repr(item.payload if secrets is None else secrets.display(item.payload))
+        messages.append(
+            (key, envelope.encode(str(item.id), json.dumps(item.payload) if text is None else text, shown))
+        )
     try:
         sent = wire.push(settings.broker_url, messages, timeout=settings.publish_timeout)
     except wire.broker_errors() as error:
@@ -48,7 +80,7 @@ def publish(settings: Settings, registry: Registry, items: Sequence[ledger.Publi
 def publish_committed(
     settings: Settings,
     registry: Registry,
-    items: Sequence[ledger.Published],
+    items: Sequence[Publishable],
     *,
     batch: int = 1000,
     progress: Callable[[int], None] | None = None,
@@ -78,14 +110,6 @@ def publish_committed(
         except JobsError as error:  # the leader's republish sweep still finds them
             log.warning("could not mark %d unsent job(s) for the relay: %s", len(items) - sent, error)
     return sent
-
-
-def _shown(registry: Registry, item: ledger.Published) -> str:
-    if item.kind in registry:
-        kind = registry.get(item.kind)
-        if kind.has_secrets:
-            return repr(kind.display(item.payload))
-    return repr(item.payload)
 
 
 def _safe(url: str) -> str:

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from jobs import jsonsafe, ledger
+from jobs import ids, jsonsafe, ledger
 from jobs.errors import InvalidJobOptions, PayloadTooLarge
 from jobs.kinds import Kind
 from jobs.limits import content_key
 from jobs.settings import Settings
 
-__all__ = ["Options", "check_texts", "due", "new_job"]
+__all__ = ["Options", "Submission", "check_texts", "due", "new_job"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,59 +50,91 @@ def new_job(
     """The new job row of one submission. ``partial``: the payload is a workflow step's whose
     inputs fill some fields when it is released (``jobs.workflows``): stored as given, checked
     in full then."""
-    data = dict(payload) if partial else kind.dump(kind.validate(payload))
-    data_json = kind.to_json(data)
-    size = len(data_json.encode())
-    if size > settings.max_payload_bytes:
-        raise PayloadTooLarge(
-            f"payload of {size} bytes is over the limit of {settings.max_payload_bytes} "
-            "bytes (JOBS_MAX_PAYLOAD_BYTES); store large data elsewhere and pass its id"
-        )
-    priority = kind.priority if options.priority is None else options.priority
-    if not 0 <= priority <= 9:
-        raise InvalidJobOptions(f"priority {priority} is out of range: use 0 (first) to 9 (last)")
-    attempts = options.max_attempts or kind.max_attempts or settings.max_attempts
-    if attempts < 1:
-        raise InvalidJobOptions("max attempts must be at least 1")
-    if key is not None and not 0 < len(key) <= 255:
-        raise InvalidJobOptions("an idempotency key must be 1 to 255 characters")
-    not_before = due(options.delay, options.at)
-    unique_key = content_key(kind.name, data, kind.unique.paths) if kind.unique else None
-    debounce_key = content_key(kind.name, data, kind.debounce.paths) if kind.debounce else None
-    if kind.debounce is not None and options.retry_of is None:
-        if options.delay is not None or options.at is not None:
+    return Submission(settings, kind, options, key).new_job(payload, partial=partial)
+
+
+class Submission:
+    """One submission's options, checked once, and the job rows it creates.
+
+    A bulk submit checks its options once and then only each item's payload
+    (``new_job``): every job of it shares its queue, priority, attempts and due
+    time (its delay counts from the call).
+    """
+
+    __slots__ = ("attempts", "key", "kind", "not_before", "options", "priority", "queue", "settings")
+
+    def __init__(self, settings: Settings, kind: Kind, options: Options, key: str | None) -> None:
+        priority = kind.priority if options.priority is None else options.priority
+        if not 0 <= priority <= 9:
+            raise InvalidJobOptions(f"priority {priority} is out of range: use 0 (first) to 9 (last)")
+        attempts = options.max_attempts or kind.max_attempts or settings.max_attempts
+        if attempts < 1:
+            raise InvalidJobOptions("max attempts must be at least 1")
+        if key is not None and not 0 < len(key) <= 255:
+            raise InvalidJobOptions("an idempotency key must be 1 to 255 characters")
+        not_before = due(options.delay, options.at)
+        debounced = kind.debounce is not None and options.retry_of is None
+        if debounced and (options.delay is not None or options.at is not None):
+            assert kind.debounce is not None
             raise InvalidJobOptions(
                 f"kind {kind.name} debounces: its job runs {kind.debounce.period:g}s after the last "
                 "submission, so it takes no delay or time"
             )
-        # Replaced by the server's clock when inserted (jobs.duplicates.collapse_or_insert).
-        not_before = datetime.now(UTC) + timedelta(seconds=kind.debounce.period)
-    if options.schedule_name is not None or options.schedule_slot is not None:
-        if options.schedule_name is None or options.schedule_slot is None:
-            raise InvalidJobOptions("a schedule firing needs both its schedule name and its slot")
-        if options.schedule_slot.tzinfo is None:
-            raise InvalidJobOptions("a schedule slot must include its UTC offset")
-    return ledger.NewJob(
-        id=uuid.uuid4(),
-        kind=kind.name,
-        queue=options.queue or kind.queue or settings.default_queue,
-        priority=priority,
-        payload=data,
-        payload_json=data_json,
-        state="scheduled" if not_before is not None else "queued",
-        max_attempts=attempts,
-        not_before=not_before,
-        idempotency_key=key,
-        submitted_by=options.submitted_by,
-        retry_of=options.retry_of,
-        # Marked published as it is created, on the server's clock like created_at; a failed
-        # publish clears it (see jobs.publisher).
-        published_at=None if not_before is not None else ledger.SERVER_NOW,
-        schedule_name=options.schedule_name,
-        schedule_slot=options.schedule_slot,
-        unique_key=unique_key,
-        debounce_key=debounce_key,
-    )
+        if options.schedule_name is not None or options.schedule_slot is not None:
+            if options.schedule_name is None or options.schedule_slot is None:
+                raise InvalidJobOptions("a schedule firing needs both its schedule name and its slot")
+            if options.schedule_slot.tzinfo is None:
+                raise InvalidJobOptions("a schedule slot must include its UTC offset")
+        self.settings = settings
+        self.kind = kind
+        self.options = options
+        self.key = key
+        self.queue = options.queue or kind.queue or settings.default_queue
+        self.priority = priority
+        self.attempts = attempts
+        self.not_before = not_before
+
+    def new_job(self, payload: Mapping[str, Any], *, partial: bool = False) -> ledger.NewJob:
+        """The new job row for one payload (``InvalidPayload``, ``PayloadTooLarge``: nothing made)."""
+        kind, options = self.kind, self.options
+        data = dict(payload) if partial else kind.dump(kind.validate(payload))
+        data_json = kind.to_json(data)
+        size = len(data_json)  # ASCII (json.dumps escapes the rest): one byte per character
+        if size > self.settings.max_payload_bytes:
+            raise PayloadTooLarge(
+                f"payload of {size} bytes is over the limit of {self.settings.max_payload_bytes} "
+                "bytes (JOBS_MAX_PAYLOAD_BYTES); store large data elsewhere and pass its id"
+            )
+        not_before = self.not_before
+        unique_key = debounce_key = None
+        if kind.unique is not None:
+            unique_key = content_key(kind.name, data, kind.unique.paths)
+        if kind.debounce is not None:
+            debounce_key = content_key(kind.name, data, kind.debounce.paths)
+            if options.retry_of is None:
+                # Replaced by the server's clock when inserted (jobs.duplicates.collapse_or_insert).
+                not_before = datetime.now(UTC) + timedelta(seconds=kind.debounce.period)
+        return ledger.NewJob(
+            id=ids.new(),
+            kind=kind.name,
+            queue=self.queue,
+            priority=self.priority,
+            payload=data,
+            payload_json=data_json,
+            state="scheduled" if not_before is not None else "queued",
+            max_attempts=self.attempts,
+            not_before=not_before,
+            idempotency_key=self.key,
+            submitted_by=options.submitted_by,
+            retry_of=options.retry_of,
+            # Marked published as it is created, on the server's clock like created_at; a failed
+            # publish clears it (see jobs.publisher).
+            published_at=None if not_before is not None else ledger.SERVER_NOW,
+            schedule_name=options.schedule_name,
+            schedule_slot=options.schedule_slot,
+            unique_key=unique_key,
+            debounce_key=debounce_key,
+        )
 
 
 def check_texts(options: Options, key: str | None) -> None:

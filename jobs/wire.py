@@ -23,6 +23,7 @@ import os
 import socket
 import uuid
 from collections.abc import Sequence
+from json.encoder import encode_basestring_ascii as _json_string  # json.dumps(str), without its checks
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ class Envelope:
         return self._template % {
             "body": base64.b64encode(body).decode(),
             "id": job_id,
-            "shown": json.dumps(shown),
+            "shown": _json_string(shown),
             "tag": next_tag(),
         }
 

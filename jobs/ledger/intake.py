@@ -16,6 +16,7 @@ from typing import Any, Final, cast
 
 import psycopg
 import sqlalchemy as sa
+from psycopg.types.json import set_json_dumps
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -230,26 +231,34 @@ def copy_rows(conn: sa.Connection, new_jobs: Iterable[NewJob], *, steps: bool = 
     assert isinstance(raw, psycopg.Connection)
     names = NEW_JOB_COLUMNS + WORKFLOW_COLUMNS if steps else NEW_JOB_COLUMNS
     columns = ", ".join(names)
-    with raw.cursor() as cursor, cursor.copy(f"COPY jobs ({columns}) FROM STDIN") as copy:
-        copy.set_types(_COPY_TYPES + _STEP_TYPES if steps else _COPY_TYPES)
-        for job in new_jobs:
-            if job.published_at is SERVER_NOW:
-                job.published_at = stamp
-            if steps:
-                inputs = None if job.inputs is None else json.dumps(job.inputs, separators=(",", ":"))
-                copy.write_row((*_copy_values(job), job.workflow_id, job.step, job.pending, inputs))
-            else:
-                copy.write_row(_copy_values(job))
+    # Binary COPY: psycopg's C dumpers write each value (a third of the text format's cost) and
+    # nothing needs escaping. The JSON columns take the JSON text already made (serialized once).
+    with raw.cursor() as cursor:
+        set_json_dumps(_json_as_is, cursor)
+        with cursor.copy(f"COPY jobs ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(_COPY_TYPES + _STEP_TYPES if steps else _COPY_TYPES)
+            for job in new_jobs:
+                if job.published_at is SERVER_NOW:
+                    job.published_at = stamp
+                if steps:
+                    inputs = None if job.inputs is None else json.dumps(job.inputs, separators=(",", ":"))
+                    copy.write_row((*_copy_values(job), job.workflow_id, job.step, job.pending, inputs))
+                else:
+                    copy.write_row(_copy_values(job))
 
 
-# COPY's text format takes the JSON text as it is: the payload is serialized only once.
+def _json_as_is(text: str) -> str:
+    return text
+
+
+# The types of NEW_JOB_COLUMNS, as the table declares them (binary COPY sends no casts).
 _COPY_TYPES = [
-    "uuid", "text", "text", "int2", "text", "text", "int4", "timestamptz",
+    "uuid", "text", "text", "int2", "jsonb", "text", "int4", "timestamptz",
     "text", "text", "uuid", "timestamptz", "bool",
 ]  # fmt: skip
 #: A workflow step's columns, after ``NEW_JOB_COLUMNS`` (``copy_rows(steps=True)``).
 WORKFLOW_COLUMNS = ("workflow_id", "step", "pending", "inputs")
-_STEP_TYPES = ["uuid", "text", "int4", "text"]
+_STEP_TYPES = ["uuid", "text", "int4", "jsonb"]
 _copy_values = cast(
     "Callable[[NewJob], tuple[Any, ...]]",
     operator.attrgetter(*("payload_json" if column == "payload" else column for column in NEW_JOB_COLUMNS)),
