@@ -207,7 +207,7 @@ def _submit_file(kind: str, path: Path, options: dict[str, Any], as_json: bool) 
         emit_json(
             {
                 "count": len(ids),
-                "ids": ids,
+                "ids": [str(i) for i in ids],  # as text before json.dumps: its default= per id costs more
                 "published": all(i.published or i.held for i in ids),
                 "held": held,
             }
