@@ -30,7 +30,7 @@ import re
 import sys
 from typing import Any
 
-__all__ = ["MAX_INT_DIGITS", "escaped", "unstorable", "visible"]
+__all__ = ["MAX_INT_DIGITS", "compact", "escaped", "unstorable", "visible"]
 
 #: The longest integer, in decimal digits, that Python's ``json`` reads back by default.
 MAX_INT_DIGITS = 4300
@@ -45,6 +45,31 @@ _BAD_CHARACTER = re.compile(r"[\x00\ud800-\udfff]")
 # What a path segment may show as it is; anything else is written as an escape, so a message
 # naming a path stays one printable line.
 _INVISIBLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def compact(value: Any) -> str:
+    """``json.dumps(value, separators=(",", ":"), allow_nan=False)``, a third of its cost.
+
+    ``json.dumps`` (and ``JSONEncoder.encode``) build a new C encoder on every
+    call; a payload is serialized once per job, so the bulk submit keeps one.
+    Without cycle checking: the values given are JSON dumps (pydantic's, in
+    JSON mode), which cannot be cyclic. Raises ``ValueError`` for NaN and the
+    infinities, as ``json.dumps`` does.
+    """
+    if _C_ENCODER is None:  # an interpreter without json's C speedups
+        return _PY_ENCODER.encode(value)
+    return "".join(_C_ENCODER(value, 0))
+
+
+_PY_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, check_circular=False)
+_MAKE_C_ENCODER: Any = getattr(json.encoder, "c_make_encoder", None)  # not in the type stubs
+_C_ENCODER: Any = (
+    None
+    if _MAKE_C_ENCODER is None
+    else _MAKE_C_ENCODER(
+        None, _PY_ENCODER.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False
+    )
+)
 
 
 def unstorable(

@@ -44,8 +44,6 @@ __all__ = ["Body", "Kind", "Registry", "declare", "kind", "lease_for", "registry
 
 Body = Callable[[JobContext, Any], Any]
 
-# json.dumps builds an encoder per call when given options; one built once is 40 % cheaper.
-_COMPACT = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 _NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
 
 
@@ -132,7 +130,7 @@ class Kind:
     def to_json(self, dumped: dict[str, Any]) -> str:
         """A dumped payload as compact JSON text; ``InvalidPayload`` names what the ledger cannot store."""
         try:
-            text: str | None = _COMPACT.encode(dumped)
+            text: str | None = jsonsafe.compact(dumped)
         except ValueError:  # NaN, Infinity or an integer too long to write: named below
             text = None
         problem = jsonsafe.unstorable(dumped, text=text)

@@ -15,11 +15,12 @@ a job from the moment a worker receives it.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import functools
 import itertools
 import json
 import os
+import re
 import socket
 import uuid
 from collections.abc import Sequence
@@ -59,39 +60,34 @@ _BODY_TAIL = f", {_EMBED}]".encode()
 
 class Envelope:
     """The message template of one (kind, queue, priority), rendered once: per job only the
-    id, the body and its display are filled in (``%`` formatting of a few strings)."""
+    id, the body and its display are filled in between the constant parts."""
 
-    __slots__ = ("_template",)
+    __slots__ = ("_parts",)
+
+    # The template's slots in the order they occur: the body, the id (the task's, the root's),
+    # the displayed kwargs, the id (the correlation id), the delivery tag.
+    _SLOTS = "\x01\x02\x02\x03\x02\x04"
 
     def __init__(self, kind: str, queue: str, priority: int) -> None:
+        # Control characters mark the slots: json.dumps escapes them in every constant part.
         rendered = _HEAD.format(
-            body="%(body)s",
+            body="\x01",
             kind=json.dumps(kind),
-            id="%(id)s",
-            shown="%(shown)s",
+            id="\x02",
+            shown="\x03",
             origin=_ORIGIN_JSON,
             queue=json.dumps(queue),
             priority=int(priority),
-            tag="%(tag)s",
+            tag="\x04",
         )
-        # The constant parts may hold '%' (a queue named "50%"): escape them, then reopen the slots.
-        self._template = (
-            rendered.replace("%", "%%")
-            .replace("%%(body)s", "%(body)s")
-            .replace("%%(id)s", "%(id)s")
-            .replace("%%(shown)s", "%(shown)s")
-            .replace("%%(tag)s", "%(tag)s")
-        )
+        assert "".join(c for c in rendered if c in "\x01\x02\x03\x04") == self._SLOTS
+        self._parts = tuple(re.split("[\x01-\x04]", rendered))
 
     def encode(self, job_id: str, payload_json: str, shown: str) -> str:
         """The message of one job: ``payload_json`` is its kwargs, ``shown`` what people may see."""
-        body = b"[[], " + payload_json.encode() + _BODY_TAIL
-        return self._template % {
-            "body": base64.b64encode(body).decode(),
-            "id": job_id,
-            "shown": _json_string(shown),
-            "tag": next_tag(),
-        }
+        body = binascii.b2a_base64(b"[[], " + payload_json.encode() + _BODY_TAIL, newline=False).decode()
+        p0, p1, p2, p3, p4, p5, p6 = self._parts
+        return f"{p0}{body}{p1}{job_id}{p2}{job_id}{p3}{_json_string(shown)}{p4}{job_id}{p5}{next_tag()}{p6}"
 
 
 @functools.lru_cache(maxsize=256)

@@ -113,3 +113,36 @@ def test_escaped_is_a_storable_copy_with_visible_escapes():
     }
     assert unstorable(copy) is None
     assert value["b"] == {"c": "\udfff"}  # the original is left alone
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {},
+        {"message": "pong"},
+        {"é": ["\u0000", "\ud800", "tab\tquote\"backslash\\", 1, -2.5, 1e300, None, True, False]},
+        {"nested": {"list": [[], {}, [1, [2, [3]]]], "big": 10**40}},
+        [1, "two", {"3": 4}],
+        "text",
+        12,
+    ],
+)
+def test_compact_is_json_dumps_compact(value):
+    assert jsonsafe.compact(value) == json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+@pytest.mark.parametrize("value", [{"x": math.nan}, {"x": [math.inf]}, {"x": -math.inf}])
+def test_compact_refuses_what_json_dumps_refuses(value):
+    with pytest.raises(ValueError):
+        json.dumps(value, allow_nan=False)
+    with pytest.raises(ValueError):
+        jsonsafe.compact(value)
+    # Refusing leaves nothing behind: the next value encodes as before.
+    assert jsonsafe.compact({"after": 1}) == '{"after":1}'
+
+
+def test_compact_refuses_an_integer_too_long_to_write_and_an_object():
+    with pytest.raises(ValueError):
+        jsonsafe.compact({"n": 10 ** (sys.get_int_max_str_digits() + 1)})
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        jsonsafe.compact({"o": object()})
