@@ -9,7 +9,6 @@ republisher and re-drive take their jobs here.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,9 +34,6 @@ class Published:
     priority: int
     payload: dict[str, Any]
     payload_json: str | None = None  # the payload serialized once, when the producer has it
-
-    def json(self) -> str:
-        return self.payload_json if self.payload_json is not None else json.dumps(self.payload)
 
 
 _PUBLISH_COLUMNS = (jobs.c.id, jobs.c.kind, jobs.c.queue, jobs.c.priority, jobs.c.payload)

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from jobs import db, ledger
-from jobs.errors import IdempotencyConflict, InvalidPayload, PayloadTooLarge, UnknownKind
+from jobs.errors import IdempotencyConflict, InvalidJobOptions, InvalidPayload, PayloadTooLarge, UnknownKind
 from jobs.producer import JobId, Producer
 from jobs.schema import jobs
 
@@ -50,6 +50,11 @@ def test_bad_input_leaves_no_row(producer, clean, broker):
         small.submit("ping", {"message": "x" * 100})
     with pytest.raises(InvalidPayload, match="item 2: invalid payload"):
         producer.submit_many("ping", [{"message": "ok"}, {"message": 1}, {"message": "ok"}])
+    # The options of a bulk submit are checked once, before any item: the error names no item.
+    with pytest.raises(InvalidJobOptions, match=r"^priority 12 is out of range"):
+        producer.submit_many("ping", [{"message": "ok"}] * 3, priority=12)
+    with pytest.raises(InvalidJobOptions, match=r"^max attempts must be at least 1"):
+        producer.submit_many("ping", [{"message": "ok"}] * 3, max_attempts=-1)
     assert rows(clean) == []
     assert queue_length(broker) == 0
 
@@ -204,6 +209,16 @@ def test_delay_keeps_the_job_in_the_ledger(producer, clean, broker):
     assert row["id"] == job
     assert row["state"] == "scheduled"
     assert row["not_before"] is not None
+    assert queue_length(broker) == 0
+
+
+def test_a_delayed_bulk_submit_is_due_at_one_time(producer, clean, broker):
+    """The delay of a bulk submit counts from the call: every job of it is due at once."""
+    ids = producer.submit_many("ping", [{"message": str(n)} for n in range(50)], delay=3600)
+    found = rows(clean)
+    assert {row["id"] for row in found} == set(ids)
+    assert {row["state"] for row in found} == {"scheduled"}
+    assert len({row["not_before"] for row in found}) == 1
     assert queue_length(broker) == 0
 
 
