@@ -166,14 +166,23 @@ def _delayed(delay: float | None, at: datetime | None) -> bool:
 
 
 def _submit_file(kind: str, path: Path, options: dict[str, Any], as_json: bool) -> None:
+    # A bulk load allocates a few objects per line and frees none until it ends: the cyclic
+    # garbage collector's passes over them cost a fifth of the command's CPU. The command runs
+    # nothing else meanwhile, so the collector pauses until it is done.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        _load_file(kind, path, options, as_json)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _load_file(kind: str, path: Path, options: dict[str, Any], as_json: bool) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from jobs.cli.output import err
 
-    # A bulk load allocates a few objects per line and frees none until it ends: the cyclic
-    # garbage collector's passes over them cost a fifth of the command's CPU. This process
-    # runs nothing else, so it pauses the collector until the command exits.
-    gc.disable()
     lines = _read_lines(path)
     producer = context.producer()
     payloads: list[dict[str, Any]] = []

@@ -114,3 +114,17 @@ def test_flower_refuses_to_start_without_credentials():
     )
     assert exposed.exit_code == 2
     assert "only allowed on a loopback address" in exposed.output
+
+
+def test_from_file_gives_the_garbage_collector_back_however_it_ends(tmp_path):
+    """``--from-file`` pauses the cyclic collector for its load, and only for it: run in another
+    program's process (here click's runner), the collector is on again after an error exit."""
+    import gc
+
+    bad = tmp_path / "jobs.jsonl"
+    bad.write_text('{"message": "ok"}\nnot json\n', encoding="utf-8")
+    assert gc.isenabled()
+    result = run("submit", "ping", "--from-file", str(bad))
+    assert result.exit_code == 2
+    assert "line 2: not valid JSON" in result.output
+    assert gc.isenabled()
