@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from jobs import db, ledger, wire
 from jobs.errors import BrokerUnavailable, JobsError
-from jobs.kinds import Registry
+from jobs.kinds import Kind, Registry
 from jobs.settings import Settings
 
 __all__ = ["Publishable", "publish", "publish_committed"]
@@ -52,22 +52,18 @@ def publish(settings: Settings, registry: Registry, items: Sequence[Publishable]
         return []
     messages = []
     where: tuple[str, str, int] | None = None
-    key, envelope, secrets = "", None, None
+    key, envelope, masking = "", None, None
     for item in items:
         if where != (item.kind, item.queue, item.priority):  # a bulk submit's are all alike
             where = (item.kind, item.queue, item.priority)
             key = wire.queue_key(item.queue, item.priority)
             envelope = wire.envelope(item.kind, item.queue, item.priority)
-            secrets = registry.get(item.kind) if item.kind in registry else None
-            if secrets is not None and not secrets.has_secrets:
-                secrets = None
+            masking = _masking(registry, item.kind)
         assert envelope is not None
-        text = item.payload_json
+        text = json.dumps(item.payload) if item.payload_json is None else item.payload_json
         # What people see of the payload (Flower's args): secret fields masked.
-        shown = repr(item.payload if secrets is None else secrets.display(item.payload))
-        messages.append(
-            (key, envelope.encode(str(item.id), json.dumps(item.payload) if text is None else text, shown))
-        )
+        shown = repr(item.payload if masking is None else masking.display(item.payload))
+        messages.append((key, envelope.encode(str(item.id), text, shown)))
     try:
         sent = wire.push(settings.broker_url, messages, timeout=settings.publish_timeout)
     except wire.broker_errors() as error:
@@ -110,6 +106,12 @@ def publish_committed(
         except JobsError as error:  # the leader's republish sweep still finds them
             log.warning("could not mark %d unsent job(s) for the relay: %s", len(items) - sent, error)
     return sent
+
+
+def _masking(registry: Registry, kind: str) -> Kind | None:
+    """The kind whose secret fields the shown payload masks, or ``None`` when nothing is masked."""
+    found = registry.get(kind) if kind in registry else None
+    return found if found is not None and found.has_secrets else None
 
 
 def _safe(url: str) -> str:
