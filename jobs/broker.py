@@ -31,6 +31,7 @@ __all__ = [
     "client",
     "config",
     "depths",
+    "held_by_tags",
     "held_longer_than",
     "quarantine",
     "quarantined",
@@ -159,6 +160,24 @@ def held_longer_than(redis_client: redis.Redis, seconds: float, *, limit: int = 
     )  # redis-py types the reply as a list of anything; withscores makes it (member, score) pairs
     if not tagged:
         return []
+    return _held(redis_client, tagged, now)
+
+
+def held_by_tags(redis_client: redis.Redis, tags: Iterable[str]) -> list[Held]:
+    """The messages with these delivery tags that are still unacknowledged."""
+    tags = list(tags)
+    if not tags:
+        return []
+    now = time.time()
+    taken = redis_client.zmscore(UNACKED_INDEX, tags)
+    return _held(
+        redis_client,
+        [(tag, when if when is not None else now) for tag, when in zip(tags, taken, strict=True)],
+        now,
+    )
+
+
+def _held(redis_client: redis.Redis, tagged: list[tuple[Any, float]], now: float) -> list[Held]:
     values = redis_client.hmget(UNACKED, [tag for tag, _ in tagged])
     found = []
     for (tag, taken), value in zip(tagged, values, strict=True):

@@ -27,6 +27,7 @@ __all__ = [
     "CeleryTaskLines",
     "JsonFormatter",
     "install",
+    "plain",
     "quiet_celery_tasks",
 ]
 
@@ -86,3 +87,16 @@ def install(settings: Settings) -> None:
     if settings.log_format == "json":
         signals.after_setup_logger.connect(_use_json, weak=False)
         signals.after_setup_task_logger.connect(_use_json, weak=False)
+
+
+def plain(settings: Settings, level: str = "INFO") -> None:
+    """Log set-up for a process that is not Celery's (``jobs worker -P batched``'s supervisor):
+    stderr, in the configured format, Celery's text layout for the text format."""
+    handler = logging.StreamHandler()
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]  # the jobs command's own (errors only) gives way
+    root.setLevel(level.upper())

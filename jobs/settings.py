@@ -124,6 +124,32 @@ class Settings(BaseSettings):
         ),
     )
 
+    worker_batch_size: int = Field(
+        32,
+        ge=1,
+        le=1000,
+        description=(
+            "jobs worker -P batched: the most messages one worker process claims, runs and records"
+            " as one batch."
+        ),
+    )
+    worker_batch_window: float = Field(
+        0.005,
+        ge=0,
+        le=1,
+        description=(
+            "jobs worker -P batched: seconds a batch waits, from its first message, for more"
+            " before it runs (0: no wait; a batch is what one turn of the event loop received)."
+        ),
+    )
+    worker_batched: bool = Field(
+        False,
+        description=(
+            "Set by jobs worker -P batched for the worker processes it supervises (not by hand):"
+            " the process claims, runs and records its jobs in batches."
+        ),
+    )
+
     flower_user: str | None = Field(None, description="Flower basic-auth user.")
     flower_password: SecretStr | None = Field(None, description="Flower basic-auth password.")
     flower_address: str = Field("127.0.0.1", description="Address Flower binds to.")

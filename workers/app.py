@@ -10,8 +10,8 @@ from jobs import counters, db, logs
 from jobs.app import get_app
 from jobs.catalog import load_kinds
 from jobs.settings import get_settings
+from workers import batching, events, pauses, presence, redact, transport, watchdog
 from workers import builtin as _builtin  # noqa: F401 - attaches the built-in bodies
-from workers import events, pauses, presence, redact, transport, watchdog
 from workers.task import register_kinds
 
 __all__ = ["app", "build"]
@@ -33,6 +33,8 @@ def build() -> Celery:
     events.install(celery_app)  # task events only while an event consumer (Flower) asks for them
     redact.install()  # Celery's DEBUG line per task would print the payload, secrets included
     logs.quiet_celery_tasks()  # one line per attempt outcome: the platform's (workers.runner)
+    if settings.worker_batched:
+        batching.install(celery_app)  # jobs worker -P batched: claims and finishes in batches
     return celery_app
 
 

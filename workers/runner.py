@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -35,9 +36,14 @@ from workers.outcomes import (
     record_success,
 )
 
-__all__ = ["AttemptFailed", "Delivery", "NotRun", "Recorded", "run"]
+__all__ = ["AttemptFailed", "Defer", "Delivery", "NotRun", "Recorded", "run", "run_claimed"]
 
 log = logging.getLogger("jobs.worker")
+
+#: Records a plain success later, together with others (``workers.batching``): called with the
+#: claim, the result and when the attempt started (``time.monotonic()``); the success is logged
+#: and counted once it is recorded.
+Defer = Callable[[ledger.Claimed, Any, float], None]
 
 
 def run(settings: Settings, registry: Registry, delivery: Delivery) -> Any:
@@ -55,17 +61,27 @@ def run(settings: Settings, registry: Registry, delivery: Delivery) -> Any:
     if claimed is None:
         with db.autocommit(settings) as conn:
             claimed = unclaimed(conn, settings, registry, delivery)
+    # Only kinds with a body are tasks of this worker (workers.task.register_kinds).
+    assert kind is not None
+    return run_claimed(settings, kind, claimed, delivery.worker)
+
+
+def run_claimed(
+    settings: Settings, kind: Kind, claimed: ledger.Claimed, worker: str, *, defer: Defer | None = None
+) -> Any:
+    """Run the attempt of a job just claimed; returns its result (see ``run``). With ``defer``, a
+    plain success (a body that did not open ``ctx.session``, a job under no limit and in no
+    workflow) is handed to it instead of being recorded here."""
     tally = counters.process_tally(settings)
     tally.observe(counters.QUEUE_WAIT, claimed.kind, claimed.queue, claimed.waited)
     if claimed.lost:
         tally.count(counters.ATTEMPTS, claimed.kind, claimed.queue, "lost")
-    # Only kinds with a body are tasks of this worker (workers.task.register_kinds).
-    assert kind is not None
-    assert kind.body is not None
-    return _attempt(settings, kind, claimed, delivery.worker)
+    return _attempt(settings, kind, claimed, worker, defer)
 
 
-def _attempt(settings: Settings, kind: Kind, claimed: ledger.Claimed, worker: str) -> Any:
+def _attempt(
+    settings: Settings, kind: Kind, claimed: ledger.Claimed, worker: str, defer: Defer | None = None
+) -> Any:
     assert kind.body is not None
     started = time.monotonic()
     log_line(logging.DEBUG, claimed, kind, "running on %s", worker, state="running", worker=worker)
@@ -87,6 +103,9 @@ def _attempt(settings: Settings, kind: Kind, claimed: ledger.Claimed, worker: st
     try:
         value = kind.body(ctx, payload)
         result = kind.dump_result(value)
+        if defer is not None and ctx.session_opened is None and not (claimed.limited or claimed.workflow):
+            defer(claimed, result, started)
+            return result
         if record_success(settings, ctx.session_opened, claimed, result):
             duration = round(time.monotonic() - started, 6)
             log_line(

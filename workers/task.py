@@ -143,6 +143,8 @@ class LedgerRequest(Request):
 
     def cancel(self, pool: Any, signal: Any = None, emit_retry: bool = True) -> None:
         """Celery stops this job (cold shutdown): let its redelivery be claimed at once."""
+        if isinstance(self.task, LedgerTask) and self.task.settings.worker_batched:
+            return  # it runs in this very process: workers.deadlines stops it when the window ends
         if self.time_start and isinstance(self.task, LedgerTask):
             self.task.release_lease(
                 self.id,
@@ -298,6 +300,8 @@ def register_kinds(app: Celery, registry: Registry, settings: Settings) -> None:
                 "registry": registry,
                 "soft_time_limit": kind.soft_time_limit or settings.soft_time_limit,
                 "time_limit": kind.hard_time_limit or settings.hard_time_limit,
+                # jobs worker -P batched: its messages join the process's batches (workers.batching).
+                **({"Strategy": "workers.batching:strategy"} if settings.worker_batched else {}),
                 "__module__": __name__,
             },
         )

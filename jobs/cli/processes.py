@@ -62,10 +62,13 @@ def default_node_name() -> str:
 @click.option(
     "-P",
     "--pool",
-    type=click.Choice(["prefork", "threads", "solo"]),
+    type=click.Choice(["prefork", "threads", "solo", "batched"]),
     default="prefork",
     show_default=True,
-    help="prefork for CPU-bound kinds, threads for I/O-bound ones.",
+    help=(
+        "prefork for CPU-bound kinds, threads for I/O-bound ones, batched for queues of short jobs"
+        " (-c single-process workers that claim and record their jobs in batches)."
+    ),
 )
 @click.option(
     "-n",
@@ -84,6 +87,8 @@ def worker(
 ) -> None:
     """Run a worker (Celery) that executes jobs. Extra arguments go to celery worker."""
     settings = context.settings()
+    if pool == "batched":
+        _batched(settings, queues, concurrency, hostname, loglevel, celery_args)
     argv = [
         *CELERY,
         "-A",
@@ -105,6 +110,47 @@ def worker(
         # get JOBS_WORKER_SOFT_SHUTDOWN_TIMEOUT seconds, then are handed back to the broker.
         env.setdefault("REMAP_SIGTERM", "SIGQUIT")
     _exec([*argv, *celery_args], env)
+
+
+def _batched(
+    settings: Settings,
+    queues: str | None,
+    concurrency: int | None,
+    hostname: str | None,
+    loglevel: str,
+    celery_args: tuple[str, ...],
+) -> NoReturn:
+    """``-P batched``: this process supervises ``concurrency`` batched worker processes."""
+    from jobs import logs
+    from jobs.supervisor import Supervisor
+
+    queue_list = queues or ",".join(worker_queues(settings))
+
+    def argv_for(node: str) -> list[str]:
+        return [
+            *CELERY,
+            "-A",
+            "workers",
+            "worker",
+            "-l",
+            loglevel,
+            "-P",
+            "solo",
+            "-c",
+            "1",
+            "-Q",
+            queue_list,
+            "-n",
+            node,
+            *celery_args,
+        ]
+
+    env = dict(os.environ)
+    env["JOBS_WORKER_BATCHED"] = "1"
+    env.setdefault("REMAP_SIGTERM", "SIGQUIT")  # SIGTERM: the running body gets the soft shutdown window
+    logs.plain(settings, loglevel)
+    supervisor = Supervisor(settings, concurrency or os.cpu_count() or 1, argv_for, env, name=hostname)
+    sys.exit(supervisor.run())
 
 
 @click.command(context_settings={"ignore_unknown_options": True})

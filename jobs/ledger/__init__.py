@@ -17,6 +17,7 @@ so). The lifecycle those statements enforce is drawn once, in
 - ``freeing``: what a job's end frees, in its transaction (both of the above);
 - ``attempts``: claim, succeed, retry, fail, rescue, cancel, progress, and the
   worker's main process's leases and hand-backs;
+- ``batches``: the batched worker's claim, finish and hand-back of several jobs at once;
 - ``upkeep``: a job's state, and pruning finished jobs;
 - ``statements``: what those statements share (the hot path's prepared
   execution, the attempt history's half of a transition).
@@ -43,6 +44,7 @@ from jobs.ledger.attempts import (
     Finished,
     cancel,
     claim,
+    end_leases_of,
     fail,
     hand_back,
     progress,
@@ -51,6 +53,7 @@ from jobs.ledger.attempts import (
     retry,
     succeed,
 )
+from jobs.ledger.batches import claim_batch, renew, succeed_batch, unclaim
 from jobs.ledger.collapsing import Pushed, lock_content, push_debounced, unique_holder
 from jobs.ledger.dependencies import (
     CancelledStep,
@@ -109,7 +112,9 @@ __all__ = [
     "cancel",
     "cancel_workflow",
     "claim",
+    "claim_batch",
     "copy_rows",
+    "end_leases_of",
     "fail",
     "forget_targets",
     "free_slots",
@@ -133,6 +138,7 @@ __all__ = [
     "release",
     "release_lease",
     "release_ready",
+    "renew",
     "republish_stale",
     "rescue_expired",
     "retry",
@@ -144,7 +150,9 @@ __all__ = [
     "states_of",
     "status_of",
     "succeed",
+    "succeed_batch",
     "take_unpublished",
+    "unclaim",
     "unique_holder",
     "workflow_for_slot",
 ]

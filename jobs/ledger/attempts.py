@@ -32,6 +32,7 @@ __all__ = [
     "cancel",
     "cancel_where",
     "claim",
+    "end_leases_of",
     "fail",
     "hand_back",
     "progress",
@@ -336,6 +337,19 @@ def release_lease(conn: sa.Connection, job_id: uuid.UUID, worker: str | None) ->
         .returning(jobs.c.state, jobs.c.attempt, jobs.c.max_attempts, jobs.c.queue)
     ).first()
     return None if row is None else Status(row.state, row.attempt, row.max_attempts, row.queue)
+
+
+def end_leases_of(conn: sa.Connection, worker: str) -> int:
+    """The worker process ``worker`` is gone (its supervisor saw it die): the leases of the jobs
+    it was running end now, so the rescuer (or a redelivery) runs them again at once, as after
+    ``release_lease``. Returns how many."""
+    ended = conn.execute(
+        sa.update(jobs)
+        .where(jobs.c.state == "running", jobs.c.worker == worker, jobs.c.lease_until > now())
+        .values(lease_until=now())
+        .returning(jobs.c.id)
+    ).all()
+    return len(ended)
 
 
 def hand_back(conn: sa.Connection, job_id: uuid.UUID) -> bool:

@@ -35,6 +35,7 @@ The transitions, one per line (``from --event--> to``); the unit tests check
     held --reject--> failed            the step's inputs from its parents do not fit its kind
     queued --claim--> running          a worker takes the job: attempt + 1, lease taken
     running --claim--> running         a redelivery takes a job whose lease expired
+    running --unclaim--> queued        a batch's job whose body never started is handed back
     running --succeed--> succeeded     the body returned; result stored
     running --retry--> retrying        the body raised a retryable error, attempts left
     running --fail--> failed           not retryable, or the last attempt failed
@@ -71,6 +72,7 @@ TRANSITIONS: frozenset[tuple[State, str, State]] = frozenset(
         ("held", "reject", "failed"),
         ("queued", "claim", "running"),
         ("running", "claim", "running"),
+        ("running", "unclaim", "queued"),
         ("running", "succeed", "succeeded"),
         ("running", "retry", "retrying"),
         ("running", "fail", "failed"),

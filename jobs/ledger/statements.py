@@ -29,6 +29,7 @@ __all__ = [
     "any_id",
     "close_attempt",
     "execute",
+    "execute_all",
     "execute_text",
     "json_param",
     "now",
@@ -116,7 +117,7 @@ class _Prepared:
 
 
 @functools.cache
-def _prepared(statement: sa.Select[Any] | sa.Insert) -> _Prepared:
+def _prepared(statement: sa.Select[Any] | sa.Insert | sa.Update) -> _Prepared:
     from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 
     dialect = PGDialect_psycopg()  # type: ignore[no-untyped-call]  # SQLAlchemy: __init__ unannotated
@@ -138,6 +139,14 @@ def execute(conn: Executor, statement: sa.Select[Any], params: dict[str, Any]) -
         return conn.execute(statement, params).first()
     prepared = _prepared(statement)
     return conn.execute(prepared.sql, prepared.params(params), prepare=True).fetchone()
+
+
+def execute_all(
+    conn: psycopg.Connection[Any], statement: sa.Select[Any] | sa.Update, params: dict[str, Any]
+) -> list[Any]:
+    """Run a hot statement on a psycopg connection (prepared once); returns all its rows."""
+    prepared = _prepared(statement)
+    return conn.execute(prepared.sql, prepared.params(params), prepare=True).fetchall()
 
 
 def execute_text(conn: sa.Connection, statement: sa.Select[Any] | sa.Insert, params: dict[str, Any]) -> Any:

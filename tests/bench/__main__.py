@@ -184,7 +184,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--systems",
-        default="celery-defaults,celery,platform",
+        default="celery-defaults,celery,platform,batched",
         help=f"comma-separated systems among {','.join(SYSTEMS)} (default: %(default)s)",
     )
     parser.add_argument(
@@ -253,8 +253,10 @@ def plan(args: argparse.Namespace, systems: list[str], number: int) -> list[tupl
             steps += [(phase, "platform")] if "platform" in systems else []
         elif phase == "drain":
             steps += [(phase, system) for system in systems]
-        else:
+        elif phase == "latency":
             steps += [(phase, system) for system in systems if system != "celery-db"]
+        else:  # the batched worker shares the platform's producer; it is for short jobs (no I/O phase)
+            steps += [(phase, system) for system in systems if system not in ("celery-db", "batched")]
     if not number % 2 and ("drain_capped", "platform") in steps and ("drain", "platform") in steps:
         # Every other round the capped drain goes first, so drift does not favour either drain.
         steps.remove(("drain_capped", "platform"))

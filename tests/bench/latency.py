@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from jobs import db
 from tests.bench import bare
 from tests.bench.phases import PAYLOAD, POLL, Bench, BenchError, still_empty
-from tests.bench.workers import Worker
+from tests.bench.workers import PLATFORMS, Worker
 
 __all__ = ["percentile", "submit_to_start"]
 
@@ -30,7 +30,7 @@ def submit_to_start(bench: Bench, system: str, jobs: int, rate: float, tag: str)
     worker = bench.worker(system, tag).start()
     try:
         for _ in range(bench.concurrency * 2):
-            submit() if system == "platform" else send(kwargs={**PAYLOAD, "record": True})
+            submit() if system in PLATFORMS else send(kwargs={**PAYLOAD, "record": True})
         _settle(bench, worker, timeout=60.0)
         bench.client.delete(bare.STARTED_KEY)
         submitted: dict[uuid.UUID, float] = {}
@@ -40,7 +40,7 @@ def submit_to_start(bench: Bench, system: str, jobs: int, rate: float, tag: str)
             if pause > 0:
                 time.sleep(pause)
             at = time.time()
-            if system == "platform":
+            if system in PLATFORMS:
                 submitted[submit()] = at
             else:
                 submitted[uuid.UUID(send(kwargs={**PAYLOAD, "record": True}).id)] = at
@@ -78,7 +78,7 @@ def _settle(bench: Bench, worker: Worker, timeout: float, done: Callable[[], boo
 
 def _starts(bench: Bench, system: str, ids: list[uuid.UUID]) -> dict[uuid.UUID, float]:
     """When each job's body began: the claim's ``started_at`` (platform), or the body's own stamp."""
-    if system == "platform":
+    if system in PLATFORMS:
         with db.transaction(bench.settings) as conn:
             rows = conn.execute(
                 sa.text("SELECT id, extract(epoch FROM started_at) FROM jobs WHERE id = ANY(:ids)"),

@@ -30,7 +30,7 @@ from jobs.limits import Limit
 from jobs.producer import Producer
 from jobs.settings import Settings
 from tests.bench import backlog, bare, servers
-from tests.bench.workers import Worker
+from tests.bench.workers import PLATFORMS, Worker
 from tests.support.limits import set_limit
 
 __all__ = [
@@ -81,7 +81,7 @@ class Bench:
 
     def submitter(self, system: str) -> Callable[[], uuid.UUID]:
         """One submission: ``producer.submit`` for the platform, ``apply_async`` for bare Celery."""
-        if system == "platform":
+        if system in PLATFORMS:
             submit = self.producer.submit
             return lambda: submit("ping", PAYLOAD)
         send = bare.sender(system)
@@ -164,7 +164,7 @@ def _check_bulk(bench: Bench, n: int, *, published: bool) -> None:
 def fill(bench: Bench, system: str, n: int) -> dict[str, Any]:
     """Put ``n`` jobs in the queue with no worker running: ``apply_async`` loop, or ``submit_many``."""
     started = time.perf_counter()
-    if system == "platform":
+    if system in PLATFORMS:
         bench.producer.submit_many("ping", [dict(PAYLOAD) for _ in range(n)])
     else:
         # The worker keeps a result only if the message asks for one (the producer's ignore_result).
@@ -216,7 +216,7 @@ def drain(
         peak_pss_mib=worker.peak_pss / 2**20,
         processes=worker.processes,
     )
-    if system == "platform":
+    if system in PLATFORMS:
         result.update(ledger_check(bench, n, backlog, limited=limit is not None))
     elif system == "celery-db":
         result.update(_results_check(bench, n))

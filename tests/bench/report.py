@@ -113,6 +113,66 @@ METRICS = (
         compared_label="celery",
         baseline_label="celery-defaults",
     ),
+    *(
+        Metric(
+            key,
+            label,
+            unit,
+            read(phase, "celery-defaults", field),
+            read(phase, "batched", field),
+            target=target,
+            higher_is_better=higher,
+            compared_label="batched",
+            baseline_label="celery-defaults",
+        )
+        for key, label, unit, phase, field, target, higher in (
+            (
+                "drain_batched",
+                "drain, jobs worker -P batched" + DEFAULTS,
+                "jobs/s",
+                "drain",
+                "rate",
+                1.5,
+                True,
+            ),
+            (
+                "drain_batched_cpu",
+                "  worker CPU per job (-P batched, drain)",
+                "ms",
+                "drain",
+                "worker_cpu_ms_per_job",
+                None,
+                False,
+            ),
+            (
+                "drain_batched_database_cpu",
+                "  PostgreSQL CPU per job (-P batched, drain)",
+                "ms",
+                "drain",
+                "database_cpu_ms_per_job",
+                None,
+                False,
+            ),
+            (
+                "latency_batched_p50",
+                "  submit-to-start latency p50 (-P batched)",
+                "ms",
+                "latency",
+                "p50_ms",
+                None,
+                False,
+            ),
+            (
+                "peak_rss_batched",
+                "  worker peak RSS, process tree (-P batched)",
+                "MiB",
+                "drain",
+                "peak_rss_mib",
+                None,
+                False,
+            ),
+        )
+    ),
     *_against("celery", "", {"single": 0.8, "bulk": 25.0, "drain": 0.9, "latency": 1.2, "rss": 1.2}),
 )
 

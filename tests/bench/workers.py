@@ -15,15 +15,17 @@ from typing import IO, Self
 
 import psutil
 
-__all__ = ["SYSTEMS", "Worker", "worker_argv"]
+__all__ = ["PLATFORMS", "SYSTEMS", "Worker", "worker_argv"]
 
 ROOT = Path(__file__).resolve().parents[2]
 CELERY = [sys.executable, "-m", "celery"]
 JOBS = [sys.executable, "-m", "jobs"]
 
 # The systems compared: "celery-defaults" is bare Celery with its own defaults, "celery" bare
-# Celery with the platform's settings, "celery-db" the latter with its database result backend.
-SYSTEMS = ("celery-defaults", "celery", "platform", "celery-db")
+# Celery with the platform's settings, "celery-db" the latter with its database result backend;
+# "platform" is ``jobs worker`` (prefork), "batched" ``jobs worker -P batched`` (its drain and latency).
+SYSTEMS = ("celery-defaults", "celery", "platform", "celery-db", "batched")
+PLATFORMS = ("platform", "batched")
 
 
 def worker_argv(system: str, concurrency: int, loglevel: str, pool: str = "prefork") -> list[str]:
@@ -32,6 +34,8 @@ def worker_argv(system: str, concurrency: int, loglevel: str, pool: str = "prefo
     common = ["-P", pool, "-c", str(concurrency), "-Q", "default", "-n", f"bench-{system}@%h"]
     if system == "platform":
         return [*JOBS, "worker", *common, "-l", loglevel]
+    if system == "batched":  # -c single-process workers under a supervisor, whatever ``pool``
+        return [*JOBS, "worker", *common, "-l", loglevel, "-P", "batched"]
     if system == "celery-defaults":
         return [*CELERY, "-A", "tests.bench.bare:defaults_app", "worker", *common]
     return [*CELERY, "-A", "tests.bench.bare", "worker", *common, "-l", loglevel]

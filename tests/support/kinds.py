@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -217,6 +218,26 @@ def hold(ctx: jobs.JobContext, payload: Hold) -> dict[str, Any]:
             break
         time.sleep(0.05)
     return {"key": payload.key}
+
+
+class Gate(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    path: str
+    seconds: float = 60.0
+
+
+@jobs.kind("test.gate", payload=Gate, max_attempts=3, backoff=FAST)
+def gate(ctx: jobs.JobContext, payload: Gate) -> dict[str, Any]:
+    """Touch ``PATH.started``, then wait (no database work) until the file ``PATH`` exists.
+
+    A test holds a batched worker's batch open with it: the bodies before it in the batch
+    have run and their successes wait for the batch's finish.
+    """
+    Path(f"{payload.path}.started").write_text(str(os.getpid()))
+    deadline = time.monotonic() + payload.seconds
+    while time.monotonic() < deadline and not Path(payload.path).exists():
+        time.sleep(0.02)
+    return {"gate": payload.path, "attempt": ctx.attempt}
 
 
 class Tenant(BaseModel):

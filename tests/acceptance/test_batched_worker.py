@@ -1,0 +1,140 @@
+"""``jobs worker -P batched``: real supervised worker processes, a real leader, the real ledger."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import psutil
+import pytest
+import sqlalchemy as sa
+
+from jobs import db
+from jobs.schema import job_attempts, jobs
+from jobs.settings import Settings
+from tests.support.fixtures import Processes, effects, wait_for_state
+
+pytestmark = pytest.mark.acceptance
+
+BATCHED = ("worker", "-P", "batched", "-c", "2", "-l", "INFO")
+
+
+def wait_ready(processes: Processes, name: str, count: int, timeout: float = 60.0) -> None:
+    """Wait until ``count`` worker processes of ``name`` logged that they are ready."""
+    deadline = time.monotonic() + timeout
+    while processes.log(name).count(" ready.") < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name}: not {count} ready in {timeout}s:\n{processes.log(name)[-3000:]}")
+        if processes.running[name].poll() is not None:
+            raise AssertionError(f"{name} exited early:\n{processes.log(name)[-3000:]}")
+        time.sleep(0.1)
+
+
+def workers_of(processes: Processes, name: str) -> list[psutil.Process]:
+    return psutil.Process(processes.running[name].pid).children()
+
+
+@pytest.fixture(scope="module")
+def batched(ledger_db: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
+    """Two batched worker processes under their supervisor, and a leader, for a module of tests."""
+    started = Processes(tmp_path_factory.mktemp("batched"))
+    try:
+        started.start("worker", *BATCHED)
+        started.start("beat", "beat", "-l", "INFO")
+        wait_ready(started, "worker", 2)
+        started.wait_log("beat", "is now the leader")
+        yield started
+    finally:
+        started.stop_all()
+
+
+def test_a_burst_is_claimed_and_recorded_in_batches(batched, producer, clean):
+    ids = producer.submit_many("ping", [{"message": f"m{n}"} for n in range(300)])
+    rows = [wait_for_state(clean, job_id, timeout=60) for job_id in ids]
+    assert {(row["state"], row["attempt"]) for row in rows} == {("succeeded", 1)}
+    assert rows[0]["result"]["message"] == "m0"
+    with db.transaction(clean) as conn:
+        history = conn.execute(
+            sa.select(job_attempts.c.outcome, sa.func.count()).group_by(job_attempts.c.outcome)
+        ).all()
+        # One claim statement stamps every job of its batch with the same started_at.
+        claims = conn.execute(sa.select(sa.func.count(sa.distinct(jobs.c.started_at)))).scalar_one()
+    assert dict(history) == {"succeeded": 300}
+    assert claims < 300
+    print(f"300 jobs claimed in {claims} statements")
+    assert batched.log("worker").count("succeeded in") >= 300
+
+
+def test_errors_retries_and_session_bodies_are_recorded_as_on_the_single_job_path(batched, producer, clean):
+    failing = producer.submit("test.fail", {})
+    flaky = producer.submit("test.flaky", {"succeed_on": 2})
+    effect = producer.submit("test.effect", {"key": "batched-effect"})
+    undone = producer.submit("test.effect", {"key": "batched-undone", "fail_after_write": True})
+    pings = producer.submit_many("ping", [{}] * 20)
+
+    assert (wait_for_state(clean, failing, timeout=60)["state"]) == "failed"
+    flaky_row = wait_for_state(clean, flaky, timeout=60)
+    assert (flaky_row["state"], flaky_row["attempt"], flaky_row["result"]) == ("succeeded", 2, {"attempt": 2})
+    assert wait_for_state(clean, effect, timeout=60)["state"] == "succeeded"
+    assert [row["attempt"] for row in effects(clean, "batched-effect")] == [1]
+    assert wait_for_state(clean, undone, timeout=60)["state"] == "failed"
+    assert effects(clean, "batched-undone") == []  # each failed attempt's write rolled back
+    assert {wait_for_state(clean, job_id, timeout=60)["state"] for job_id in pings} == {"succeeded"}
+    with db.transaction(clean) as conn:
+        outcomes = conn.execute(
+            sa.select(job_attempts.c.attempt, job_attempts.c.outcome)
+            .where(job_attempts.c.job_id == failing)
+            .order_by(job_attempts.c.attempt)
+        ).all()
+    assert [tuple(row) for row in outcomes] == [(1, "error"), (2, "error"), (3, "error")]
+
+
+def test_the_soft_time_limit_raises_in_the_body(batched, producer, clean):
+    job = producer.submit("test.sleep", {"seconds": 20, "steps": 200})
+    row = wait_for_state(clean, job, timeout=30)
+    assert (row["state"], row["error"]["type"]) == ("failed", "SoftTimeLimitExceeded")
+    assert row["error"]["message"].startswith("time limit")
+
+
+def test_the_hard_time_limit_ends_the_process_and_the_supervisor_replaces_it(batched, producer, clean):
+    before = {process.pid for process in workers_of(batched, "worker")}
+    job = producer.submit("test.hang", {"seconds": 30})
+    row = wait_for_state(clean, job, timeout=40)
+    assert (row["state"], row["error"]["type"]) == ("failed", "TimeLimitExceeded")
+    assert "hard limit" in row["error"]["message"]
+    batched.wait_log("worker", "stopped a job at its hard time limit; starting a new one", timeout=30)
+    wait_ready(batched, "worker", 3)
+    after = {process.pid for process in workers_of(batched, "worker")}
+    assert len(after) == 2
+    assert len(before - after) == 1
+    assert {
+        wait_for_state(clean, j, timeout=30)["state"] for j in producer.submit_many("ping", [{}] * 10)
+    } == {"succeeded"}
+
+
+def test_a_killed_worker_process_is_replaced_and_its_job_runs_again(batched, producer, clean):
+    job = producer.submit("test.work", {"key": "batched-crash", "crash_on_attempt": 1})
+    row = wait_for_state(clean, job, timeout=60)
+    assert (row["state"], row["attempt"]) == ("succeeded", 2)
+    assert [effect["attempt"] for effect in effects(clean, "batched-crash")] == [2]
+    assert "was killed by signal 9; ending its jobs' leases and starting a new one" in batched.log("worker")
+
+
+def test_plain_celery_messages_take_the_single_job_path(batched, clean):
+    from celery import Celery
+
+    adopted = uuid.uuid4()
+    outsider = Celery("outsider", broker=clean.broker_url, set_as_current=False)
+    outsider.send_task("ping", kwargs={"message": "plain"}, task_id=str(adopted), queue="default")
+    outsider.send_task("ping", kwargs={}, task_id="not-a-uuid", queue="default")
+    row = wait_for_state(clean, adopted, timeout=30)
+    assert (row["state"], row["submitted_by"], row["result"]["message"]) == ("succeeded", "adopted", "plain")
+    deadline = time.monotonic() + 30
+    refused = None
+    while refused is None and time.monotonic() < deadline:
+        with db.transaction(clean) as conn:
+            refused = conn.execute(sa.select(jobs).where(jobs.c.state == "failed")).first()
+        time.sleep(0.1)
+    assert refused is not None
+    assert "not-a-uuid" in refused.error["message"]

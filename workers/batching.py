@@ -1,0 +1,609 @@
+"""The batched worker: what a worker process received in the last few milliseconds runs as one batch.
+
+``jobs worker -P batched -c N`` runs N single-process Celery workers (``-P
+solo``) under a supervisor (``jobs.supervisor``). In each, every kind's task
+handles its messages with this module's strategy (``Task.Strategy``, the hook
+Celery gives a task class for how its messages are handled once received)
+instead of Celery's default one. Celery's own consumer still does everything
+else: receiving, prefetch, heartbeats, remote control, queue pauses.
+
+One batch, at most ``JOBS_WORKER_BATCH_SIZE`` messages, formed over
+``JOBS_WORKER_BATCH_WINDOW`` seconds from its first message::
+
+    claim every queued job of the batch ........ one durable statement
+    for each message, in order:
+        a claimed job: run its body under its time limits (workers.deadlines)
+            plain success -> kept for the batch's finish
+            anything else -> recorded now, as the single-job path does
+                             (errors, retries, ctx.session, limits, workflows)
+        not claimed   -> Celery's default handling: the single-job path
+                         (duplicates, takeovers, plain Celery messages, bad ids)
+    record every kept success .................. one durable statement
+    acknowledge their messages
+
+The guarantees are the single-job path's: a message is acknowledged only after
+its job's outcome is durable; a body that opened ``ctx.session`` commits its
+work with its own finish, as before; a finish that admits jobs under a limit,
+or releases a workflow's children, runs as before. What the batch changes is
+what a crash costs: a process killed after bodies ran and before their batch
+committed leaves those jobs ``running`` (the supervisor ends their leases, so
+they run again at once, as a lost pool process's do). A job the batch claimed
+but had not started when the worker stopped goes back to ``queued`` with its
+attempt undone (``ledger.unclaim``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery, bootsteps
+from celery.exceptions import TimeLimitExceeded
+from celery.worker import state as worker_state
+from celery.worker.strategy import default as default_strategy
+
+from jobs import broker, counters, db, jsonsafe, ledger
+from jobs.errors import LedgerUnavailable
+from jobs.kinds import lease_for
+from jobs.settings import Settings, get_settings
+from workers import outcomes, runner, watchdog
+from workers.deadlines import Deadlines, Running, ShutdownExpired
+
+if TYPE_CHECKING:
+    from kombu.message import Message
+
+    from workers.task import LedgerTask
+
+__all__ = ["Batcher", "Batching", "install", "strategy"]
+
+log = logging.getLogger("jobs.worker")
+
+LEDGER_DOWN_PAUSE = 2.0
+#: Seconds of bodies one batch may hold: the prefetch shrinks for long bodies (one at a time for
+#: bodies of 100 ms or more), so a message never waits long behind others in its process.
+BATCH_BUDGET = 0.1
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(slots=True)
+class Received:
+    """One message as the consumer handed it to the strategy."""
+
+    task: LedgerTask
+    message: Message
+    body: Any
+    ack: Any
+    reject: Any
+    callbacks: Any
+    fallback: Any
+    job_id: uuid.UUID | None
+
+
+@dataclass(slots=True)
+class Kept:
+    """A plain success waiting for its batch's finish."""
+
+    received: Received
+    claimed: ledger.Claimed
+    result: Any
+    started: float
+
+
+@dataclass(slots=True)
+class Batch:
+    """The batch being run: what it claimed and has not started, what it keeps, what it holds."""
+
+    received: list[Received]
+    waiting: dict[uuid.UUID, ledger.Claimed] = field(default_factory=dict)
+    kept: list[Kept] = field(default_factory=list)
+    leased_at: float = 0.0
+    lease: float = 0.0
+
+
+def _stopping() -> bool:
+    return worker_state.should_terminate is not None or worker_state.should_stop is not None
+
+
+def _job_id(message: Message) -> uuid.UUID | None:
+    """The job id of a message the batch may claim: a protocol-2 message with a UUID for its id
+    and no ETA or expiry (those go through Celery's default handling)."""
+    headers = message.headers
+    if not isinstance(headers, dict) or headers.get("eta") or headers.get("expires"):
+        return None
+    try:
+        return uuid.UUID(str(headers.get("id")))
+    except ValueError:
+        return None
+
+
+class Batcher:
+    """The batches of one worker process (one per consumer)."""
+
+    def __init__(self, consumer: Any, settings: Settings) -> None:
+        self.consumer = consumer
+        self.settings = settings
+        self.worker = str(consumer.hostname)
+        self.buffer: list[Received] = []
+        self.timer: Any = None
+        self.batch: Batch | None = None
+        self.deadlines = Deadlines(self._hard_limit)
+        self.tally = counters.process_tally(settings)
+        self.last_activity = float("-inf")  # the last message received, or the last batch's end
+        self.body_seconds = 0.0  # recent bodies' run time, moving average
+        self.prefetch = settings.worker_batch_size
+        self.qos: Any = None
+
+    #: The batcher of this process's consumer (one consumer per worker process).
+    current: Batcher | None = None
+
+    @classmethod
+    def of(cls, consumer: Any) -> Batcher:
+        batcher = cls.current
+        if batcher is None or batcher.consumer is not consumer:
+            batcher = cls.current = cls(consumer, get_settings())
+        return batcher
+
+    # -- forming a batch ------------------------------------------------------------------------
+
+    def receive(self, received: Received) -> None:
+        watchdog.Receipts.add()  # the stall watchdog counts what this consumer takes
+        self.buffer.append(received)
+        if len(self.buffer) >= self.settings.worker_batch_size:
+            self.flush()
+        elif len(self.buffer) == 1:
+            # Messages arriving close together (or right after a batch) form a batch over the
+            # window; one arriving alone runs at the event loop's next turn, without the wait.
+            now = time.monotonic()
+            window = self.settings.worker_batch_window
+            dense = now - self.last_activity < window
+            hub = self.consumer.controller.hub if self.consumer.controller is not None else None
+            if hub is None:
+                self.flush()
+            elif dense:
+                self.timer = hub.call_later(window, self.flush)
+            else:
+                hub.call_soon(self.flush)
+        self.last_activity = time.monotonic()
+
+    def flush(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        received, self.buffer = self.buffer, []
+        if received:
+            self.run(received)
+
+    def hand_back_buffer(self) -> None:
+        """The consumer stops (shutdown, lost connection): what waits in the buffer goes back."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        received, self.buffer = self.buffer, []
+        for item in received:
+            self._requeue(item)
+
+    # -- running a batch ------------------------------------------------------------------------
+
+    def run(self, received: list[Received]) -> None:
+        batch = self.batch = Batch(received)
+        try:
+            self._run(batch)
+        finally:
+            self._finish(batch)
+            self.batch = None
+            self.last_activity = time.monotonic()
+        self._check_memory()
+        self._fit_prefetch()
+
+    def _run(self, batch: Batch) -> None:
+        if _stopping():
+            for item in batch.received:
+                self._requeue(item)
+            return
+        ids: dict[uuid.UUID, Received] = {}
+        for item in batch.received:
+            if item.job_id is not None and item.job_id not in ids:
+                ids[item.job_id] = item
+        if ids:
+            batch.lease = max(lease_for(self.settings, item.task.kind) for item in ids.values())
+            try:
+                with db.direct(self.settings) as direct:
+                    batch.waiting = ledger.claim_batch(
+                        direct, list(ids), worker=self.worker, lease=batch.lease
+                    )
+            except LedgerUnavailable as error:
+                log.error("%d job(s) not run: %s; messages handed back", len(batch.received), error)
+                time.sleep(LEDGER_DOWN_PAUSE)
+                for item in batch.received:
+                    self._requeue(item)
+                return
+            batch.leased_at = time.monotonic()
+        for index, item in enumerate(batch.received):
+            if _stopping():
+                self._hand_back(batch, batch.received[index:])
+                return
+            claimed = batch.waiting.pop(item.job_id, None) if item.job_id is not None else None
+            if claimed is None:
+                self._single(item)
+                continue
+            self._renew(batch)
+            if not self._attempt(batch, item, claimed):
+                self._hand_back(batch, batch.received[index + 1 :])
+                return
+
+    def _attempt(self, batch: Batch, item: Received, claimed: ledger.Claimed) -> bool:
+        """Run one claimed job; ``False`` when the batch must stop (shutdown)."""
+        task = item.task
+        kind = task.kind
+        self._event("task-started", item)
+        began = time.monotonic()
+        try:
+            with self.deadlines.running(claimed.id, task, *self._limits(task)):
+                runner.run_claimed(
+                    self.settings,
+                    kind,
+                    claimed,
+                    self.worker,
+                    defer=lambda c, result, started: batch.kept.append(Kept(item, c, result, started)),
+                )
+        except ShutdownExpired:
+            task.release_lease(
+                str(claimed.id), self.worker, "the worker's soft shutdown expired while it ran"
+            )
+            self._requeue(item)
+            return False
+        except outcomes.AttemptFailed as failed:
+            self._timed(began)
+            self._ended(item, failed.state, repr(failed))
+            self._ack(item)
+        except LedgerUnavailable as error:
+            # The attempt ran (or failed) and could not be recorded: its job stays running until
+            # its lease ends, then runs again; the message goes back meanwhile.
+            log.error("job %s: %s; not recorded, message handed back", claimed.id, error)
+            time.sleep(LEDGER_DOWN_PAUSE)
+            self._requeue(item)
+        except Exception:
+            log.exception("job %s: the worker failed running it; message handed back", claimed.id)
+            self._requeue(item)
+        else:
+            self._timed(began)
+            if not batch.kept or batch.kept[-1].claimed is not claimed:  # recorded on its own path
+                self._event("task-succeeded", item, result=None, runtime=None)
+                self._ack(item)
+        return True
+
+    def _single(self, item: Received) -> None:
+        """Celery's default handling (the single-job path), under the kind's time limits."""
+        task = item.task
+        with self.deadlines.running(item.job_id, task, *self._limits(task)):
+            try:
+                item.fallback(item.message, item.body, item.ack, item.reject, item.callbacks)
+            except ShutdownExpired:
+                if item.job_id is not None:
+                    task.release_lease(str(item.job_id), self.worker, "the worker's soft shutdown expired")
+                self._requeue(item)
+
+    def _timed(self, began: float) -> None:
+        self.body_seconds = 0.8 * self.body_seconds + 0.2 * (time.monotonic() - began)
+
+    def _fit_prefetch(self) -> None:
+        """Hold about ``BATCH_BUDGET`` seconds of bodies: the batch size for short bodies, fewer
+        messages as they run longer (Celery's prefetch count, changed as its autoscaler does)."""
+        wanted = max(
+            1, min(self.settings.worker_batch_size, int(BATCH_BUDGET / max(self.body_seconds, 1e-6)))
+        )
+        qos = self.consumer.qos
+        if qos is None:
+            return
+        if qos is not self.qos:  # a new connection starts from the configured prefetch
+            self.qos, self.prefetch = qos, int(qos.value)
+        if wanted == self.prefetch:
+            return
+        if wanted > self.prefetch:
+            qos.increment_eventually(wanted - self.prefetch)
+        else:
+            qos.decrement_eventually(self.prefetch - wanted)
+        qos.update()
+        self.prefetch = wanted
+
+    def _limits(self, task: LedgerTask) -> tuple[float, float]:
+        """The kind's soft and hard time limits (``register_kinds`` set them from the settings)."""
+        soft = task.soft_time_limit or self.settings.soft_time_limit
+        return float(soft), float(task.time_limit or self.settings.hard_time_limit)
+
+    def _renew(self, batch: Batch) -> None:
+        """Extend the leases of the jobs still waiting their turn before half the margin is gone."""
+        if not batch.waiting or time.monotonic() - batch.leased_at < self.settings.lease_margin / 2:
+            return
+        try:
+            with db.direct(self.settings) as direct:
+                held = ledger.renew(direct, list(batch.waiting), worker=self.worker, lease=batch.lease)
+        except LedgerUnavailable as error:
+            log.warning("the leases of %d waiting job(s) were not renewed: %s", len(batch.waiting), error)
+            return
+        batch.leased_at = time.monotonic()
+        for job_id in list(batch.waiting):
+            if job_id not in held:  # cancelled, or taken over: its message takes the single-job path
+                del batch.waiting[job_id]
+
+    def _hand_back(self, batch: Batch, rest: list[Received]) -> None:
+        """The worker is stopping: the jobs claimed and not started go back to ``queued``."""
+        self._unclaim(batch)
+        for item in rest:
+            self._requeue(item)
+
+    def _unclaim(self, batch: Batch) -> None:
+        if not batch.waiting:
+            return
+        waiting, batch.waiting = list(batch.waiting), {}
+        try:
+            with db.direct(self.settings) as direct:
+                undone = ledger.unclaim(direct, waiting, worker=self.worker)
+            log.info("%d claimed job(s) not started: handed back to their queues", len(undone))
+        except LedgerUnavailable as error:
+            log.error(
+                "%d claimed job(s) not started and not handed back (%s); their leases will end",
+                len(waiting),
+                error,
+            )
+
+    # -- finishing a batch ----------------------------------------------------------------------
+
+    def _finish(self, batch: Batch) -> None:
+        """Record every kept success in one statement, then acknowledge their messages."""
+        kept, batch.kept = batch.kept, []
+        if not kept:
+            return
+        done: list[tuple[uuid.UUID, int, str | None]] = []
+        alone: list[Kept] = []
+        for one in kept:
+            try:
+                text = None if one.result is None else jsonsafe.compact(one.result)
+            except ValueError:
+                alone.append(one)  # not JSON as the ledger stores it: the single-job path says why
+                continue
+            done.append((one.claimed.id, one.claimed.attempt, text))
+        finished = self._record(done, batch)
+        if finished is None:
+            for one in kept:
+                self._requeue(one.received)
+            return
+        for one in kept:
+            if one in alone:
+                self._finish_alone(one)
+                continue
+            recorded = finished.get(one.claimed.id)
+            duration = round(time.monotonic() - one.started, 6)
+            if recorded is not None:
+                self.tally.attempt_ended(
+                    recorded.kind, recorded.queue, "succeeded", state="succeeded", ran=recorded.ran
+                )
+                outcomes.log_line(
+                    logging.INFO,
+                    one.claimed,
+                    one.received.task.kind,
+                    "succeeded in %.3fs",
+                    duration,
+                    state="succeeded",
+                    duration=duration,
+                    worker=self.worker,
+                )
+                self._event("task-succeeded", one.received, result=None, runtime=duration)
+            else:
+                self._not_recorded(one, duration)
+            self._ack(one.received)
+
+    def _record(
+        self, done: list[tuple[uuid.UUID, int, str | None]], batch: Batch
+    ) -> dict[uuid.UUID, ledger.Finished] | None:
+        """The batch's finish, tried again while PostgreSQL is away, as long as the jobs' leases
+        last (nothing else may take them meanwhile); ``None`` if it never committed: the jobs stay
+        running, their leases end, and they run again."""
+        if not done:
+            return {}
+        give_up = batch.leased_at + batch.lease - LEDGER_DOWN_PAUSE
+        while True:
+            try:
+                with db.direct(self.settings) as direct:
+                    return ledger.succeed_batch(direct, done)
+            except LedgerUnavailable as error:
+                if time.monotonic() >= give_up or worker_state.should_terminate is not None:
+                    log.error(
+                        "%d finished job(s) not recorded: %s; messages handed back (they run again"
+                        " once their leases end)",
+                        len(done),
+                        error,
+                    )
+                    return None
+                log.warning("%d finished job(s) not recorded yet: %s; trying again", len(done), error)
+                time.sleep(LEDGER_DOWN_PAUSE)
+
+    def _finish_alone(self, one: Kept) -> None:
+        try:
+            recorded = outcomes.record_success(self.settings, None, one.claimed, one.result)
+        except Exception:
+            log.exception("job %s: its success could not be recorded; message handed back", one.claimed.id)
+            self._requeue(one.received)
+            return
+        if not recorded:
+            self._not_recorded(one, round(time.monotonic() - one.started, 6))
+        self._ack(one.received)
+
+    def _not_recorded(self, one: Kept, duration: float) -> None:
+        """A kept success the ledger refused: the job was cancelled meanwhile, or taken over."""
+        try:
+            with db.autocommit(self.settings) as conn:
+                now = ledger.state_of(conn, one.claimed.id)
+        except LedgerUnavailable:
+            now = None
+        recorded = outcomes.Recorded("cancelled" if now == "cancelled" else "")
+        message = f"now {now or 'gone'}: taken over by another attempt"
+        outcomes.log_failure(
+            one.claimed, one.received.task.kind, recorded, duration, message, worker=self.worker
+        )
+        self._ended(one.received, recorded.state, message)
+
+    # -- the hard time limit --------------------------------------------------------------------
+
+    def _hard_limit(self, running: Running) -> None:
+        """Called by the watching thread: the body runs past its hard limit. Record what can be
+        recorded, hand back what this process holds, and let ``Deadlines`` end the process."""
+        task: LedgerTask = running.kind
+        ran = round(time.monotonic() - running.started, 6)
+        log.critical(
+            "job %s %s hit its hard time limit (%gs): this worker process stops it by exiting;"
+            " its supervisor starts a new one",
+            running.job_id,
+            task.name,
+            running.hard,
+        )
+        if running.job_id is not None:
+            try:
+                task.record_hard_timeout(str(running.job_id), TimeLimitExceeded(running.hard), ran)
+            except Exception:
+                log.exception(
+                    "job %s: its hard time limit was not recorded; its lease will end", running.job_id
+                )
+        batch = self.batch
+        held = list(self.buffer)
+        if batch is not None:
+            held += batch.received
+            done = [(one.claimed.id, one.claimed.attempt, _json_or_none(one.result)) for one in batch.kept]
+            try:
+                with db.direct(self.settings) as direct:
+                    if done:
+                        ledger.succeed_batch(direct, done)
+                    if batch.waiting:
+                        ledger.unclaim(direct, list(batch.waiting), worker=self.worker)
+            except Exception:
+                log.exception(
+                    "the batch's finished and waiting jobs were not recorded; their leases will end"
+                )
+        try:  # every message this process holds goes back to its queue now (the finished are absorbed)
+            client = broker.client(self.settings)
+            for message in broker.held_by_tags(client, [str(item.message.delivery_tag) for item in held]):
+                broker.restore(client, message)
+        except Exception:
+            log.exception("the messages this worker process holds were not handed back; Redis will")
+        counters.flush_process()
+
+    # -- telling ------------------------------------------------------------------------------
+
+    def _ended(self, item: Received, state: str, exception: str) -> None:
+        if state == "retrying":
+            self._event("task-retried", item, exception=exception, traceback="")
+        elif state == "failed":
+            self._event("task-failed", item, exception=exception, traceback="")
+        elif state == "cancelled":
+            self._event("task-revoked", item, terminated=True, signum=None, expired=False)
+
+    def _event(self, kind: str, item: Received, **fields: Any) -> None:
+        """A Celery task event for Flower, when task events are on (``workers.events``)."""
+        dispatcher = self.consumer.event_dispatcher
+        if dispatcher is None or not dispatcher.enabled or not item.task.send_events:
+            return
+        if dispatcher.groups and "task" not in dispatcher.groups:
+            return
+        headers = item.message.headers
+        if kind == "task-started":  # announce it received too: Flower lists a task from that event
+            dispatcher.send(
+                "task-received",
+                uuid=headers.get("id"),
+                name=item.task.name,
+                args=headers.get("argsrepr"),
+                kwargs=headers.get("kwargsrepr"),
+                root_id=headers.get("root_id"),
+                parent_id=headers.get("parent_id"),
+                retries=headers.get("retries", 0),
+                eta=None,
+                expires=None,
+            )
+        dispatcher.send(kind, uuid=headers.get("id"), **fields)
+
+    def _ack(self, item: Received) -> None:
+        item.message.ack_log_error(log, self.consumer.connection_errors)
+
+    def _requeue(self, item: Received) -> None:
+        item.message.reject_log_error(log, self.consumer.connection_errors, requeue=True)
+
+    def _check_memory(self) -> None:
+        """Past ``JOBS_WORKER_MAX_MEMORY_PER_CHILD`` the process stops after its batch (warm shutdown)
+        and its supervisor starts a new one, as the prefork pool replaces a child."""
+        used = _resident_kib()
+        limit = self.settings.worker_max_memory_per_child
+        if used > limit and worker_state.should_stop is None:
+            log.warning(
+                "this worker process holds %d KiB, past JOBS_WORKER_MAX_MEMORY_PER_CHILD (%d):"
+                " it stops and its supervisor starts a new one",
+                used,
+                limit,
+            )
+            setattr(worker_state, "should_stop", 0)  # noqa: B010 - typed None in celery-types
+
+
+def _json_or_none(value: Any) -> str | None:
+    try:
+        return None if value is None else jsonsafe.compact(value)
+    except ValueError:
+        return None
+
+
+def _resident_kib() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * (_PAGE // 1024)
+    except (OSError, IndexError, ValueError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def strategy(task: LedgerTask, app: Celery, consumer: Any, **kwargs: Any) -> Any:
+    """The batched strategy of one kind's task (``Task.Strategy``): its messages join the
+    process's batch; Celery's default handler runs those the batch does not claim."""
+    fallback = default_strategy(task, app, consumer, **kwargs)
+    batcher = Batcher.of(consumer)
+
+    def handle(message: Message, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any) -> None:
+        batcher.receive(Received(task, message, body, ack, reject, callbacks, fallback, _job_id(message)))
+
+    return handle
+
+
+class Batching(bootsteps.StartStopStep):
+    """Hands back the messages waiting in the buffer when the consumer stops."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+    label = "batching"
+
+    def stop(self, c: Any) -> None:
+        batcher = Batcher.current
+        if batcher is not None and batcher.consumer is c:
+            batcher.hand_back_buffer()
+
+    shutdown = stop
+
+
+def install(app: Celery) -> None:
+    """Batch this worker process's jobs (``JOBS_WORKER_BATCHED``, set by ``jobs worker -P batched``):
+    prefetch one batch's worth, hand back the buffer on stop, give a running body the soft
+    shutdown's window."""
+    from celery import signals
+
+    settings = get_settings()
+    app.conf.worker_prefetch_multiplier = settings.worker_batch_size
+    # Celery's own window would freeze the body it waits for (it sleeps in the signal handler, in
+    # this very process): workers.deadlines gives the running body that window instead.
+    app.conf.worker_soft_shutdown_timeout = 0
+    app.steps["consumer"].add(Batching)
+
+    def shutting_down(**_: Any) -> None:
+        batcher = Batcher.current
+        if batcher is not None:
+            batcher.deadlines.shutdown(settings.worker_soft_shutdown_timeout)
+
+    signals.worker_shutting_down.connect(shutting_down, weak=False)
