@@ -38,20 +38,19 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, bootsteps
-from celery.exceptions import TimeLimitExceeded
 from celery.worker import state as worker_state
 from celery.worker.strategy import default as default_strategy
 
-from jobs import broker, counters, db, jsonsafe, ledger
+from jobs import db, ledger
 from jobs.errors import LedgerUnavailable
 from jobs.kinds import lease_for
 from jobs.settings import Settings, get_settings
 from workers import outcomes, runner, watchdog
-from workers.deadlines import Deadlines, Running, ShutdownExpired
+from workers.deadlines import Deadlines, ShutdownExpired
+from workers.recording import LEDGER_DOWN_PAUSE, Batch, Kept, Received, Recorder
 
 if TYPE_CHECKING:
     from kombu.message import Message
@@ -62,46 +61,10 @@ __all__ = ["Batcher", "Batching", "install", "strategy"]
 
 log = logging.getLogger("jobs.worker")
 
-LEDGER_DOWN_PAUSE = 2.0
 #: Seconds of bodies one batch may hold: the prefetch shrinks for long bodies (one at a time for
 #: bodies of 100 ms or more), so a message never waits long behind others in its process.
 BATCH_BUDGET = 0.1
 _PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-@dataclass(slots=True)
-class Received:
-    """One message as the consumer handed it to the strategy."""
-
-    task: LedgerTask
-    message: Message
-    body: Any
-    ack: Any
-    reject: Any
-    callbacks: Any
-    fallback: Any
-    job_id: uuid.UUID | None
-
-
-@dataclass(slots=True)
-class Kept:
-    """A plain success waiting for its batch's finish."""
-
-    received: Received
-    claimed: ledger.Claimed
-    result: Any
-    started: float
-
-
-@dataclass(slots=True)
-class Batch:
-    """The batch being run: what it claimed and has not started, what it keeps, what it holds."""
-
-    received: list[Received]
-    waiting: dict[uuid.UUID, ledger.Claimed] = field(default_factory=dict)
-    kept: list[Kept] = field(default_factory=list)
-    leased_at: float = 0.0
-    lease: float = 0.0
 
 
 def _stopping() -> bool:
@@ -130,8 +93,8 @@ class Batcher:
         self.buffer: list[Received] = []
         self.timer: Any = None
         self.batch: Batch | None = None
-        self.deadlines = Deadlines(self._hard_limit)
-        self.tally = counters.process_tally(settings)
+        self.out = Recorder(consumer, settings)
+        self.deadlines = Deadlines(lambda running: self.out.abandon(running, self.batch, self.buffer))
         self.last_activity = float("-inf")  # the last message received, or the last batch's end
         self.body_seconds = 0.0  # recent bodies' run time, moving average
         self.prefetch = settings.worker_batch_size
@@ -184,7 +147,7 @@ class Batcher:
             self.timer = None
         received, self.buffer = self.buffer, []
         for item in received:
-            self._requeue(item)
+            self.out.requeue(item)
 
     # -- running a batch ------------------------------------------------------------------------
 
@@ -193,7 +156,7 @@ class Batcher:
         try:
             self._run(batch)
         finally:
-            self._finish(batch)
+            self.out.finish(batch)
             self.batch = None
             self.last_activity = time.monotonic()
         self._check_memory()
@@ -202,7 +165,7 @@ class Batcher:
     def _run(self, batch: Batch) -> None:
         if _stopping():
             for item in batch.received:
-                self._requeue(item)
+                self.out.requeue(item)
             return
         ids: dict[uuid.UUID, Received] = {}
         for item in batch.received:
@@ -219,7 +182,7 @@ class Batcher:
                 log.error("%d job(s) not run: %s; messages handed back", len(batch.received), error)
                 time.sleep(LEDGER_DOWN_PAUSE)
                 for item in batch.received:
-                    self._requeue(item)
+                    self.out.requeue(item)
                 return
             batch.leased_at = time.monotonic()
         for index, item in enumerate(batch.received):
@@ -239,7 +202,7 @@ class Batcher:
         """Run one claimed job; ``False`` when the batch must stop (shutdown)."""
         task = item.task
         kind = task.kind
-        self._event("task-started", item)
+        self.out.event("task-started", item)
         began = time.monotonic()
         try:
             with self.deadlines.running(claimed.id, task, *self._limits(task)):
@@ -254,26 +217,26 @@ class Batcher:
             task.release_lease(
                 str(claimed.id), self.worker, "the worker's soft shutdown expired while it ran"
             )
-            self._requeue(item)
+            self.out.requeue(item)
             return False
         except outcomes.AttemptFailed as failed:
             self._timed(began)
-            self._ended(item, failed.state, repr(failed))
-            self._ack(item)
+            self.out.ended(item, failed.state, repr(failed))
+            self.out.ack(item)
         except LedgerUnavailable as error:
             # The attempt ran (or failed) and could not be recorded: its job stays running until
             # its lease ends, then runs again; the message goes back meanwhile.
             log.error("job %s: %s; not recorded, message handed back", claimed.id, error)
             time.sleep(LEDGER_DOWN_PAUSE)
-            self._requeue(item)
+            self.out.requeue(item)
         except Exception:
             log.exception("job %s: the worker failed running it; message handed back", claimed.id)
-            self._requeue(item)
+            self.out.requeue(item)
         else:
             self._timed(began)
             if not batch.kept or batch.kept[-1].claimed is not claimed:  # recorded on its own path
-                self._event("task-succeeded", item, result=None, runtime=None)
-                self._ack(item)
+                self.out.event("task-succeeded", item, result=None, runtime=None)
+                self.out.ack(item)
         return True
 
     def _single(self, item: Received) -> None:
@@ -285,7 +248,7 @@ class Batcher:
             except ShutdownExpired:
                 if item.job_id is not None:
                     task.release_lease(str(item.job_id), self.worker, "the worker's soft shutdown expired")
-                self._requeue(item)
+                self.out.requeue(item)
 
     def _timed(self, began: float) -> None:
         self.body_seconds = 0.8 * self.body_seconds + 0.2 * (time.monotonic() - began)
@@ -334,7 +297,7 @@ class Batcher:
         """The worker is stopping: the jobs claimed and not started go back to ``queued``."""
         self._unclaim(batch)
         for item in rest:
-            self._requeue(item)
+            self.out.requeue(item)
 
     def _unclaim(self, batch: Batch) -> None:
         if not batch.waiting:
@@ -351,185 +314,6 @@ class Batcher:
                 error,
             )
 
-    # -- finishing a batch ----------------------------------------------------------------------
-
-    def _finish(self, batch: Batch) -> None:
-        """Record every kept success in one statement, then acknowledge their messages."""
-        kept, batch.kept = batch.kept, []
-        if not kept:
-            return
-        done: list[tuple[uuid.UUID, int, str | None]] = []
-        alone: list[Kept] = []
-        for one in kept:
-            try:
-                text = None if one.result is None else jsonsafe.compact(one.result)
-            except ValueError:
-                alone.append(one)  # not JSON as the ledger stores it: the single-job path says why
-                continue
-            done.append((one.claimed.id, one.claimed.attempt, text))
-        finished = self._record(done, batch)
-        if finished is None:
-            for one in kept:
-                self._requeue(one.received)
-            return
-        for one in kept:
-            if one in alone:
-                self._finish_alone(one)
-                continue
-            recorded = finished.get(one.claimed.id)
-            duration = round(time.monotonic() - one.started, 6)
-            if recorded is not None:
-                self.tally.attempt_ended(
-                    recorded.kind, recorded.queue, "succeeded", state="succeeded", ran=recorded.ran
-                )
-                outcomes.log_line(
-                    logging.INFO,
-                    one.claimed,
-                    one.received.task.kind,
-                    "succeeded in %.3fs",
-                    duration,
-                    state="succeeded",
-                    duration=duration,
-                    worker=self.worker,
-                )
-                self._event("task-succeeded", one.received, result=None, runtime=duration)
-            else:
-                self._not_recorded(one, duration)
-            self._ack(one.received)
-
-    def _record(
-        self, done: list[tuple[uuid.UUID, int, str | None]], batch: Batch
-    ) -> dict[uuid.UUID, ledger.Finished] | None:
-        """The batch's finish, tried again while PostgreSQL is away, as long as the jobs' leases
-        last (nothing else may take them meanwhile); ``None`` if it never committed: the jobs stay
-        running, their leases end, and they run again."""
-        if not done:
-            return {}
-        give_up = batch.leased_at + batch.lease - LEDGER_DOWN_PAUSE
-        while True:
-            try:
-                with db.direct(self.settings) as direct:
-                    return ledger.succeed_batch(direct, done)
-            except LedgerUnavailable as error:
-                if time.monotonic() >= give_up or worker_state.should_terminate is not None:
-                    log.error(
-                        "%d finished job(s) not recorded: %s; messages handed back (they run again"
-                        " once their leases end)",
-                        len(done),
-                        error,
-                    )
-                    return None
-                log.warning("%d finished job(s) not recorded yet: %s; trying again", len(done), error)
-                time.sleep(LEDGER_DOWN_PAUSE)
-
-    def _finish_alone(self, one: Kept) -> None:
-        try:
-            recorded = outcomes.record_success(self.settings, None, one.claimed, one.result)
-        except Exception:
-            log.exception("job %s: its success could not be recorded; message handed back", one.claimed.id)
-            self._requeue(one.received)
-            return
-        if not recorded:
-            self._not_recorded(one, round(time.monotonic() - one.started, 6))
-        self._ack(one.received)
-
-    def _not_recorded(self, one: Kept, duration: float) -> None:
-        """A kept success the ledger refused: the job was cancelled meanwhile, or taken over."""
-        try:
-            with db.autocommit(self.settings) as conn:
-                now = ledger.state_of(conn, one.claimed.id)
-        except LedgerUnavailable:
-            now = None
-        recorded = outcomes.Recorded("cancelled" if now == "cancelled" else "")
-        message = f"now {now or 'gone'}: taken over by another attempt"
-        outcomes.log_failure(
-            one.claimed, one.received.task.kind, recorded, duration, message, worker=self.worker
-        )
-        self._ended(one.received, recorded.state, message)
-
-    # -- the hard time limit --------------------------------------------------------------------
-
-    def _hard_limit(self, running: Running) -> None:
-        """Called by the watching thread: the body runs past its hard limit. Record what can be
-        recorded, hand back what this process holds, and let ``Deadlines`` end the process."""
-        task: LedgerTask = running.kind
-        ran = round(time.monotonic() - running.started, 6)
-        log.critical(
-            "job %s %s hit its hard time limit (%gs): this worker process stops it by exiting;"
-            " its supervisor starts a new one",
-            running.job_id,
-            task.name,
-            running.hard,
-        )
-        if running.job_id is not None:
-            try:
-                task.record_hard_timeout(str(running.job_id), TimeLimitExceeded(running.hard), ran)
-            except Exception:
-                log.exception(
-                    "job %s: its hard time limit was not recorded; its lease will end", running.job_id
-                )
-        batch = self.batch
-        held = list(self.buffer)
-        if batch is not None:
-            held += batch.received
-            done = [(one.claimed.id, one.claimed.attempt, _json_or_none(one.result)) for one in batch.kept]
-            try:
-                with db.direct(self.settings) as direct:
-                    if done:
-                        ledger.succeed_batch(direct, done)
-                    if batch.waiting:
-                        ledger.unclaim(direct, list(batch.waiting), worker=self.worker)
-            except Exception:
-                log.exception(
-                    "the batch's finished and waiting jobs were not recorded; their leases will end"
-                )
-        try:  # every message this process holds goes back to its queue now (the finished are absorbed)
-            client = broker.client(self.settings)
-            for message in broker.held_by_tags(client, [str(item.message.delivery_tag) for item in held]):
-                broker.restore(client, message)
-        except Exception:
-            log.exception("the messages this worker process holds were not handed back; Redis will")
-        counters.flush_process()
-
-    # -- telling ------------------------------------------------------------------------------
-
-    def _ended(self, item: Received, state: str, exception: str) -> None:
-        if state == "retrying":
-            self._event("task-retried", item, exception=exception, traceback="")
-        elif state == "failed":
-            self._event("task-failed", item, exception=exception, traceback="")
-        elif state == "cancelled":
-            self._event("task-revoked", item, terminated=True, signum=None, expired=False)
-
-    def _event(self, kind: str, item: Received, **fields: Any) -> None:
-        """A Celery task event for Flower, when task events are on (``workers.events``)."""
-        dispatcher = self.consumer.event_dispatcher
-        if dispatcher is None or not dispatcher.enabled or not item.task.send_events:
-            return
-        if dispatcher.groups and "task" not in dispatcher.groups:
-            return
-        headers = item.message.headers
-        if kind == "task-started":  # announce it received too: Flower lists a task from that event
-            dispatcher.send(
-                "task-received",
-                uuid=headers.get("id"),
-                name=item.task.name,
-                args=headers.get("argsrepr"),
-                kwargs=headers.get("kwargsrepr"),
-                root_id=headers.get("root_id"),
-                parent_id=headers.get("parent_id"),
-                retries=headers.get("retries", 0),
-                eta=None,
-                expires=None,
-            )
-        dispatcher.send(kind, uuid=headers.get("id"), **fields)
-
-    def _ack(self, item: Received) -> None:
-        item.message.ack_log_error(log, self.consumer.connection_errors)
-
-    def _requeue(self, item: Received) -> None:
-        item.message.reject_log_error(log, self.consumer.connection_errors, requeue=True)
-
     def _check_memory(self) -> None:
         """Past ``JOBS_WORKER_MAX_MEMORY_PER_CHILD`` the process stops after its batch (warm shutdown)
         and its supervisor starts a new one, as the prefork pool replaces a child."""
@@ -543,13 +327,6 @@ class Batcher:
                 limit,
             )
             setattr(worker_state, "should_stop", 0)  # noqa: B010 - typed None in celery-types
-
-
-def _json_or_none(value: Any) -> str | None:
-    try:
-        return None if value is None else jsonsafe.compact(value)
-    except ValueError:
-        return None
 
 
 def _resident_kib() -> int:

@@ -1,0 +1,78 @@
+"""Scenarios 28-29: the batched worker (``jobs worker -P batched``) loses a batch it had not recorded."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from jobs.producer import JobId
+from tests.faults.harness import Platform
+
+pytestmark = pytest.mark.acceptance
+
+
+def open_batch(faults: Platform, gate: Path, key: str) -> tuple[list[JobId], JobId, JobId]:
+    """Queue pings, a body that commits its own work (``ctx.session``) and a body that waits for
+    ``gate``, then start one batched worker process: the last batch holds the pings before the
+    gate, their bodies run, and their successes wait for the batch's finish while the gate waits."""
+    faults.processes.stop("worker")
+    pings = [faults.submit("ping", {"message": f"{key}-{n}"}) for n in range(8)]
+    own = faults.submit("test.work", {"key": key})
+    held = faults.submit("test.gate", {"path": str(gate), "seconds": 60})
+    # A wide window: every message queued behind the first one joins one batch, however slow the machine.
+    faults.start_worker("batched", "-P", "batched", "-c", "1", env={"JOBS_WORKER_BATCH_WINDOW": "0.5"})
+    deadline = time.monotonic() + 30
+    while not Path(f"{gate}.started").exists():
+        assert time.monotonic() < deadline, faults.log("batched")[-3000:]
+        time.sleep(0.02)
+    return pings, own, held
+
+
+def test_28_sigkill_of_a_batched_worker_after_bodies_ran_before_their_batch_committed(
+    faults: Platform, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    pings, own, held = open_batch(faults, gate, "s28")
+    ran = [job for job in pings if faults.row(job)["state"] == "running"]  # bodies done, not recorded
+    assert ran, "the gate's batch should hold pings that ran"
+    assert faults.row(own)["state"] == "succeeded"  # committed with its own finish, in its transaction
+    (child,) = psutil.Process(faults.pid_of("batched")).children()
+    child.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    gate.write_text("open")
+
+    rows = {job: faults.wait(job, timeout=60) for job in [*pings, own, held]}
+    took = time.monotonic() - killed
+    print(f"batched worker SIGKILL with {len(ran)} unrecorded successes -> all done in {took:.1f}s")
+    assert {row["state"] for row in rows.values()} == {"succeeded"}
+    assert {rows[job]["attempt"] for job in ran} == {2}  # run again: their first attempt was lost
+    assert rows[held]["attempt"] == 2
+    assert rows[own]["attempt"] == 1
+    assert [effect["attempt"] for effect in faults.effects("s28")] == [1]  # no duplicate effect
+    assert "was killed by signal 9; ending its jobs' leases and starting a new one" in faults.log("batched")
+
+
+def test_29_postgresql_stopped_while_a_batch_is_open(faults: Platform, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    pings, own, held = open_batch(faults, gate, "s29")
+    mark = faults.log_mark("batched")
+    faults.postgres.stop()  # fast shutdown: every session is cut
+    try:
+        gate.write_text("open")  # the batch ends now: its finish finds PostgreSQL away
+        faults.wait_log_since("batched", mark, "not recorded yet", timeout=30)
+        time.sleep(1)
+    finally:
+        faults.postgres.start()
+    restarted = time.monotonic()
+
+    rows = {job: faults.wait(job, timeout=60) for job in [*pings, own, held]}
+    print(f"PostgreSQL back -> the open batch and the rest done in {time.monotonic() - restarted:.1f}s")
+    assert {row["state"] for row in rows.values()} == {"succeeded"}
+    # Recorded when PostgreSQL came back, within the jobs' leases: nothing ran twice.
+    assert {row["attempt"] for row in rows.values()} == {1}
+    assert [effect["attempt"] for effect in faults.effects("s29")] == [1]
+    assert faults.running("batched")
