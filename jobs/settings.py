@@ -138,8 +138,8 @@ class Settings(BaseSettings):
         ge=0,
         le=1,
         description=(
-            "jobs worker -P batched: seconds a batch waits, from its first message, for more"
-            " before it runs (0: no wait; a batch is what one turn of the event loop received)."
+            "jobs worker -P batched: seconds a batch waits, from its first message, for more when"
+            " messages arrive close together (one arriving alone runs at once; 0: never wait)."
         ),
     )
     worker_batched: bool = Field(

@@ -1,55 +1,45 @@
 """The batched worker: what a worker process received in the last few milliseconds runs as one batch.
 
-``jobs worker -P batched -c N`` runs N single-process Celery workers (``-P
-solo``) under a supervisor (``jobs.supervisor``). In each, every kind's task
-handles its messages with this module's strategy (``Task.Strategy``, the hook
-Celery gives a task class for how its messages are handled once received)
-instead of Celery's default one. Celery's own consumer still does everything
-else: receiving, prefetch, heartbeats, remote control, queue pauses.
-
-One batch, at most ``JOBS_WORKER_BATCH_SIZE`` messages, formed over
-``JOBS_WORKER_BATCH_WINDOW`` seconds from its first message::
+``jobs worker -P batched -c N`` runs N single-process Celery workers (``-P solo``) under
+a supervisor (``jobs.batched_pool``). In each, every kind's task handles its messages
+with this module's strategy (Celery's ``Task.Strategy`` hook) instead of Celery's default
+one; Celery's consumer does the rest (receiving, prefetch, heartbeats, remote control,
+queue pauses). One batch (docs/architecture.md, "The batched run path")::
 
     claim every queued job of the batch ........ one durable statement
     for each message, in order:
-        a claimed job: run its body under its time limits (workers.deadlines)
-            plain success -> kept for the batch's finish
-            anything else -> recorded now, as the single-job path does
-                             (errors, retries, ctx.session, limits, workflows)
-        not claimed   -> Celery's default handling: the single-job path
-                         (duplicates, takeovers, plain Celery messages, bad ids)
-    record every kept success .................. one durable statement
+        claimed -> its body, under its time limits (workers.deadlines)
+                   plain success: kept for the finish; anything else: recorded now,
+                   by the single-job path's code (errors, ctx.session, limits, workflows)
+        not claimed -> Celery's default handling: the single-job path
+    record every kept success .................. one durable statement (workers.recording)
     acknowledge their messages
 
-The guarantees are the single-job path's: a message is acknowledged only after
-its job's outcome is durable; a body that opened ``ctx.session`` commits its
-work with its own finish, as before; a finish that admits jobs under a limit,
-or releases a workflow's children, runs as before. What the batch changes is
-what a crash costs: a process killed after bodies ran and before their batch
-committed leaves those jobs ``running`` (the supervisor ends their leases, so
-they run again at once, as a lost pool process's do). A job the batch claimed
-but had not started when the worker stopped goes back to ``queued`` with its
-attempt undone (``ledger.unclaim``).
+A message is acknowledged only after its job's outcome is durable. A process killed after
+bodies ran and before their batch committed leaves those jobs ``running``: the supervisor
+ends their leases and they run again; jobs claimed but not started when the worker stops
+go back to ``queued`` with their attempt undone (``ledger.unclaim``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, bootsteps
+from celery.exceptions import InvalidTaskError
 from celery.worker import state as worker_state
 from celery.worker.strategy import default as default_strategy
+from kombu.exceptions import ContentDisallowed, DecodeError
 
 from jobs import db, ledger
 from jobs.errors import LedgerUnavailable
 from jobs.kinds import lease_for
 from jobs.settings import Settings, get_settings
-from workers import outcomes, runner, watchdog
-from workers.deadlines import Deadlines, ShutdownExpired
+from workers import deadlines, outcomes, runner, watchdog
+from workers.deadlines import Deadlines, JobCancelled, ShutdownExpired
 from workers.recording import LEDGER_DOWN_PAUSE, Batch, Kept, Received, Recorder
 
 if TYPE_CHECKING:
@@ -64,7 +54,6 @@ log = logging.getLogger("jobs.worker")
 #: Seconds of bodies one batch may hold: the prefetch shrinks for long bodies (one at a time for
 #: bodies of 100 ms or more), so a message never waits long behind others in its process.
 BATCH_BUDGET = 0.1
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _stopping() -> bool:
@@ -94,7 +83,9 @@ class Batcher:
         self.timer: Any = None
         self.batch: Batch | None = None
         self.out = Recorder(consumer, settings)
-        self.deadlines = Deadlines(lambda running: self.out.abandon(running, self.batch, self.buffer))
+        self.deadlines = Deadlines(
+            lambda running: self.out.abandon(running, self.batch, self.buffer), self._cancelled
+        )
         self.last_activity = float("-inf")  # the last message received, or the last batch's end
         self.body_seconds = 0.0  # recent bodies' run time, moving average
         self.prefetch = settings.worker_batch_size
@@ -137,8 +128,15 @@ class Batcher:
             self.timer.cancel()
             self.timer = None
         received, self.buffer = self.buffer, []
-        if received:
+        if not received:
+            return
+        try:
             self.run(received)
+        except Exception:  # a bug here must not take the consumer down: the messages go back
+            log.exception("a batch of %d message(s) failed; those not acknowledged go back", len(received))
+            for item in received:
+                if not item.message.acknowledged:
+                    self.out.requeue(item)
 
     def hand_back_buffer(self) -> None:
         """The consumer stops (shutdown, lost connection): what waits in the buffer goes back."""
@@ -159,7 +157,7 @@ class Batcher:
             self.out.finish(batch)
             self.batch = None
             self.last_activity = time.monotonic()
-        self._check_memory()
+        deadlines.recycle_past(self.settings.worker_max_memory_per_child)
         self._fit_prefetch()
 
     def _run(self, batch: Batch) -> None:
@@ -219,6 +217,13 @@ class Batcher:
             )
             self.out.requeue(item)
             return False
+        except JobCancelled:  # stopped: the ledger says cancelled already, its work rolled back
+            duration = round(time.monotonic() - began, 6)
+            outcomes.log_failure(
+                claimed, kind, outcomes.Recorded("cancelled"), duration, "", worker=self.worker
+            )
+            self.out.ended(item, "cancelled", "")
+            self.out.ack(item)
         except outcomes.AttemptFailed as failed:
             self._timed(began)
             self.out.ended(item, failed.state, repr(failed))
@@ -240,15 +245,25 @@ class Batcher:
         return True
 
     def _single(self, item: Received) -> None:
-        """Celery's default handling (the single-job path), under the kind's time limits."""
+        """Celery's default handling (the single-job path), under the kind's time limits; a
+        message it cannot read goes where the consumer sends it (``workers.consumer``)."""
         task = item.task
         with self.deadlines.running(item.job_id, task, *self._limits(task)):
             try:
                 item.fallback(item.message, item.body, item.ack, item.reject, item.callbacks)
+            except (InvalidTaskError, ContentDisallowed) as error:
+                self.consumer.on_invalid_task(item.body, item.message, error)
+            except DecodeError as error:
+                self.consumer.on_decode_error(item.message, error)
             except ShutdownExpired:
                 if item.job_id is not None:
                     task.release_lease(str(item.job_id), self.worker, "the worker's soft shutdown expired")
                 self.out.requeue(item)
+
+    def _cancelled(self, job_id: uuid.UUID) -> bool:
+        """Whether the job was cancelled (asked by the watching thread, about a long body)."""
+        with db.autocommit(self.settings) as conn:
+            return ledger.state_of(conn, job_id) == "cancelled"
 
     def _timed(self, began: float) -> None:
         self.body_seconds = 0.8 * self.body_seconds + 0.2 * (time.monotonic() - began)
@@ -313,30 +328,6 @@ class Batcher:
                 len(waiting),
                 error,
             )
-
-    def _check_memory(self) -> None:
-        """Past ``JOBS_WORKER_MAX_MEMORY_PER_CHILD`` the process stops after its batch (warm shutdown)
-        and its supervisor starts a new one, as the prefork pool replaces a child."""
-        used = _resident_kib()
-        limit = self.settings.worker_max_memory_per_child
-        if used > limit and worker_state.should_stop is None:
-            log.warning(
-                "this worker process holds %d KiB, past JOBS_WORKER_MAX_MEMORY_PER_CHILD (%d):"
-                " it stops and its supervisor starts a new one",
-                used,
-                limit,
-            )
-            setattr(worker_state, "should_stop", 0)  # noqa: B010 - typed None in celery-types
-
-
-def _resident_kib() -> int:
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * (_PAGE // 1024)
-    except (OSError, IndexError, ValueError):
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def strategy(task: LedgerTask, app: Celery, consumer: Any, **kwargs: Any) -> Any:

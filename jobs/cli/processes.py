@@ -122,7 +122,7 @@ def _batched(
 ) -> NoReturn:
     """``-P batched``: this process supervises ``concurrency`` batched worker processes."""
     from jobs import logs
-    from jobs.supervisor import Supervisor
+    from jobs.batched_pool import Supervisor
 
     queue_list = queues or ",".join(worker_queues(settings))
 

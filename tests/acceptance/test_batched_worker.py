@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -13,7 +14,7 @@ import sqlalchemy as sa
 from jobs import db
 from jobs.schema import job_attempts, jobs
 from jobs.settings import Settings
-from tests.support.fixtures import Processes, effects, wait_for_state
+from tests.support.fixtures import Processes, effects, run_jobs, wait_for_state
 
 pytestmark = pytest.mark.acceptance
 
@@ -119,6 +120,21 @@ def test_a_killed_worker_process_is_replaced_and_its_job_runs_again(batched, pro
     assert (row["state"], row["attempt"]) == ("succeeded", 2)
     assert [effect["attempt"] for effect in effects(clean, "batched-crash")] == [2]
     assert "was killed by signal 9; ending its jobs' leases and starting a new one" in batched.log("worker")
+
+
+def test_cancelling_a_running_job_stops_its_body(batched, producer, clean, tmp_path: Path):
+    gate = tmp_path / "gate"  # never opened: the body would wait a minute, and does not look
+    job = producer.submit("test.gate", {"path": str(gate), "seconds": 60})
+    deadline = time.monotonic() + 30
+    while not Path(f"{gate}.started").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    cancelled = run_jobs("cancel", str(job))
+    assert cancelled.returncode == 0, cancelled.stderr
+    batched.wait_log(
+        "worker", f"job {job} test.gate attempt 1/3 on queue default cancelled while running", timeout=15
+    )
+    assert wait_for_state(clean, job)["state"] == "cancelled"
 
 
 def test_plain_celery_messages_take_the_single_job_path(batched, clean):

@@ -30,7 +30,11 @@ def test_settings_name_this_process_database_and_redis_db(ledger_db, broker):
         os.environ["JOBS_DATABASE_URL"],
         os.environ["JOBS_BROKER_URL"],
     )
-    assert get_settings() is ledger_db
+    # (Equal, not the same object: a unit test may have emptied the settings cache since.)
+    assert (get_settings().database_url, get_settings().broker_url) == (
+        ledger_db.database_url,
+        ledger_db.broker_url,
+    )
     with db.transaction(ledger_db) as conn:
         name = conn.execute(sa.select(sa.func.current_database())).scalar_one()
     assert name == sa.make_url(ledger_db.database_url).database

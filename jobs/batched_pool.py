@@ -1,4 +1,4 @@
-"""``jobs worker -P batched``: a supervisor that keeps N single-process batched workers running.
+"""``jobs worker -P batched``: the pool of single-process batched workers, and its supervisor.
 
 Each worker process is a whole Celery worker (``-P solo``, its own consumer,
 node name, roster entry and heartbeat) that runs its jobs in batches
@@ -43,7 +43,7 @@ from jobs.settings import Settings
 
 __all__ = ["EXIT_HARD_LIMIT", "Supervisor", "node_names"]
 
-log = logging.getLogger("jobs.supervisor")
+log = logging.getLogger("jobs.worker")
 
 #: The exit status of a worker process that ended a body at its hard time limit (workers.deadlines).
 EXIT_HARD_LIMIT = 75
