@@ -35,11 +35,17 @@ def raw_message(job_id: uuid.UUID, kind: str, body: bytes, *, content_type: str 
     return json.dumps(envelope)
 
 
+@pytest.mark.parametrize("pool", ["prefork", "batched"])
 def test_16_poison_messages_are_refused_and_the_worker_keeps_running(
-    faults: Platform, tmp_path: Path
+    faults: Platform, tmp_path: Path, pool: str
 ) -> None:
+    name = "worker"
+    if pool == "batched":  # the same bytes through jobs worker -P batched (workers.batching)
+        faults.processes.stop("worker")
+        name = "batched"
+        faults.start_worker(name, "-P", "batched", "-c", "2")
     canary = tmp_path / "pickle-was-loaded"
-    worker_pid = faults.pid_of("worker")
+    worker_pid = faults.pid_of(name)
     not_json, pickled, headless = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     without_headers = json.loads(raw_message(headless, "test.work", b'[[], {"key": "s16-headless"}, {}]'))
     without_headers["headers"] = {}
@@ -52,7 +58,7 @@ def test_16_poison_messages_are_refused_and_the_worker_keeps_running(
     ]
     faults.workload.refuse(headless)  # no task headers, no job id: nothing to record it under
     faults.workload.accept(not_json, pickled)  # recorded as failed, with the reason
-    mark = faults.log_mark("worker")
+    mark = faults.log_mark(name)
     faults.broker().lpush("default", *messages)
     wrong_types = faults.send_foreign("test.work", {"key": 16, "sleep": "long"})
     unknown = faults.send_foreign("no.such.kind", {"anything": 1})
@@ -72,14 +78,16 @@ def test_16_poison_messages_are_refused_and_the_worker_keeps_running(
         row = faults.wait(refused)
         assert (row["state"], row["attempt"], row["error"]["type"]) == ("failed", 0, "InvalidMessage")
         assert why in row["error"]["message"]
-    assert faults.pid_of("worker") == worker_pid
-    assert faults.running("worker")
+    assert faults.pid_of(name) == worker_pid
+    assert faults.running(name)
     assert not canary.exists(), "a pickle was loaded"
-    log = faults.log_since("worker", mark)
+    log = faults.log_since(name, mark)
     assert "Can't decode message body" in log  # not JSON
     assert "Refusing to deserialize untrusted content of type pickle" in log
     assert "Received and deleted unknown message" in log  # no task headers
     assert faults.queued_messages() == 0  # refused, not left to loop
+    assert "Unrecoverable error" not in log
+    assert "starting a new one" not in log  # no batched worker process died on them either
 
 
 def test_16_a_submitted_job_whose_kind_no_worker_implements_waits_without_spending_attempts(
