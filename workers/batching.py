@@ -51,6 +51,9 @@ __all__ = ["Batcher", "Batching", "install", "strategy"]
 
 log = logging.getLogger("jobs.worker")
 
+#: Seconds a success waits for its batch's finish before the next body runs: a batch slowed by a
+#: long body records (and acknowledges) what ran before it first.
+KEEP_FOR = 0.5
 #: Seconds of bodies one batch may hold: the prefetch shrinks for long bodies (one at a time for
 #: bodies of 100 ms or more), so a message never waits long behind others in its process.
 BATCH_BUDGET = 0.1
@@ -187,6 +190,8 @@ class Batcher:
             if _stopping():
                 self._hand_back(batch, batch.received[index:])
                 return
+            if batch.kept and time.monotonic() - batch.kept[0].started > KEEP_FOR:
+                self.out.finish(batch)  # a slow batch: record what ran before the next body
             claimed = batch.waiting.pop(item.job_id, None) if item.job_id is not None else None
             if claimed is None:
                 self._single(item)

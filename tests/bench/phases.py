@@ -201,12 +201,15 @@ def drain(
     result: dict[str, Any] = {"n": n, "backlog": backlog, **fill(bench, system, n + backlog)}
     if filled is not None:
         filled(bench)
+    before = costs(bench)
     worker = bench.worker(system, tag).start()
     try:
         first, last, cpu = watch(bench, worker, n + backlog, leave=backlog)
         db_cpu = database_cpu(bench, worker)
     finally:
         worker.stop()
+    time.sleep(1.0)  # PostgreSQL's backends have exited and flushed their statistics
+    spent = {name: value - before[name] for name, value in costs(bench).items()}
     result.update(
         seconds=last - first,
         rate=n / (last - first),
@@ -215,6 +218,9 @@ def drain(
         peak_rss_mib=worker.peak_rss / 2**20,
         peak_pss_mib=worker.peak_pss / 2**20,
         processes=worker.processes,
+        wal_bytes_per_job=spent["wal"] / (n + backlog),
+        commits_per_job=spent["commits"] / (n + backlog),
+        redis_commands_per_job=spent["redis"] / (n + backlog),
     )
     if system in PLATFORMS:
         result.update(ledger_check(bench, n, backlog, limited=limit is not None))
@@ -263,6 +269,24 @@ def still_empty(bench: Bench) -> bool:
     """
     time.sleep(CONFIRM)
     return bench.depth() == (0, 0)
+
+
+#: Redis commands the bench itself sends while it watches a drain (``servers.Depth``, ``costs``).
+_WATCHING = frozenset({"cmdstat_llen", "cmdstat_hlen", "cmdstat_info"})
+
+
+def costs(bench: Bench) -> dict[str, float]:
+    """Counters whose growth over a drain is what it cost (worker start-up and stop included):
+    WAL bytes written (the whole PostgreSQL server), transactions committed in the bench's
+    database, and Redis commands (the whole server, less the watcher's own)."""
+    with db.transaction(bench.settings) as conn:
+        wal = conn.execute(sa.text("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")).scalar_one()
+        commits = conn.execute(
+            sa.text("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+        ).scalar_one()
+    stats: dict[str, Any] = bench.client.info("commandstats")
+    calls = sum(int(stat["calls"]) for name, stat in stats.items() if name not in _WATCHING)
+    return {"wal": float(wal), "commits": float(commits), "redis": float(calls)}
 
 
 def database_cpu(bench: Bench, worker: Worker) -> float:
