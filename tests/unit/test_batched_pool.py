@@ -1,0 +1,117 @@
+"""``jobs.batched_pool.Supervisor`` with stand-in worker processes (tiny Python programs)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+
+import pytest
+
+from jobs import batched_pool
+from jobs.batched_pool import EXIT_HARD_LIMIT, Slot, Supervisor, node_names
+from jobs.settings import Settings
+
+pytestmark = pytest.mark.unit
+
+
+def program(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def supervisor(code: str, ended: list[str], concurrency: int = 1) -> Supervisor:
+    pool = Supervisor(
+        Settings(worker_soft_shutdown_timeout=1), concurrency, lambda node: program(code), dict(os.environ)
+    )
+    pool._end_leases = lambda slot: ended.append(slot.node)  # type: ignore[method-assign]  # no ledger here
+    return pool
+
+
+def exited(pool: Supervisor, slot: Slot, timeout: float = 20.0) -> None:
+    """Look at the slot until its process has exited and been seen to."""
+    deadline = time.monotonic() + timeout
+    while slot.process is not None:
+        assert time.monotonic() < deadline, "the stand-in worker did not exit"
+        pool._look(slot, time.monotonic())
+        time.sleep(0.02)
+
+
+def test_node_names_are_per_slot_and_new_at_every_start():
+    first, again = node_names("reports@%h", 2), node_names("reports@%h", 2)
+    assert first.startswith("reports-2.")
+    assert first.endswith("@" + socket.gethostname())  # %h resolved: the ledger's worker column
+    assert first != again  # a restarted process is a new incarnation
+    assert node_names(None, 1).startswith(f"worker-{os.getpid()}-1.")
+
+
+def test_a_crashing_process_has_its_leases_ended_and_restarts_later_each_time():
+    ended: list[str] = []
+    pool = supervisor("import sys; sys.exit(3)", ended)
+    slot = pool.slots[0]
+    pauses = []
+    for _ in range(4):
+        pool._start(slot)
+        node = slot.node
+        exited(pool, slot)
+        assert ended[-1] == node
+        pauses.append(round(slot.restart_at - time.monotonic()))
+    assert slot.exits == [3, 3, 3, 3]
+    assert pauses == [0, 2, 4, 8]  # one quick failure restarts at once, then 2, 4, 8 s
+
+
+def test_a_process_that_says_why_it_stopped_is_replaced_at_once_without_touching_leases():
+    ended: list[str] = []
+    for code in (0, EXIT_HARD_LIMIT):
+        pool = supervisor(f"import sys; sys.exit({code})", ended)
+        slot = pool.slots[0]
+        pool._start(slot)
+        exited(pool, slot)
+        assert (slot.failures, slot.exits) == (0, [code])
+        assert slot.restart_at <= time.monotonic()
+    assert ended == []
+
+
+def test_sigterm_is_forwarded_once_and_the_supervisor_exits_with_the_workers_status():
+    ended: list[str] = []
+    code = "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\ntime.sleep(60)\n"
+    pool = supervisor(code, ended, concurrency=2)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)}
+    try:
+        for slot in pool.slots:
+            pool._start(slot)
+        time.sleep(1.0)  # the stand-ins have installed their handler
+        pool._asked_to_stop(signal.SIGTERM, None)
+        for slot in pool.slots:
+            exited(pool, slot)
+        assert [slot.exits for slot in pool.slots] == [[0], [0]]
+        assert ended == []
+        for slot in pool.slots:  # stopping: nothing is started again
+            pool._look(slot, time.monotonic() + 60)
+            assert slot.process is None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def test_a_worker_that_outlives_the_window_is_killed_and_its_leases_ended(monkeypatch):
+    monkeypatch.setattr(batched_pool, "SHUTDOWN_GRACE", 0.5)
+    ended: list[str] = []
+    pool = supervisor(
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)", ended
+    )
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        slot = pool.slots[0]
+        pool._start(slot)
+        time.sleep(1.0)
+        pool._asked_to_stop(signal.SIGTERM, None)
+        assert pool.stop_deadline - time.monotonic() < 2.0  # the 1 s window plus the grace
+        time.sleep(pool.stop_deadline - time.monotonic() + 0.1)
+        pool._kill(slot)
+        exited(pool, slot)
+        assert slot.exits == [-signal.SIGKILL]
+        assert ended == [slot.node]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
