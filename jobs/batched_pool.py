@@ -52,6 +52,7 @@ QUICK_EXIT = 10.0
 MAX_PAUSE = 30.0
 #: Seconds past the soft shutdown's window a worker gets before it is killed.
 SHUTDOWN_GRACE = 15.0
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def node_names(name: str | None, slot: int) -> str:
@@ -73,9 +74,6 @@ def _detach() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):  # not Linux: the supervisor's own shutdown still stops it
         pass
-
-
-PR_SET_PDEATHSIG = 1
 
 
 @dataclass(slots=True)
@@ -120,8 +118,11 @@ class Supervisor:
                 self._look(slot, now)
             if self.stopping is not None:
                 running = [slot for slot in self.slots if slot.process is not None]
-                if not running:
-                    return max((code for slot in self.slots for code in slot.exits[-1:]), default=0)
+                if not running:  # the worst last status; killed by signal N is 128 + N, as in a shell
+                    last = [
+                        code if code >= 0 else 128 - code for slot in self.slots for code in slot.exits[-1:]
+                    ]
+                    return max(last, default=0)
                 if now >= self.stop_deadline:
                     for slot in running:
                         self._kill(slot)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "autocommit",
+    "close_direct",
     "direct",
     "dispose",
     "dispose_after_fork",
@@ -82,7 +83,7 @@ def dispose() -> None:
     """Close every pooled connection of this process (at exit, and between tests)."""
     for created in _ENGINES.values():
         created.dispose()
-    _close_direct()
+    close_direct()
 
 
 class _Connections(dict[tuple[int, str], "psycopg.Connection[Any]"]):
@@ -145,7 +146,8 @@ def _libpq_url(url: str) -> str:
     return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def _close_direct() -> None:
+def close_direct() -> None:
+    """Close this thread's direct connections (``direct``): a thread that used them and ends."""
     _DIRECT.connections.close()
 
 

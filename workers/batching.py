@@ -185,7 +185,7 @@ class Batcher:
                 for item in batch.received:
                     self.out.requeue(item)
                 return
-            batch.leased_at = time.monotonic()
+            batch.claimed_at = batch.leased_at = time.monotonic()
         for index, item in enumerate(batch.received):
             if _stopping():
                 self._hand_back(batch, batch.received[index:])
@@ -217,12 +217,14 @@ class Batcher:
                     defer=lambda c, result, started: batch.kept.append(Kept(item, c, result, started)),
                 )
         except ShutdownExpired:
+            self._forget(batch, claimed)
             task.release_lease(
                 str(claimed.id), self.worker, "the worker's soft shutdown expired while it ran"
             )
             self.out.requeue(item)
             return False
         except JobCancelled:  # stopped: the ledger says cancelled already, its work rolled back
+            self._forget(batch, claimed)
             duration = round(time.monotonic() - began, 6)
             outcomes.log_failure(
                 claimed, kind, outcomes.Recorded("cancelled"), duration, "", worker=self.worker
@@ -248,6 +250,12 @@ class Batcher:
                 self.out.event("task-succeeded", item, result=None, runtime=None)
                 self.out.ack(item)
         return True
+
+    @staticmethod
+    def _forget(batch: Batch, claimed: ledger.Claimed) -> None:
+        """A body stopped as it returned: its kept success (if it got that far) is not recorded."""
+        if batch.kept and batch.kept[-1].claimed is claimed:
+            batch.kept.pop()
 
     def _single(self, item: Received) -> None:
         """Celery's default handling (the single-job path), under the kind's time limits; a

@@ -72,7 +72,10 @@ class Batch:
     received: list[Received]
     waiting: dict[uuid.UUID, ledger.Claimed] = field(default_factory=dict)
     kept: list[Kept] = field(default_factory=list)
+    claimed_at: float = 0.0
+    """When the batch's claim committed (``time.monotonic()``): the kept successes' leases run from it."""
     leased_at: float = 0.0
+    """When the waiting jobs' leases were last taken (the claim, or ``ledger.renew``)."""
     lease: float = 0.0
 
 
@@ -104,10 +107,12 @@ class Recorder:
             for one in kept:
                 self.requeue(one.received)
             return
+        recorded_now: list[Received] = []
         for one in kept:
             if one in alone:
                 self._finish_alone(one)
                 continue
+            recorded_now.append(one.received)
             recorded = finished.get(one.claimed.id)
             duration = round(time.monotonic() - one.started, 6)
             if recorded is not None:
@@ -127,7 +132,7 @@ class Recorder:
                 self.event("task-succeeded", one.received, result=None, runtime=duration)
             else:
                 self.not_recorded(one, duration)
-            self.ack(one.received)
+        self.ack_all(recorded_now)
 
     def _record(
         self, done: list[tuple[uuid.UUID, int, str | None]], batch: Batch
@@ -137,7 +142,7 @@ class Recorder:
         running, their leases end, and they run again."""
         if not done:
             return {}
-        give_up = batch.leased_at + batch.lease - LEDGER_DOWN_PAUSE
+        give_up = batch.claimed_at + batch.lease - LEDGER_DOWN_PAUSE
         while True:
             try:
                 with db.direct(self.settings) as direct:
@@ -254,6 +259,26 @@ class Recorder:
 
     def ack(self, item: Received) -> None:
         item.message.ack_log_error(log, self.consumer.connection_errors)
+
+    def ack_all(self, items: list[Received]) -> None:
+        """Acknowledge several messages in one round trip to Redis when the transport can
+        (``workers.transport.Channel.ack_many``), else one by one."""
+        messages = [item.message for item in items if not item.message.acknowledged]
+        ack_many = getattr(messages[0].channel, "ack_many", None) if messages else None
+        if ack_many is None or len(messages) == 1:
+            for item in items:
+                self.ack(item)
+            return
+        try:
+            ack_many([message.delivery_tag for message in messages])
+        except (
+            self.consumer.connection_errors
+        ) as error:  # as kombu's ack_log_error: the broker will redeliver
+            log.critical("couldn't acknowledge %d message(s), reason: %r", len(messages), error)
+            return
+        for message in messages:
+            acked: Any = message  # kombu's stubs leave out the state Message.ack records
+            acked._state = "ACK"
 
     def requeue(self, item: Received) -> None:
         item.message.reject_log_error(log, self.consumer.connection_errors, requeue=True)

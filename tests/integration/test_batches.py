@@ -57,8 +57,11 @@ def test_two_batches_racing_for_the_same_jobs_claim_each_once(clean):
 
     def claim(worker: str, order: list[uuid.UUID]) -> None:
         barrier.wait()
-        with db.direct(clean) as direct:
-            won[worker] = ledger.claim_batch(direct, order, worker=worker, lease=60)
+        try:
+            with db.direct(clean) as direct:
+                won[worker] = ledger.claim_batch(direct, order, worker=worker, lease=60)
+        finally:
+            db.close_direct()  # this thread's own connection, closed before the thread ends
 
     threads = [
         threading.Thread(target=claim, args=("w1", ids)),
