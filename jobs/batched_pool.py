@@ -33,7 +33,9 @@ import os
 import secrets
 import signal
 import socket
-import subprocess  # nosec B404 - the platform's own worker processes
+
+# bandit B404/B603: the supervisor starts the platform's own worker command, never a shell or user input.
+import subprocess  # nosec B404
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
