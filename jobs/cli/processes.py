@@ -73,7 +73,10 @@ def default_node_name() -> str:
 @click.option(
     "-n",
     "--hostname",
-    help="Node name, unique in the fleet (default: worker-PID-XXXX@HOST; %h is the host name).",
+    help=(
+        "Node name, unique in the fleet (default: worker-PID-XXXX@HOST; %h is the host name;"
+        " -P batched: NAME-I.XXXX@HOST for its process I)."
+    ),
 )
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
