@@ -108,6 +108,7 @@ def worker(
         argv += ["-c", str(concurrency)]
     argv += ["-n", hostname or default_node_name()]
     env = dict(os.environ)
+    env["JOBS_WORKER_BATCHED"] = "0"  # batching is -P batched's alone, whatever a .env file says
     if pool != "threads":
         # SIGTERM (docker stop, Kubernetes, systemd) starts Celery's soft shutdown: running jobs
         # get JOBS_WORKER_SOFT_SHUTDOWN_TIMEOUT seconds, then are handed back to the broker.
