@@ -263,21 +263,20 @@ class Recorder:
     def ack_all(self, items: list[Received]) -> None:
         """Acknowledge several messages in one round trip to Redis when the transport can
         (``workers.transport.Channel.ack_many``), else one by one."""
-        messages = [item.message for item in items if not item.message.acknowledged]
-        ack_many = getattr(messages[0].channel, "ack_many", None) if messages else None
-        if ack_many is None or len(messages) == 1:
-            for item in items:
+        waiting = [item for item in items if not item.message.acknowledged]
+        ack_many = getattr(waiting[0].message.channel, "ack_many", None) if waiting else None
+        if ack_many is None or len(waiting) == 1:
+            for item in waiting:
                 self.ack(item)
             return
         try:
-            ack_many([message.delivery_tag for message in messages])
-        except (
-            self.consumer.connection_errors
-        ) as error:  # as kombu's ack_log_error: the broker will redeliver
-            log.critical("couldn't acknowledge %d message(s), reason: %r", len(messages), error)
+            ack_many([item.message.delivery_tag for item in waiting])
+        except self.consumer.connection_errors as error:
+            # As kombu's ack_log_error: the messages stay unacknowledged, to be redelivered.
+            log.critical("couldn't acknowledge %d message(s), reason: %r", len(waiting), error)
             return
-        for message in messages:
-            acked: Any = message  # kombu's stubs leave out the state Message.ack records
+        for item in waiting:
+            acked: Any = item.message  # kombu's stubs leave out the state Message.ack records
             acked._state = "ACK"
 
     def requeue(self, item: Received) -> None:

@@ -50,9 +50,13 @@ def batched(ledger_db: Settings, tmp_path_factory: pytest.TempPathFactory) -> It
         started.stop_all()
 
 
-def test_a_burst_is_claimed_and_recorded_in_batches(batched, producer, clean):
+def test_a_burst_is_claimed_and_recorded_in_batches(batched, producer, clean, broker):
     ids = producer.submit_many("ping", [{"message": f"m{n}"} for n in range(300)])
     rows = [wait_for_state(clean, job_id, timeout=60) for job_id in ids]
+    deadline = time.monotonic() + 30  # every message acknowledged (a batch's in one round trip)
+    while broker.hlen("unacked") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert broker.hlen("unacked") == 0
     assert {(row["state"], row["attempt"]) for row in rows} == {("succeeded", 1)}
     assert rows[0]["result"]["message"] == "m0"
     with db.transaction(clean) as conn:
