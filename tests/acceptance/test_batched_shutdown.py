@@ -26,29 +26,36 @@ def test_sigterm_lets_a_running_body_finish_within_the_window(processes, produce
 
 
 def test_sigterm_hands_back_a_body_that_outlives_the_window(processes, producer, clean, tmp_path: Path):
-    env = {"JOBS_WORKER_SOFT_SHUTDOWN_TIMEOUT": "1"}
-    processes.start("worker", "worker", "-P", "batched", "-c", "1", "-l", "INFO", env=env)
-    wait_ready(processes, "worker", 1)
     gate = tmp_path / "gate"
+    # Queued before the worker starts, with a wide window: after the first message (alone, as
+    # always), the gate and the pings behind it form one batch, claimed together.
+    first = producer.submit("ping", {})
     long = producer.submit("test.gate", {"path": str(gate), "seconds": 30})
-    queued = producer.submit_many("ping", [{}] * 5)
+    behind = producer.submit_many("ping", [{}] * 5)
+    env = {"JOBS_WORKER_SOFT_SHUTDOWN_TIMEOUT": "1", "JOBS_WORKER_BATCH_WINDOW": "0.5"}
+    processes.start("worker", "worker", "-P", "batched", "-c", "1", "-l", "INFO", env=env)
+    deadline = time.monotonic() + 60
     while not Path(f"{gate}.started").exists():
+        assert time.monotonic() < deadline, processes.log("worker")[-3000:]
         time.sleep(0.05)
     started = time.monotonic()
     assert processes.stop("worker", signal.SIGTERM, timeout=30) == 0
     assert time.monotonic() - started < 15
-    assert "soft shutdown expired" in processes.log("worker")
-    row = wait_for_state(clean, long, ("running", "queued"), timeout=5)
-    assert row["lease_until"] is None or row["state"] == "running"
+    log = processes.log("worker")
+    assert "the worker's soft shutdown expired while it ran; lease released" in log
+    assert "5 claimed job(s) not started: handed back to their queues" in log
+    assert wait_for_state(clean, first)["state"] == "succeeded"
+    assert wait_for_state(clean, long, ("running",), timeout=5)["state"] == "running"
+    for job_id in behind:  # queued again, their attempt undone
+        assert wait_for_state(clean, job_id, ("queued",), timeout=5)["attempt"] == 0
 
     gate.write_text("open")
     processes.start("worker-2", *BATCHED)
     wait_ready(processes, "worker-2", 2)
     done = wait_for_state(clean, long, timeout=30)
     assert (done["state"], done["attempt"]) == ("succeeded", 2)  # attempt 1 was stopped
-    # The jobs that never started (claimed with it, or still waiting): attempt 1, run once.
     assert {
-        (wait_for_state(clean, j, timeout=30)["state"], wait_for_state(clean, j)["attempt"]) for j in queued
+        (row["state"], row["attempt"]) for row in (wait_for_state(clean, j, timeout=30) for j in behind)
     } == {("succeeded", 1)}
 
 
