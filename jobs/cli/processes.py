@@ -92,18 +92,7 @@ def worker(
     settings = context.settings()
     if pool == "batched":
         _batched(settings, queues, concurrency, hostname, loglevel, celery_args)
-    argv = [
-        *CELERY,
-        "-A",
-        "workers",
-        "worker",
-        "-l",
-        loglevel,
-        "-P",
-        pool,
-        "-Q",
-        queues or ",".join(worker_queues(settings)),
-    ]
+    argv = [*_celery_worker(loglevel, pool), "-Q", queues or ",".join(worker_queues(settings))]
     if concurrency:
         argv += ["-c", str(concurrency)]
     argv += ["-n", hostname or default_node_name()]
@@ -114,6 +103,11 @@ def worker(
         # get JOBS_WORKER_SOFT_SHUTDOWN_TIMEOUT seconds, then are handed back to the broker.
         env.setdefault("REMAP_SIGTERM", "SIGQUIT")
     _exec([*argv, *celery_args], env)
+
+
+def _celery_worker(loglevel: str, pool: str) -> list[str]:
+    """The ``celery worker`` command line both kinds of ``jobs worker`` start from."""
+    return [*CELERY, "-A", "workers", "worker", "-l", loglevel, "-P", pool]
 
 
 def _batched(
@@ -128,26 +122,10 @@ def _batched(
     from jobs import logs
     from jobs.batched_pool import Supervisor
 
-    queue_list = queues or ",".join(worker_queues(settings))
+    solo = [*_celery_worker(loglevel, "solo"), "-c", "1", "-Q", queues or ",".join(worker_queues(settings))]
 
     def argv_for(node: str) -> list[str]:
-        return [
-            *CELERY,
-            "-A",
-            "workers",
-            "worker",
-            "-l",
-            loglevel,
-            "-P",
-            "solo",
-            "-c",
-            "1",
-            "-Q",
-            queue_list,
-            "-n",
-            node,
-            *celery_args,
-        ]
+        return [*solo, "-n", node, *celery_args]
 
     env = dict(os.environ)
     env["JOBS_WORKER_BATCHED"] = "1"

@@ -81,6 +81,51 @@ class Finished:
     ran: float | None
 
 
+def claimed_columns() -> tuple[sa.ColumnElement[Any], ...]:
+    """What a claim returns of each job it took (``claimed_from`` reads them); shared with
+    ``jobs.ledger.batches``."""
+    return (
+        jobs.c.id,
+        jobs.c.kind,
+        jobs.c.payload,
+        jobs.c.attempt,
+        jobs.c.max_attempts,
+        jobs.c.queue,
+        seconds_since(sa.func.greatest(jobs.c.created_at, jobs.c.not_before), now()).label("waited"),
+        jobs.c.limited,
+        jobs.c.workflow_id.is_not(None).label("workflow"),
+    )
+
+
+def claimed_from(row: Any, *, lost: bool = False) -> Claimed:
+    """A claim's row (``claimed_columns``) as a ``Claimed``."""
+    return Claimed(
+        row.id,
+        row.kind,
+        row.payload,
+        row.attempt,
+        row.max_attempts,
+        row.queue,
+        waited=max(row.waited or 0.0, 0.0),
+        lost=lost,
+        limited=bool(row.limited),
+        workflow=bool(row.workflow),
+    )
+
+
+def open_attempts(claimed: Any) -> Any:
+    """The attempt history's half of a claim: one open attempt row per job ``claimed`` (a CTE
+    returning ``id`` and ``attempt``) took, in the same statement."""
+    return (
+        sa.insert(job_attempts)
+        .from_select(
+            ["job_id", "attempt", "worker"],
+            sa.select(claimed.c.id, claimed.c.attempt, param("w_worker", sa.Text)),
+        )
+        .cte("attempt")
+    )
+
+
 @functools.cache
 def _claim_statement() -> sa.Select[Any]:
     """Built once: the hot paths reuse one statement object (compiled once, cached key)."""
@@ -107,17 +152,7 @@ def _claim_statement() -> sa.Select[Any]:
             # old row): the queue wait below starts there, as it does after a rescue.
             not_before=sa.case((jobs.c.state == "running", jobs.c.lease_until), else_=jobs.c.not_before),
         )
-        .returning(
-            jobs.c.id,
-            jobs.c.kind,
-            jobs.c.payload,
-            jobs.c.attempt,
-            jobs.c.max_attempts,
-            jobs.c.queue,
-            seconds_since(sa.func.greatest(jobs.c.created_at, jobs.c.not_before), now()).label("waited"),
-            jobs.c.limited,
-            jobs.c.workflow_id.is_not(None).label("workflow"),
-        )
+        .returning(*claimed_columns())
         .cte("claimed")
     )
     lost = (
@@ -125,14 +160,7 @@ def _claim_statement() -> sa.Select[Any]:
         .returning(job_attempts.c.job_id)
         .cte("lost")
     )
-    attempt = (
-        sa.insert(job_attempts)
-        .from_select(
-            ["job_id", "attempt", "worker"],
-            sa.select(claimed.c.id, claimed.c.attempt, param("w_worker", sa.Text)),
-        )
-        .cte("attempt")
-    )
+    attempt = open_attempts(claimed)
     lost_count = sa.select(sa.func.count()).select_from(lost).scalar_subquery().label("lost")
     return sa.select(claimed, lost_count).add_cte(attempt)
 
@@ -147,18 +175,7 @@ def claim(conn: Executor, job_id: uuid.UUID, *, worker: str, lease: float) -> Cl
     row = execute(conn, _claim_statement(), params)
     if row is None:
         return None
-    return Claimed(
-        row.id,
-        row.kind,
-        row.payload,
-        row.attempt,
-        row.max_attempts,
-        row.queue,
-        waited=max(row.waited or 0.0, 0.0),
-        lost=bool(row.lost),
-        limited=bool(row.limited),
-        workflow=bool(row.workflow),
-    )
+    return claimed_from(row, lost=bool(row.lost))
 
 
 @functools.cache

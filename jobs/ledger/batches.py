@@ -31,7 +31,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
-from jobs.ledger.attempts import Claimed, Finished
+from jobs.ledger.attempts import Claimed, Finished, claimed_columns, claimed_from, open_attempts
 from jobs.ledger.lifecycle import sources, targets
 from jobs.ledger.statements import close_attempt, execute_all, now, param, seconds_since
 from jobs.schema import job_attempts, jobs
@@ -62,28 +62,10 @@ def _claim_statement() -> sa.Select[Any]:
             started_at=now(),
             worker=param("w_worker", sa.Text),
         )
-        .returning(
-            jobs.c.id,
-            jobs.c.kind,
-            jobs.c.payload,
-            jobs.c.attempt,
-            jobs.c.max_attempts,
-            jobs.c.queue,
-            seconds_since(sa.func.greatest(jobs.c.created_at, jobs.c.not_before), now()).label("waited"),
-            jobs.c.limited,
-            jobs.c.workflow_id.is_not(None).label("workflow"),
-        )
+        .returning(*claimed_columns())
         .cte("claimed")
     )
-    attempt = (
-        sa.insert(job_attempts)
-        .from_select(
-            ["job_id", "attempt", "worker"],
-            sa.select(claimed.c.id, claimed.c.attempt, param("w_worker", sa.Text)),
-        )
-        .cte("attempt")
-    )
-    return sa.select(claimed).add_cte(attempt)
+    return sa.select(claimed).add_cte(open_attempts(claimed))
 
 
 def claim_batch(
@@ -94,20 +76,7 @@ def claim_batch(
     A job not returned is not queued (a duplicate delivery, a lease to take over, a message from
     outside, a cancelled job): the caller runs its message through the single-job path."""
     params = {"w_ids": sorted(set(ids)), "w_worker": worker, "w_lease": timedelta(seconds=lease)}
-    return {
-        row.id: Claimed(
-            row.id,
-            row.kind,
-            row.payload,
-            row.attempt,
-            row.max_attempts,
-            row.queue,
-            waited=max(row.waited or 0.0, 0.0),
-            limited=bool(row.limited),
-            workflow=bool(row.workflow),
-        )
-        for row in execute_all(conn, _claim_statement(), params)
-    }
+    return {row.id: claimed_from(row) for row in execute_all(conn, _claim_statement(), params)}
 
 
 @functools.cache
