@@ -35,6 +35,8 @@ def build() -> Celery:
     logs.quiet_celery_tasks()  # one line per attempt outcome: the platform's (workers.runner)
     if settings.worker_batched:
         batching.install(celery_app)  # jobs worker -P batched: claims and finishes in batches
+        # ... and answers remote control and sends heartbeats while its body runs (workers.mailbox).
+        celery_app.conf.worker_consumer = "workers.mailbox:Consumer"
     return celery_app
 
 

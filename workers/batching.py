@@ -3,8 +3,9 @@
 ``jobs worker -P batched -c N`` runs N single-process Celery workers (``-P solo``) under
 a supervisor (``jobs.batched_pool``). In each, every kind's task handles its messages
 with this module's strategy (Celery's ``Task.Strategy`` hook) instead of Celery's default
-one; Celery's consumer does the rest (receiving, prefetch, heartbeats, remote control,
-queue pauses). One batch (docs/architecture.md, "The batched run path")::
+one; Celery's consumer does the rest (receiving, prefetch, queue pauses), with remote control
+and event heartbeats in threads of their own (``workers.mailbox``) so they are answered and
+sent while a body runs. One batch (docs/architecture.md, "The batched run path")::
 
     claim every queued job of the batch ........ one durable statement
     for each message, in order:
@@ -38,7 +39,7 @@ from jobs import db, ledger
 from jobs.errors import LedgerUnavailable
 from jobs.kinds import lease_for
 from jobs.settings import Settings, get_settings
-from workers import deadlines, outcomes, runner, watchdog
+from workers import deadlines, mailbox, outcomes, runner, watchdog
 from workers.deadlines import Deadlines, JobCancelled, ShutdownExpired
 from workers.recording import LEDGER_DOWN_PAUSE, Batch, Kept, Received, Recorder
 
@@ -208,7 +209,10 @@ class Batcher:
         self.out.event("task-started", item)
         began = time.monotonic()
         try:
-            with self.deadlines.running(claimed.id, task, *self._limits(task)):
+            with (
+                mailbox.running(item, self.worker),
+                self.deadlines.running(claimed.id, task, *self._limits(task)),
+            ):
                 runner.run_claimed(
                     self.settings,
                     kind,

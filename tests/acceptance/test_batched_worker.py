@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -139,6 +143,61 @@ def test_cancelling_a_running_job_stops_its_body(batched, producer, clean, tmp_p
         "worker", f"job {job} test.gate attempt 1/3 on queue default cancelled while running", timeout=15
     )
     assert wait_for_state(clean, job)["state"] == "cancelled"
+
+
+def test_a_busy_worker_process_answers_remote_control_and_sends_heartbeats(
+    batched, producer, clean, tmp_path: Path
+):
+    """The body runs in the process's consumer thread; pings, inspect commands and heartbeats do not
+    wait for it (workers.mailbox), and a command that changes the consumer is answered after it."""
+    from celery import Celery
+
+    gate = tmp_path / "gate"
+    job = producer.submit("test.gate", {"path": str(gate), "seconds": 60})
+    deadline = time.monotonic() + 30
+    while not Path(f"{gate}.started").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with db.transaction(clean) as conn:
+        node = conn.execute(sa.select(jobs.c.worker).where(jobs.c.id == job)).scalar_one()
+    app = Celery("operator", broker=clean.broker_url, set_as_current=False)
+    revoked: list[Any] = []
+    try:
+        health = run_jobs("health", "worker", "--node", node, "--timeout", "5")
+        assert health.returncode == 0, health.stdout + health.stderr
+        active = app.control.inspect(destination=[node], timeout=5).active() or {}
+        assert [task["id"] for task in active.get(node, [])] == [str(job)]
+        listed = run_jobs("workers", "--json")
+        assert listed.returncode == 0, listed.stderr
+        busy = {worker["name"]: worker["active"] for worker in json.loads(listed.stdout)["workers"]}
+        assert [(entry["id"], entry["kind"]) for entry in busy[node]] == [(str(job), "test.gate")]
+        with app.connection_for_read() as connection:
+            heartbeats: list[dict[str, object]] = []
+
+            def on_heartbeat(event: dict[str, object]) -> None:
+                if event.get("hostname") == node and event.get("active") == 1:
+                    heartbeats.append(event)
+                    raise KeyboardInterrupt  # stop capturing
+
+            receiver = app.events.Receiver(connection, handlers={"worker-heartbeat": on_heartbeat})
+            with contextlib.suppress(KeyboardInterrupt, TimeoutError, OSError):
+                receiver.capture(limit=None, timeout=15)
+        assert heartbeats, f"no heartbeat from {node} while its body ran"
+        # revoke changes the worker's state: it waits for the body, and its reply follows.
+        asking = threading.Thread(
+            target=lambda: revoked.append(
+                app.control.revoke(str(uuid.uuid4()), destination=[node], reply=True, timeout=30)
+            )
+        )
+        asking.start()
+        asking.join(1.0)
+        assert asking.is_alive()
+    finally:
+        gate.write_text("open")
+    asking.join(30)
+    assert revoked
+    assert node in revoked[0][0]
+    assert wait_for_state(clean, job)["state"] == "succeeded"
 
 
 def test_plain_celery_messages_take_the_single_job_path(batched, clean):
