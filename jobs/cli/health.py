@@ -2,9 +2,10 @@
 
 One line of output; exit 0 when healthy, 1 when not (never 2: Docker reserves it).
 
-- ``worker``: a worker node of this host (or the one named with ``--node``)
-  answers a Celery ping through the broker, so its main process is alive,
-  consuming, and connected to Redis.
+- ``worker``: a worker node of this host (or the one named with ``--node``;
+  for ``jobs worker -P batched -n NAME@HOST``, any of its processes) answers a
+  Celery ping through the broker, so its main process is alive, consuming, and
+  connected to Redis.
 - ``beat``: PostgreSQL is reachable and some beat process holds the leader lock.
   A standby that does not lead is healthy: only one beat leads at a time, and
   restarting a standby would not help. When nobody leads, every beat reports
@@ -18,6 +19,7 @@ import contextlib
 import ipaddress
 import json
 import math
+import re
 import sys
 from typing import NoReturn
 
@@ -42,6 +44,13 @@ class _Answered(Exception):
     """Raised from the reply callback to stop waiting once the wanted node answered."""
 
 
+def node_pattern(name: str) -> str:
+    """The nodes of the worker started as ``jobs worker -n NAME@HOST``: the node itself, or with
+    ``-P batched`` any of its worker processes (``NAME-I.XXXX@HOST``, jobs.batched_pool)."""
+    base, _, host = name.partition("@")
+    return rf"^{re.escape(base)}(-[0-9]+\.[0-9a-f]{{4}})?@{re.escape(host)}$"
+
+
 def _worker(node: str | None, timeout: float) -> tuple[bool, str]:
     import socket
 
@@ -49,12 +58,14 @@ def _worker(node: str | None, timeout: float) -> tuple[bool, str]:
 
     from jobs.app import get_app
 
-    name = host_format(node) if node else None
+    pattern = node_pattern(host_format(node)) if node else None
     suffix = f"@{socket.gethostname()}"
     answered: list[str] = []
 
     def on_reply(reply: dict[str, object]) -> None:
-        answered.extend(found for found in reply if (found == name if name else found.endswith(suffix)))
+        answered.extend(
+            found for found in reply if (re.match(pattern, found) if pattern else found.endswith(suffix))
+        )
         if answered:
             raise _Answered
 
@@ -64,14 +75,15 @@ def _worker(node: str | None, timeout: float) -> tuple[bool, str]:
         connection.ensure_connection(max_retries=1, timeout=math.ceil(timeout))
         with contextlib.suppress(_Answered):
             app.control.ping(
-                destination=[name] if name else None,
+                pattern=pattern,
+                matcher="pcre" if pattern else None,
                 timeout=timeout,
                 connection=connection,
                 callback=on_reply,
             )
     if answered:
         return True, f"{answered[0]} answered a ping"
-    wanted = name or f"no worker of this host (*{suffix})"
+    wanted = host_format(node) if node else f"no worker of this host (*{suffix})"
     return False, f"{wanted} did not answer a ping within {timeout:g}s"
 
 
@@ -119,8 +131,8 @@ def _flower(timeout: float) -> tuple[bool, str]:
 @click.argument("role", type=click.Choice(ROLES))
 @click.option(
     "--node",
-    help="worker: the node name to ping, as given to jobs worker -n (%h is this host); default: any"
-    " worker of this host.",
+    help="worker: the node name to ping, as given to jobs worker -n (%h is this host; -P batched:"
+    " any of its processes); default: any worker of this host.",
 )
 @click.option("--timeout", type=click.FloatRange(0.1), default=5.0, show_default=True, help="Seconds.")
 @options.json_output("Print JSON: role, healthy, detail.")

@@ -165,6 +165,11 @@ def test_a_busy_worker_process_answers_remote_control_and_sends_heartbeats(
     try:
         health = run_jobs("health", "worker", "--node", node, "--timeout", "5")
         assert health.returncode == 0, health.stdout + health.stderr
+        # The supervisor's name (worker-PID@HOST, as with -n) finds its processes too.
+        supervisor = f"worker-{batched.running['worker'].pid}@{node.partition('@')[2]}"
+        health = run_jobs("health", "worker", "--node", supervisor, "--timeout", "5")
+        assert health.returncode == 0, health.stdout + health.stderr
+        assert health.stdout.startswith("worker healthy: worker-"), health.stdout
         active = app.control.inspect(destination=[node], timeout=5).active() or {}
         assert [task["id"] for task in active.get(node, [])] == [str(job)]
         listed = run_jobs("workers", "--json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sys
@@ -12,6 +13,7 @@ import pytest
 
 from jobs import batched_pool
 from jobs.batched_pool import EXIT_HARD_LIMIT, Slot, Supervisor, node_names
+from jobs.cli.health import node_pattern
 from jobs.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -44,6 +46,17 @@ def test_node_names_are_per_slot_and_new_at_every_start():
     assert first.endswith("@" + socket.gethostname())  # %h resolved: the ledger's worker column
     assert first != again  # a restarted process is a new incarnation
     assert node_names(None, 1).startswith(f"worker-{os.getpid()}-1.")
+
+
+def test_jobs_health_worker_node_finds_the_processes_of_a_batched_worker():
+    host = socket.gethostname()
+    pattern = node_pattern(f"reports@{host}")
+    assert re.match(pattern, node_names("reports@%h", 3))  # -P batched: any of its processes
+    assert re.match(pattern, f"reports@{host}")  # any other pool: the node itself
+    for other in (f"reports-eu@{host}", f"reports-2.abcd@{host}x", "reports@elsewhere", f"xreports@{host}"):
+        assert not re.match(pattern, other)
+    assert re.match(node_pattern("a.b+c@h"), "a.b+c-1.00ff@h")  # the name is matched as text
+    assert not re.match(node_pattern("a.b+c@h"), "axbbc@h")
 
 
 def test_a_crashing_process_has_its_leases_ended_and_restarts_later_each_time():
