@@ -39,7 +39,7 @@ from jobs import db, ledger
 from jobs.errors import LedgerUnavailable
 from jobs.kinds import lease_for
 from jobs.settings import Settings, get_settings
-from workers import deadlines, mailbox, outcomes, runner, watchdog
+from workers import deadlines, mailbox, outcomes, runner, transport, watchdog
 from workers.deadlines import Deadlines, JobCancelled, ShutdownExpired
 from workers.recording import LEDGER_DOWN_PAUSE, Batch, Kept, Received, Recorder
 
@@ -375,12 +375,14 @@ class Batching(bootsteps.StartStopStep):
 
 def install(app: Celery) -> None:
     """Batch this worker process's jobs (``JOBS_WORKER_BATCHED``, set by ``jobs worker -P batched``):
-    prefetch one batch's worth, hand back the buffer on stop, give a running body the soft
-    shutdown's window."""
+    prefetch one batch's worth and take it off Redis in one round trip, hand back the buffer on
+    stop, give a running body the soft shutdown's window."""
     from celery import signals
 
     settings = get_settings()
     app.conf.worker_prefetch_multiplier = settings.worker_batch_size
+    # A batch's messages come off Redis together: one round trip after the first (workers.transport).
+    transport.Channel.pop_many = True
     # Celery's own window would freeze the body it waits for (it sleeps in the signal handler, in
     # this very process): workers.deadlines gives the running body that window instead.
     app.conf.worker_soft_shutdown_timeout = 0

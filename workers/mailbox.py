@@ -7,13 +7,14 @@ heartbeats. Left there, a body of a minute would leave ``jobs health worker`` (a
 Flower would show the worker offline after a few seconds. So in such a process
 (``Consumer``, chosen by ``workers.app``):
 
-- **Remote control** (``Control``) listens on its own connection, in its own thread.
-  Commands that only read (Celery's ``inspect`` commands: ``ping``, ``stats``, ``active``,
-  ``active_queues`` ...) and the ones that only set a flag (``enable_events``,
-  ``disable_events``, ``heartbeat``, ``jobs_refresh_pauses``) are answered there at once.
-  Every other command changes the consumer (``add_consumer``, ``cancel_consumer``,
-  ``revoke``, ``shutdown``, ``rate_limit`` ...): it runs in the consumer's thread, between
-  two bodies, as before, and its reply goes out from the listening thread when it has run.
+- **Remote control** (``Control``) has a second listener, on its own connection, in its own
+  thread: it answers the commands that only read (Celery's ``inspect`` commands: ``ping``,
+  ``stats``, ``active``, ``active_queues`` ...) and those that only set a flag
+  (``enable_events``, ``disable_events``, ``heartbeat``, ``jobs_refresh_pauses``), at once.
+  Celery's own listener, in the consumer's thread, answers every other command, as before:
+  those change the consumer (``add_consumer``, ``cancel_consumer``, ``revoke``, ``shutdown``,
+  ``rate_limit`` ...) and run between two bodies. Each listener ignores the other's commands,
+  so every command is answered once.
 - **Event heartbeats** (``Heart``) are sent by a timer thread, so Flower keeps listing the
   worker through a long body.
 - **The running body** is listed by ``inspect active`` (``running``), so ``jobs workers``
@@ -24,11 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from celery.utils import timer2
@@ -48,7 +48,17 @@ from workers.pauses import REFRESH_COMMAND
 if TYPE_CHECKING:
     from workers.recording import Received
 
-__all__ = ["HERE", "RUNNING", "Consumer", "Control", "Heart", "Node", "active", "running"]
+__all__ = [
+    "HERE",
+    "RUNNING",
+    "Consumer",
+    "Control",
+    "Heart",
+    "Node",
+    "active",
+    "answered_in_thread",
+    "running",
+]
 
 log = logging.getLogger("jobs.worker")
 
@@ -64,82 +74,52 @@ _celery_active: Any = getattr(celery_commands, "active")  # noqa: B009
 #: Control commands (besides every ``inspect`` command) the listening thread runs itself: each
 #: only sets a flag or sends an event, through objects that take calls from any thread.
 HERE = frozenset({"enable_events", "disable_events", "heartbeat", REFRESH_COMMAND})
-#: Seconds the listening thread waits for a command before it sends the replies of the ones
-#: the consumer's thread ran meanwhile.
-REPLY_EVERY = 0.1
+#: Seconds the listening thread waits for a command before it looks whether it must stop.
+LISTEN_FOR = 0.25
 #: Seconds between two tries at the broker when the listening thread lost its connection.
 RECONNECT_PAUSE = 1.0
 
 
-def _answered_here(method: str) -> bool:
+def answered_in_thread(method: str) -> bool:
+    """Whether the listening thread answers ``method`` (the consumer's thread answers the rest)."""
     meta = Panel.meta.get(method)
     return method in HERE or (meta is not None and meta.type == "inspect")
 
 
 class Node(_KombuNode):  # type: ignore[misc]
-    """A mailbox node that runs the commands changing the consumer in the consumer's thread."""
+    """A mailbox node that runs only the commands ``wanted`` says are its own and ignores the
+    others: the process's other node answers them."""
 
-    def __init__(self, *args: Any, call_soon: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, wanted: Callable[[str], bool], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.call_soon = call_soon
-        self.replies: queue.SimpleQueue[tuple[Any, dict[str, str], str | None]] = queue.SimpleQueue()
+        self.wanted = wanted
 
-    def dispatch(
-        self,
-        method: str,
-        arguments: dict[str, Any] | None = None,
-        reply_to: dict[str, str] | None = None,
-        ticket: str | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        if _answered_here(method):
-            return super().dispatch(method, arguments, reply_to, ticket, **kwargs)
+    @classmethod
+    def like(cls, node: Any, wanted: Callable[[str], bool]) -> Node:
+        return cls(
+            node.hostname, state=node.state, handlers=node.handlers, mailbox=node.mailbox, wanted=wanted
+        )
 
-        def run() -> None:  # in the consumer's thread; SystemExit (shutdown) stops the worker
-            try:
-                reply = self.handle(method, arguments)
-            except Exception as error:
-                log.error("control command %s failed: %r", method, error, exc_info=True)
-                reply = {"error": repr(error)}
-            if reply_to:
-                self.replies.put(({self.hostname: reply}, reply_to, ticket))
-
-        self.call_soon(run)
-        return None
-
-    def send_replies(self) -> None:
-        """Send the replies of the commands the consumer's thread ran (in the listening thread)."""
-        while True:
-            try:
-                data, reply_to, ticket = self.replies.get_nowait()
-            except queue.Empty:
-                return
-            exchange, routing_key = reply_to["exchange"], reply_to["routing_key"]
-            self.reply(data, exchange=exchange, routing_key=routing_key, ticket=ticket)
+    def dispatch(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if not self.wanted(method):
+            return None
+        return super().dispatch(method, *args, **kwargs)
 
 
 class ThreadedPidbox(_GreenPidbox):  # type: ignore[misc]
-    """Celery's mailbox for green pools (its own connection and loop), in a real thread."""
+    """Celery's mailbox for green pools (its own connection and loop), in a real thread, for the
+    commands that only read or set a flag."""
 
     def __init__(self, c: Any) -> None:
         super().__init__(c)
-        celery_node: Any = self.node
-        self.node: Node = Node(
-            celery_node.hostname,
-            state=celery_node.state,
-            handlers=celery_node.handlers,
-            mailbox=celery_node.mailbox,
-            call_soon=c.call_soon,
-        )
+        self.node: Node = Node.like(self.node, answered_in_thread)
         # Commands answered here read the active requests while the consumer's thread changes them.
         self.node.state.tset = set
-        self.thread: threading.Thread | None = None
 
     def start(self, c: Any) -> None:
         self._node_shutdown = threading.Event()
         self._node_stopped = threading.Event()
-        self.thread = threading.Thread(target=self.loop, args=(c,), name="jobs-remote-control", daemon=True)
-        self.thread.start()
+        threading.Thread(target=self.loop, args=(c,), name="jobs-remote-control", daemon=True).start()
 
     def loop(self, c: Any) -> None:
         shutdown, stopped = self._node_shutdown, self._node_stopped
@@ -153,9 +133,8 @@ class ThreadedPidbox(_GreenPidbox):  # type: ignore[misc]
                             if resets < self._resets:
                                 resets = self._resets
                                 self._do_reset(c, connection)
-                            self.node.send_replies()
                             with contextlib.suppress(socket.timeout):
-                                connection.drain_events(timeout=REPLY_EVERY)
+                                connection.drain_events(timeout=LISTEN_FOR)
                 except Exception as error:  # the broker went away: the consumer reconnects too
                     log.warning("remote control: %s; listening again in %.0f s", error, RECONNECT_PAUSE)
                     shutdown.wait(RECONNECT_PAUSE)
@@ -166,14 +145,27 @@ class ThreadedPidbox(_GreenPidbox):  # type: ignore[misc]
 
 
 class Control(_ControlStep):  # type: ignore[misc]
-    """Celery's remote-control step, listening in its own thread."""
+    """Celery's remote-control step with two listeners: Celery's own, in the consumer's thread,
+    for the commands that change the consumer, and ``ThreadedPidbox`` for the others."""
 
     def __init__(self, c: Any, **kwargs: Any) -> None:
         super().__init__(c, **kwargs)
-        self.box = ThreadedPidbox(c)
-        self.start = self.box.start
-        self.stop = self.box.stop
-        self.shutdown = self.box.shutdown
+        self.box.node = Node.like(self.box.node, lambda method: not answered_in_thread(method))
+        self.listener = ThreadedPidbox(c)
+        # Celery's step binds start/stop/shutdown to its one mailbox in __init__.
+        self.start, self.stop, self.shutdown = self._start, self._stop, self._shutdown
+
+    def _start(self, c: Any) -> None:
+        self.box.start(c)
+        self.listener.start(c)
+
+    def _stop(self, c: Any) -> None:
+        self.listener.stop(c)
+        self.box.stop(c)
+
+    def _shutdown(self, c: Any) -> None:
+        self.listener.shutdown(c)
+        self.box.shutdown(c)
 
 
 class Heart(_HeartStep):  # type: ignore[misc]

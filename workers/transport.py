@@ -15,6 +15,14 @@ full; the worker goes on with the next message. ``jobs doctor`` and
 ``jobs metrics`` report the quarantine. Items that are well-formed envelopes
 with a bad body (not JSON, a pickle, no task headers) are Celery's business as
 before: refused, acknowledged, and recorded where they carry a job id.
+
+In a batched worker (``pop_many``), the consumer takes the messages behind the one ``BRPOP``
+returned, up to its prefetch count, in one more round trip: a Lua script (``POP_MORE``) pops
+them off the same queue (highest priority first) and records each as unacknowledged, in
+kombu's own format, atomically. kombu pops one message per ``BRPOP`` and records it with a
+second round trip; a batch of 32 took 64 round trips and now takes two. The script stops at
+the first item it cannot read as an envelope and leaves it on the queue: ``BRPOP`` takes it
+next, and the check above quarantines it.
 """
 
 from __future__ import annotations
@@ -24,15 +32,18 @@ import binascii
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual as kombu_virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
 
 from jobs import broker
 
-__all__ = ["Channel", "Transport", "install", "malformed"]
+__all__ = ["POP_MORE", "Channel", "QoS", "Transport", "install", "malformed"]
 
 log = logging.getLogger("jobs.worker.transport")
 
@@ -78,11 +89,67 @@ def _body_problem(body: Any, properties: dict[str, Any]) -> str | None:
     return None
 
 
-class Channel(kombu_redis.Channel):
-    """kombu's Redis channel with every popped item checked before it is parsed, and one client
-    object for its non-blocking commands."""
+#: Pop up to ARGV[1] envelopes off the lists KEYS[3..] (in that order) and record each as
+#: unacknowledged at time ARGV[2], as kombu's ``QoS.append`` does: index KEYS[2] (delivery tag ->
+#: time) and hash KEYS[1] (delivery tag -> ``[envelope, exchange, routing key]``). Stops at the
+#: first item that is not an envelope with a delivery tag and delivery info, leaving it queued.
+#: Returns ``[tag, envelope, tag, envelope, ...]``.
+POP_MORE = """
+local taken = {}
+local wanted = 2 * tonumber(ARGV[1])
+for i = 3, #KEYS do
+  while #taken < wanted do
+    local item = redis.call('LINDEX', KEYS[i], -1)
+    if not item then break end
+    local ok, envelope = pcall(cjson.decode, item)
+    if not ok or type(envelope) ~= 'table' or type(envelope.properties) ~= 'table' then return taken end
+    local tag = envelope.properties.delivery_tag
+    local info = envelope.properties.delivery_info
+    if type(tag) ~= 'string' or type(info) ~= 'table' or type(info.exchange) ~= 'string'
+        or type(info.routing_key) ~= 'string' then
+      return taken
+    end
+    redis.call('RPOP', KEYS[i])
+    redis.call('ZADD', KEYS[2], ARGV[2], tag)
+    redis.call('HSET', KEYS[1], tag,
+      '[' .. item .. ',' .. cjson.encode(info.exchange) .. ',' .. cjson.encode(info.routing_key) .. ']')
+    taken[#taken + 1] = tag
+    taken[#taken + 1] = item
+  end
+end
+return taken
+"""
 
+
+class QoS(kombu_redis.QoS):
+    """kombu's Redis QoS; a message ``POP_MORE`` already recorded as unacknowledged is not
+    recorded again."""
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        recorded: set[Any] = getattr(self.channel, "recorded", set())
+        if delivery_tag in recorded:
+            recorded.discard(delivery_tag)
+            kombu_virtual.QoS.append(self, message, delivery_tag)
+            return
+        super().append(message, delivery_tag)
+
+
+class Channel(kombu_redis.Channel):
+    """kombu's Redis channel with every popped item checked before it is parsed, one client
+    object for its non-blocking commands, and (``pop_many``) several messages per round trip."""
+
+    QoS = QoS
+    _kombu: Any = kombu_redis.Channel  # its private methods, which kombu's stubs leave out
     _shared: Any = None
+    #: Take the messages behind the one ``BRPOP`` returned, up to the prefetch count, in one more
+    #: round trip (``POP_MORE``). Set by the batched worker (``workers.batching.install``).
+    pop_many = False
+    _popped_from: str | None = None
+    _pop_more_script: Any = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.recorded: set[Any] = set()
 
     @contextlib.contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
@@ -111,6 +178,54 @@ class Channel(kombu_redis.Channel):
         for tag in delivery_tags:
             kombu_virtual.QoS.ack(qos, tag)
 
+    def _brpop_read(self, **options: Any) -> Any:
+        try:
+            delivered = self._kombu._brpop_read(self, **options)  # _checked notes the queue it popped
+        finally:
+            queue, self._popped_from = self._popped_from, None
+        if self.pop_many and queue is not None:
+            self._pop_more(queue)
+        return delivered
+
+    def _pop_more(self, queue: str) -> None:
+        """Deliver the messages behind the one just popped off ``queue``, as many as the prefetch
+        count still allows, popped and recorded in one round trip."""
+        qos: Any = self.qos
+        room = qos.can_consume_max_estimate()
+        if not room or room <= 0:
+            return
+        keys = [self.unacked_key, self.unacked_index_key]
+        keys += [self._kombu._q_for_pri(self, queue, priority) for priority in self.priority_steps]
+        try:
+            with self.conn_or_acquire() as client:
+                if self._pop_more_script is None or self._pop_more_script.registered_client is not client:
+                    self._pop_more_script = client.register_script(POP_MORE)
+                items = self._pop_more_script(keys=keys, args=[room, time.time()])
+        except self._kombu.connection_errors:
+            raise
+        except Exception as error:  # a Redis without Lua (or a script error): one BRPOP at a time
+            log.warning("could not pop several messages at once (%s); taking them one by one", error)
+            self.pop_many = False
+            return
+        taken = [(bytes_to_str(tag), item) for tag, item in zip(items[::2], items[1::2], strict=True)]
+        for index, (tag, item) in enumerate(taken):
+            why = malformed(item)
+            if why is not None:  # popped and recorded: quarantined, and its record removed
+                self._quarantine(queue, item, why)
+                with self.conn_or_acquire() as client:
+                    pipe = client.pipeline()
+                    qos._remove_from_indices(tag, pipe)
+                    pipe.execute()
+                continue
+            self.recorded.add(tag)
+            try:
+                self.connection._deliver(loads(bytes_to_str(item)), queue)
+            except BaseException:
+                self.recorded.discard(tag)
+                for rest, _ in taken[index + 1 :]:  # not delivered: back at the head of the queue
+                    qos.restore_by_tag(rest, leftmost=True)
+                raise
+
     def _create_client(self, asynchronous: bool = False) -> Any:
         # kombu's stubs leave out this (private, stable since kombu 4) method.
         client = super()._create_client(asynchronous=asynchronous)  # type: ignore[misc]
@@ -129,12 +244,15 @@ class Channel(kombu_redis.Channel):
     def _checked(self, reply: Any) -> Any:
         """The ``BRPOP`` reply if its item is an envelope; else ``None`` (kombu: nothing popped)."""
         dest, item = reply
+        queue = bytes_to_str(dest).rsplit(self.sep, 1)[0]
         why = malformed(item)
         if why is None:
+            self._popped_from = queue
             return reply
-        queue = (dest.decode(errors="replace") if isinstance(dest, bytes) else str(dest)).rsplit(self.sep, 1)[
-            0
-        ]
+        self._quarantine(queue, item, why)
+        return None
+
+    def _quarantine(self, queue: str, item: bytes | str, why: str) -> None:
         raw = item if isinstance(item, bytes) else str(item).encode(errors="replace")
         try:
             with self.conn_or_acquire() as client:
@@ -150,7 +268,6 @@ class Channel(kombu_redis.Channel):
             raw[:64],
             where,
         )
-        return None
 
 
 class Transport(kombu_redis.Transport):

@@ -203,6 +203,8 @@ def test_a_busy_worker_process_answers_remote_control_and_sends_heartbeats(
     assert revoked
     assert node in revoked[0][0]
     assert wait_for_state(clean, job)["state"] == "succeeded"
+    # Idle, the consumer's thread answers such a command at once again.
+    assert app.control.revoke(str(uuid.uuid4()), destination=[node], reply=True, timeout=5)
 
 
 def test_plain_celery_messages_take_the_single_job_path(batched, clean):

@@ -21,15 +21,11 @@ REPLY_TO = {"exchange": "reply.celery.pidbox", "routing_key": "r"}
 
 
 class Recorded(mailbox.Node):
-    """The node with its replies kept here instead of published."""
+    """A node with its replies kept here instead of published."""
 
-    def __init__(self, handlers: dict[str, Any], soon: list[Callable[[], None]]) -> None:
+    def __init__(self, handlers: dict[str, Any], wanted: Callable[[str], bool]) -> None:
         super().__init__(
-            "w1@host",
-            state=SimpleNamespace(),
-            handlers=handlers,
-            mailbox=control.mailbox,
-            call_soon=soon.append,
+            "w1@host", state=SimpleNamespace(), handlers=handlers, mailbox=control.mailbox, wanted=wanted
         )
         self.sent: list[tuple[Any, str | None]] = []
 
@@ -41,47 +37,41 @@ def handlers(calls: list[str]) -> dict[str, Any]:
     def handler(name: str) -> Any:
         def handle(state: Any, **arguments: Any) -> Any:
             calls.append(name)
-            if arguments.get("fail"):
-                raise ValueError("no such queue")
             return {"ok": name}
 
         return handle
 
-    return {name: handler(name) for name in ("ping", "stats", "add_consumer", "revoke", REFRESH_COMMAND)}
+    return {name: handler(name) for name in COMMANDS}
 
 
-def test_reading_and_flag_commands_are_answered_in_the_listening_thread() -> None:
-    calls: list[str] = []
-    soon: list[Callable[[], None]] = []
-    node = Recorded(handlers(calls), soon)
-    for method in ("ping", "stats", REFRESH_COMMAND):
-        node.dispatch(method, {}, reply_to=REPLY_TO, ticket=method)
-    assert calls == ["ping", "stats", REFRESH_COMMAND]
-    assert [ticket for _, ticket in node.sent] == ["ping", "stats", REFRESH_COMMAND]
-    assert soon == []
+COMMANDS = (
+    "ping",
+    "stats",
+    "active",
+    "hello",
+    "heartbeat",
+    REFRESH_COMMAND,
+    "add_consumer",
+    "revoke",
+    "shutdown",
+)
+
+
+def test_each_command_is_answered_once_by_one_of_the_two_listeners() -> None:
+    thread_calls: list[str] = []
+    consumer_calls: list[str] = []
+    in_thread = Recorded(handlers(thread_calls), mailbox.answered_in_thread)
+    in_consumer = Recorded(handlers(consumer_calls), lambda method: not mailbox.answered_in_thread(method))
+    for method in COMMANDS:  # a broadcast reaches both listeners
+        for node in (in_thread, in_consumer):
+            node.handle_message({"method": method, "arguments": {}, "reply_to": REPLY_TO, "ticket": method})
+    # Reading (inspect) and flag-setting commands: the thread, at once, even while a body runs.
+    assert thread_calls == ["ping", "stats", "active", "hello", "heartbeat", REFRESH_COMMAND]
+    # Commands that change the consumer: Celery's own listener, in the consumer's thread.
+    assert consumer_calls == ["add_consumer", "revoke", "shutdown"]
+    assert [ticket for _, ticket in in_thread.sent] == thread_calls
+    assert [ticket for _, ticket in in_consumer.sent] == consumer_calls
     assert Panel.meta["ping"].type == "inspect"  # what the split rests on
-
-
-def test_commands_that_change_the_consumer_run_in_its_thread_and_their_replies_follow() -> None:
-    calls: list[str] = []
-    soon: list[Callable[[], None]] = []
-    node = Recorded(handlers(calls), soon)
-    node.dispatch("add_consumer", {"queue": "q"}, reply_to=REPLY_TO, ticket="add")
-    node.dispatch("revoke", {"fail": True}, reply_to=REPLY_TO, ticket="revoke")
-    node.dispatch("add_consumer", {"queue": "q"})  # no reply wanted
-    assert calls == []  # nothing ran in the listening thread
-    assert node.sent == []
-    for run in soon:  # the consumer's thread, between two bodies
-        run()
-    assert calls == ["add_consumer", "revoke", "add_consumer"]
-    assert node.sent == []  # replies go out from the listening thread ...
-    node.send_replies()
-    assert node.sent == [
-        ({"w1@host": {"ok": "add_consumer"}}, "add"),
-        ({"w1@host": {"error": "ValueError('no such queue')"}}, "revoke"),
-    ]
-    node.send_replies()  # ... once
-    assert len(node.sent) == 2
 
 
 def test_a_running_body_is_listed_as_active_and_counted() -> None:
