@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from billiard.einfo import ExceptionWithTraceback  # type: ignore[attr-defined]  # missing from the stubs
 from celery import Celery, Task
@@ -39,6 +39,9 @@ from jobs.errors import LedgerUnavailable
 from jobs.kinds import Kind, Registry
 from jobs.settings import Settings
 from workers import outcomes, runner, unknown
+
+if TYPE_CHECKING:
+    from celery.worker.request import _InfoDict  # the stubs' type of Request.info()
 
 __all__ = ["LedgerRequest", "LedgerTask", "Revoked", "register_kinds"]
 
@@ -63,6 +66,12 @@ class LedgerRequest(Request):
     """A Celery request whose outcomes in the worker's main process follow the ledger."""
 
     _ledger_handled = False
+
+    def info(self, safe: bool = False) -> _InfoDict:
+        """What remote control lists of this request (``inspect active``, ``reserved``,
+        ``scheduled``, ``query_task``; Flower's worker page): the masked payload
+        (``kwargsrepr``) always, never the message's own arguments, which carry its secrets."""
+        return super().info(safe=True)
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
         exc = _exception(exc_info)

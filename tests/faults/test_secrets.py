@@ -2,8 +2,9 @@
 
 Checked where it could leak: the worker's logs at DEBUG in both formats (text
 and JSON), the task events Flower builds its pages from (and the message's
-``kwargsrepr`` header they come from), and ``jobs status`` / ``jobs list``
-in both their human and ``--json`` forms.
+``kwargsrepr`` header they come from), what remote control lists of a request
+(``inspect active``), and ``jobs status`` / ``jobs list`` in both their human and
+``--json`` forms.
 """
 
 from __future__ import annotations
@@ -104,3 +105,24 @@ def test_celery_debug_line_for_each_task_withholds_the_message(caplog: pytest.Lo
     assert len(applied) == 1
     assert "tok-in-clear" not in applied[0]
     assert "arguments withheld" in applied[0]
+
+
+def test_remote_control_lists_a_request_with_its_masked_payload() -> None:
+    """``celery inspect active`` (and reserved, scheduled, query_task, Flower's worker page) show
+    the masked payload of a request, never the message's own arguments."""
+    import uuid
+
+    from kombu.message import Message
+
+    from workers.app import app
+    from workers.task import LedgerRequest
+
+    job = str(uuid.uuid4())
+    shown = "{'user': 'ada', 'token': '**********'}"  # the producer's kwargsrepr
+    headers = {"task": "ping", "id": job, "root_id": job, "argsrepr": "()", "kwargsrepr": shown}
+    body = json.dumps([[], {"user": "ada", "token": "tok-in-clear"}, {}])
+    message = Message(body=body, headers=headers, content_type="application/json", content_encoding="utf-8")
+    listed = LedgerRequest(message, app=app, task=app.tasks["ping"]).info()  # what `inspect active` sends
+    assert listed["id"] == job
+    assert "tok-in-clear" not in json.dumps(listed, default=str)
+    assert "ada" in listed["kwargs"]
