@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import threading
 import time
@@ -226,7 +227,7 @@ class _Running:
             "time_start": self.time_start,
             "acknowledged": False,
             "delivery_info": self.delivery_info,
-            "worker_pid": None,
+            "worker_pid": os.getpid(),
         }
 
 
