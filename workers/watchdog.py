@@ -108,7 +108,10 @@ class StallWatchdog(bootsteps.StartStopStep):
                 os.kill(os.getpid(), signal.SIGTERM)
             return
         received, self.seen = self.seen != Receipts.count, Receipts.count
-        waiting = 0 if received else self._waiting(c)
+        stopping = worker_state.should_stop is not None or worker_state.should_terminate is not None
+        # A worker that is stopping takes nothing on purpose (its running job has the soft
+        # shutdown's window): not a stall.
+        waiting = 0 if received or stopping else self._waiting(c)
         if not waiting:
             self.since = now
             return

@@ -140,14 +140,16 @@ class Platform:
         argv = ["worker", "-n", f"{name}@%h", "-l", "INFO", *args]
         if "-c" not in args:
             argv += ["-c", "2"]
+        mark = self.log_mark(name)  # a restarted process appends to its log: wait for this start's line
         process = self.processes.start(name, *argv, env={**self.env, **(env or {})})
         if wait:
-            self.processes.wait_log(name, "ready.", timeout=60)
+            self.wait_log_since(name, mark, "ready.", timeout=60)
         return process
 
     def start_beat(self, name: str = "beat", env: Mapping[str, str] | None = None) -> None:
+        mark = self.log_mark(name)
         self.processes.start(name, "beat", "-l", "INFO", env={**self.env, **(env or {})})
-        self.processes.wait_log(name, "is now the leader", timeout=60)
+        self.wait_log_since(name, mark, "is now the leader", timeout=60)
 
     def running(self, name: str) -> bool:
         process = self.processes.running.get(name)
@@ -158,11 +160,13 @@ class Platform:
         for name in list(self.processes.running):
             if name not in ("worker", "beat") or not self.running(name):
                 self.processes.stop(name, signal.SIGKILL)
-        if not self.running("worker"):
+        restart, mark = not self.running("worker"), self.log_mark("worker")
+        if restart:
             self.start_worker("worker", wait=False)
         if not self.running("beat"):
             self.start_beat()
-        self.processes.wait_log("worker", "ready.", timeout=60)
+        if restart:  # its log holds an earlier run's lines: wait for this start's
+            self.wait_log_since("worker", mark, "ready.", timeout=60)
 
     def supervise(self) -> None:
         """Do what production's supervisor does (Compose's restart policy, systemd, Kubernetes).
@@ -190,8 +194,12 @@ class Platform:
         return self.processes.log(name)
 
     def log_mark(self, name: str) -> int:
-        """Where a process's log ends now: read what it logs from here on with ``log_since``."""
-        return len(self.log(name))
+        """Where a process's log ends now (0 before it first started): read what it logs from here
+        on with ``log_since``."""
+        try:
+            return len(self.log(name))
+        except FileNotFoundError:
+            return 0
 
     def log_since(self, name: str, mark: int) -> str:
         return self.log(name)[mark:]

@@ -1,4 +1,5 @@
-"""Scenarios 4, 5, 7-11 and 19: Redis redelivers, loses, pauses or misses messages."""
+"""Scenarios 4, 5, 7-11 and 19: Redis redelivers, loses, pauses or misses messages (9 and 10 on
+both workers: prefork and ``-P batched``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,14 @@ from tests.support.controls import WEDGE_COMMAND
 from tests.support.fixtures import ROOT
 
 pytestmark = pytest.mark.acceptance
+
+
+def _worker_with(faults: Platform, pool: str) -> None:
+    """Run the scenario on the standard prefork worker, or on a batched one in its place (its
+    Lua pop, remote-control thread and reconnection; the harness restores the fleet after)."""
+    if pool == "batched":
+        faults.processes.stop("worker")
+        faults.start_worker("batched", "-P", "batched", "-c", "2")
 
 
 def test_04_a_job_running_longer_than_the_visibility_timeout_runs_once(faults: Platform) -> None:
@@ -104,7 +113,9 @@ def test_08_redis_down_at_submit(faults: Platform) -> None:
     assert len(faults.effects("s8")) == 1
 
 
-def test_09_redis_restarted_empty_with_1000_jobs_queued(faults: Platform) -> None:
+@pytest.mark.parametrize("pool", ["prefork", "batched"])
+def test_09_redis_restarted_empty_with_1000_jobs_queued(faults: Platform, pool: str) -> None:
+    _worker_with(faults, pool)
     ids = faults.producer.submit_many("ping", [{}] * 950)
     ids += faults.producer.submit_many("test.work", [{"key": f"s9-{n}"} for n in range(50)])
     faults.workload.accept(*ids)
@@ -120,7 +131,9 @@ def test_09_redis_restarted_empty_with_1000_jobs_queued(faults: Platform) -> Non
     print(f"Redis restart empty -> 1000 jobs done: {time.monotonic() - restarted:.1f}s")
 
 
-def test_10_redis_paused_for_15_seconds(faults: Platform) -> None:
+@pytest.mark.parametrize("pool", ["prefork", "batched"])
+def test_10_redis_paused_for_15_seconds(faults: Platform, pool: str) -> None:
+    _worker_with(faults, pool)
     before = [faults.submit("test.work", {"key": f"s10-{n}", "sleep": 0.2}) for n in range(10)]
     faults.redis.pause()
     try:

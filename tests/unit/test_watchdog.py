@@ -107,6 +107,19 @@ def test_a_full_worker_or_empty_queues_are_not_a_stall(waiting: dict[str, int]) 
     assert c.soon == []
 
 
+def test_a_stopping_worker_is_not_a_stall(waiting: dict[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    c = Consumer()
+    step = make(c)
+    monkeypatch.setattr(worker_state, "should_terminate", 0)  # SIGTERM/SIGQUIT: a shutdown began
+    step.check(c, 10.0)
+    step.check(c, 100.0)  # messages wait and nothing is taken, for the shutdown's whole window
+    assert c.soon == []
+    monkeypatch.setattr(worker_state, "should_terminate", None)
+    step.check(c, 110.0)
+    step.check(c, 200.0)
+    assert c.soon == [step._reconnect]
+
+
 def test_a_consumer_that_does_not_reconnect_gets_its_worker_stopped(
     waiting: dict[str, int], killed: list[tuple[int, int]]
 ) -> None:
