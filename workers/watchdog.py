@@ -24,8 +24,11 @@ does what it does after any connection loss (reconnect, consume again; the
 running jobs go on, and their messages come back to be absorbed by the claim).
 If the loop does not run even that within another timeout, it is wedged: the
 watchdog sends the worker SIGTERM (the soft shutdown) so that its supervisor
-starts a fresh one. Nothing is lost either way: the ledger still holds every
-job as queued or running.
+starts a fresh one; a wedged worker can hang in its shutdown too (seen in the
+fault suite: a prefork worker's cold shutdown after a Redis restart), so if it
+is still there ``KILL_AFTER`` seconds past its soft shutdown's window, the
+watchdog SIGKILLs it. Nothing is lost either way: the ledger still holds every
+job as queued or running, and the leases of running ones end.
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ if TYPE_CHECKING:
 __all__ = ["StallWatchdog", "install"]
 
 log = logging.getLogger("jobs.worker.watchdog")
+
+#: Seconds past ``JOBS_WORKER_SOFT_SHUTDOWN_TIMEOUT`` a worker the watchdog stopped may take to
+#: exit before the watchdog kills it (the same margin docs/deploy.md asks of a container's stop).
+KILL_AFTER = 15.0
 
 
 class Receipts:
@@ -74,6 +81,7 @@ class StallWatchdog(bootsteps.StartStopStep):
         self.seen = Receipts.count
         self.since = time.monotonic()  # when the stall clock last started
         self.asked: float | None = None  # when the consumer was asked to reconnect
+        self.killer: threading.Timer | None = None  # armed once the watchdog stopped the worker
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
         self._client: redis.Redis | None = None
@@ -106,6 +114,10 @@ class StallWatchdog(bootsteps.StartStopStep):
                 )
                 self.stopping.set()
                 os.kill(os.getpid(), signal.SIGTERM)
+                grace = self.settings.worker_soft_shutdown_timeout + KILL_AFTER
+                self.killer = threading.Timer(grace, self._kill, args=(grace,))
+                self.killer.daemon = True
+                self.killer.start()
             return
         received, self.seen = self.seen != Receipts.count, Receipts.count
         stopping = worker_state.should_stop is not None or worker_state.should_terminate is not None
@@ -147,6 +159,11 @@ class StallWatchdog(bootsteps.StartStopStep):
         if self._client is None:
             self._client = broker.client(self.settings)
         return self._client
+
+    def _kill(self, grace: float) -> None:
+        """The worker the watchdog stopped is still here: its shutdown hangs too."""
+        log.critical("stall watchdog: this worker did not stop within %gs of its SIGTERM; SIGKILL", grace)
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def _reconnect(self) -> None:
         """Run by the consumer's event loop: fail the way a lost connection fails."""

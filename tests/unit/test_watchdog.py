@@ -13,6 +13,7 @@ from celery.worker import state as worker_state
 
 from jobs import broker
 from jobs.settings import get_settings
+from workers import watchdog
 from workers.watchdog import Receipts, StallWatchdog
 
 TIMEOUT = 30.0
@@ -134,6 +135,12 @@ def test_a_consumer_that_does_not_reconnect_gets_its_worker_stopped(
     step.check(c, 60.0)
     assert sent == [(os.getpid(), signal.SIGTERM)]
     assert step.stopping.is_set()
+    # A worker whose shutdown hangs too is killed past its soft shutdown's window.
+    assert step.killer is not None
+    step.killer.cancel()  # (it would fire in this process)
+    assert step.killer.interval == step.settings.worker_soft_shutdown_timeout + watchdog.KILL_AFTER
+    step._kill(step.killer.interval)
+    assert sent == [(os.getpid(), signal.SIGTERM), (os.getpid(), signal.SIGKILL)]
 
 
 def test_a_reconnected_consumer_starts_afresh(waiting: dict[str, int]) -> None:
