@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Celery, bootsteps
 from celery.exceptions import InvalidTaskError
-from celery.worker import state as worker_state
 from celery.worker.strategy import default as default_strategy
 from kombu.exceptions import ContentDisallowed, DecodeError
 
@@ -58,10 +57,6 @@ KEEP_FOR = 0.5
 #: Seconds of bodies one batch may hold: the prefetch shrinks for long bodies (one at a time for
 #: bodies of 100 ms or more), so a message never waits long behind others in its process.
 BATCH_BUDGET = 0.1
-
-
-def _stopping() -> bool:
-    return worker_state.should_terminate is not None or worker_state.should_stop is not None
 
 
 def _job_id(message: Message) -> uuid.UUID | None:
@@ -165,7 +160,7 @@ class Batcher:
         self._fit_prefetch()
 
     def _run(self, batch: Batch) -> None:
-        if _stopping():
+        if watchdog.stopping():
             for item in batch.received:
                 self.out.requeue(item)
             return
@@ -188,7 +183,7 @@ class Batcher:
                 return
             batch.claimed_at = batch.leased_at = time.monotonic()
         for index, item in enumerate(batch.received):
-            if _stopping():
+            if watchdog.stopping():
                 self._hand_back(batch, batch.received[index:])
                 return
             if batch.kept and time.monotonic() - batch.kept[0].started > KEEP_FOR:

@@ -126,7 +126,8 @@ class QoS(kombu_redis.QoS):
     recorded again."""
 
     def append(self, message: Any, delivery_tag: Any) -> None:
-        recorded: set[Any] = getattr(self.channel, "recorded", set())
+        channel: Any = self.channel  # this module's Channel (kombu's stubs type the virtual one)
+        recorded: set[Any] = channel.recorded
         if delivery_tag in recorded:
             recorded.discard(delivery_tag)
             kombu_virtual.QoS.append(self, message, delivery_tag)

@@ -49,13 +49,18 @@ from jobs.settings import get_settings
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["StallWatchdog", "install"]
+__all__ = ["StallWatchdog", "install", "stopping"]
 
 log = logging.getLogger("jobs.worker.watchdog")
 
 #: Seconds past ``JOBS_WORKER_SOFT_SHUTDOWN_TIMEOUT`` a worker the watchdog stopped may take to
 #: exit before the watchdog kills it (the same margin docs/deploy.md asks of a container's stop).
 KILL_AFTER = 15.0
+
+
+def stopping() -> bool:
+    """Whether this worker process began a shutdown (warm or cold): it takes no more messages."""
+    return worker_state.should_terminate is not None or worker_state.should_stop is not None
 
 
 class Receipts:
@@ -120,10 +125,9 @@ class StallWatchdog(bootsteps.StartStopStep):
                 self.killer.start()
             return
         received, self.seen = self.seen != Receipts.count, Receipts.count
-        stopping = worker_state.should_stop is not None or worker_state.should_terminate is not None
         # A worker that is stopping takes nothing on purpose (its running job has the soft
         # shutdown's window): not a stall.
-        waiting = 0 if received or stopping else self._waiting(c)
+        waiting = 0 if received or stopping() else self._waiting(c)
         if not waiting:
             self.since = now
             return
