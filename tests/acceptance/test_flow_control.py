@@ -203,6 +203,7 @@ def test_a_rate_admits_at_most_rate_plus_burst_in_any_second(fleet, producer: Pr
     admitted = [row.published_at for row in done]
     starts = [row.started_at for row in done]
     took = (max(starts) - min(row.created_at for row in done)).total_seconds()
+    admitting = (max(admitted) - min(row.created_at for row in done)).total_seconds()
     most_admitted, most_started = most_in_window(admitted), most_in_window(starts)
     print(
         f"rate 20/s burst 5, 300 jobs: at most {most_admitted} admitted and {most_started} started in any"
@@ -214,8 +215,9 @@ def test_a_rate_admits_at_most_rate_plus_burst_in_any_second(fleet, producer: Pr
     # Starts follow admissions by the publish, the broker and a pool process: a few ms on a quiet
     # machine (25-26 starts in the busiest window here). On a busy one a stalled worker starts a
     # second's admissions together with the next second's (50 seen beside the whole suite): that is
-    # the workers' jitter, not the limit's, so starts are printed and only admissions are bounded.
-    assert 12 <= took <= 22, took
+    # the workers' jitter, not the limit's, so starts are printed and only admissions are bounded
+    # (the last one 23.3 s after the submit was seen on a slow host, its admissions on time).
+    assert 12 <= admitting <= 22, (admitting, took)
 
 
 def test_a_cap_raised_at_runtime_with_jobs_limits_set_admits_more_at_once(fleet, producer: Producer):
