@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
@@ -43,7 +44,7 @@ from types import FrameType
 
 from jobs.settings import Settings
 
-__all__ = ["EXIT_HARD_LIMIT", "Supervisor", "node_names"]
+__all__ = ["EXIT_HARD_LIMIT", "PROCESS_SUFFIX", "Supervisor", "group_of", "node_names"]
 
 log = logging.getLogger("jobs.worker")
 
@@ -62,6 +63,18 @@ def node_names(name: str | None, slot: int) -> str:
     base, _, host = (name or f"worker-{os.getpid()}@%h").partition("@")
     host = (host or "%h").replace("%h", socket.gethostname())
     return f"{base}-{slot}.{secrets.token_hex(2)}@{host}"
+
+
+#: What ``node_names`` adds to the worker's own name for one of its processes: ``-SLOT.XXXX``.
+PROCESS_SUFFIX = r"-[1-9][0-9]*\.[0-9a-f]{4}"
+_NODE = re.compile(rf"(?P<base>.+){PROCESS_SUFFIX}@(?P<host>.*)")
+
+
+def group_of(node: str) -> str | None:
+    """The name of the batched worker (``NAME@HOST``, its ``-n``) whose process is ``node``, or
+    ``None`` for a name ``node_names`` did not make."""
+    found = _NODE.fullmatch(node)
+    return f"{found['base']}@{found['host']}" if found else None
 
 
 def _detach() -> None:

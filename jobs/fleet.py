@@ -10,6 +10,13 @@ live main process can say: its pool and the jobs it runs now. A worker that
 answers but is not in the roster (an older version, or one that cannot reach
 the ledger) is listed as ``unlisted``.
 
+A batched worker (``jobs worker -P batched``) is one Celery node per process
+(``NAME-I.XXXX@HOST``, jobs.batched_pool); its processes are listed as one
+worker, ``NAME@HOST`` with pool ``batched``, as many as its live processes for
+its size, their running jobs together, and each process under ``processes``.
+A process that went silent or stopped (one its supervisor replaced) is listed
+apart from the live ones, under the same name with its own state.
+
 Consumers of a queue are the live workers started with it, so a paused queue
 (whose consumer a worker cancels) still shows the workers that will take its
 jobs once it is resumed. The inspect questions are asked at once, so a look at
@@ -30,7 +37,7 @@ from jobs import db, roster
 from jobs.errors import BrokerUnavailable, JobsError
 from jobs.settings import Settings
 
-__all__ = ["ActiveJob", "Worker", "consumers", "implementers", "workers"]
+__all__ = ["ActiveJob", "Worker", "consumers", "grouped", "implementers", "workers"]
 
 #: Workers that stopped or went silent longer ago than this are no longer listed.
 FORGET_AFTER = 3600.0
@@ -64,6 +71,8 @@ class Worker:
     heartbeat: datetime | None = None
     answered: bool | None = None
     """Whether it answered through Redis (``None``: the workers could not be asked)."""
+    processes: list[Worker] = dataclasses.field(default_factory=list)
+    """A batched worker's processes, each as its own node (empty for the other pools)."""
 
     @property
     def live(self) -> bool:
@@ -186,7 +195,43 @@ def workers(
         )
     names = {member.name for member in members}
     merged += [worker for name, worker in (answered or {}).items() if name not in names]
-    return sorted(merged, key=lambda worker: (not worker.live, worker.name))
+    return sorted(grouped(merged), key=lambda worker: (not worker.live, worker.name))
+
+
+def grouped(found: list[Worker]) -> list[Worker]:
+    """One worker for the processes of each batched worker in the same state."""
+    from jobs.batched_pool import group_of
+
+    groups: dict[tuple[str, str], list[Worker]] = {}
+    listed = []
+    for worker in found:
+        group = group_of(worker.name) if worker.pool == "batched" else None
+        if group is None:
+            listed.append(worker)
+        else:
+            groups.setdefault((group, worker.state), []).append(worker)
+    for (name, state), processes in groups.items():
+        uptimes = [process.uptime for process in processes if process.uptime is not None]
+        beats = [process.heartbeat for process in processes if process.heartbeat is not None]
+        answers = [process.answered for process in processes if process.answered is not None]
+        listed.append(
+            Worker(
+                name=name,
+                queues=sorted({queue for process in processes for queue in process.queues}),
+                pool="batched",
+                concurrency=sum(process.concurrency or 1 for process in processes),
+                uptime=max(uptimes, default=None),
+                pid=None,
+                active=[job for process in processes for job in process.active],
+                host=processes[0].host,
+                kinds={kind: version for process in processes for kind, version in process.kinds.items()},
+                state=state,
+                heartbeat=max(beats, default=None),
+                answered=any(answers) if answers else None,
+                processes=sorted(processes, key=lambda process: process.name),
+            )
+        )
+    return listed
 
 
 def consumers(found: list[Worker]) -> dict[str, list[str]]:

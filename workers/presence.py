@@ -37,6 +37,8 @@ def member_of(c: Any, registry: Registry, queues: list[str]) -> roster.Member:
     """This worker as the roster records it."""
     pool = c.controller.pool if c.controller is not None else None
     pool_name = type(pool).__module__.rsplit(".", 1)[-1] if pool is not None else None
+    if get_settings().worker_batched:  # one process of a `jobs worker -P batched` (jobs.fleet groups them)
+        pool_name = "batched"
     return roster.Member(
         name=str(c.hostname),
         host=socket.gethostname(),

@@ -47,8 +47,10 @@ class _Answered(Exception):
 def node_pattern(name: str) -> str:
     """The nodes of the worker started as ``jobs worker -n NAME@HOST``: the node itself, or with
     ``-P batched`` any of its worker processes (``NAME-I.XXXX@HOST``, jobs.batched_pool)."""
+    from jobs.batched_pool import PROCESS_SUFFIX
+
     base, _, host = name.partition("@")
-    return rf"^{re.escape(base)}(-[0-9]+\.[0-9a-f]{{4}})?@{re.escape(host)}$"
+    return rf"^{re.escape(base)}({PROCESS_SUFFIX})?@{re.escape(host)}$"
 
 
 def _worker(node: str | None, timeout: float) -> tuple[bool, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import threading
 import time
 import uuid
@@ -174,8 +175,15 @@ def test_a_busy_worker_process_answers_remote_control_and_sends_heartbeats(
         assert [task["id"] for task in active.get(node, [])] == [str(job)]
         listed = run_jobs("workers", "--json")
         assert listed.returncode == 0, listed.stderr
-        busy = {worker["name"]: worker["active"] for worker in json.loads(listed.stdout)["workers"]}
-        assert [(entry["id"], entry["kind"]) for entry in busy[node]] == [(str(job), "test.gate")]
+        # Its processes are one worker under the supervisor's name (jobs.fleet), 1 of 2 busy.
+        listing = {worker["name"]: worker for worker in json.loads(listed.stdout)["workers"]}
+        worker = listing[supervisor]
+        assert (worker["pool"], worker["concurrency"], worker["state"]) == ("batched", 2, "alive")
+        assert [(entry["id"], entry["kind"]) for entry in worker["active"]] == [(str(job), "test.gate")]
+        assert node in [process["name"] for process in worker["processes"]]
+        human = run_jobs("workers")
+        assert human.returncode == 0, human.stderr
+        assert re.search(rf"{re.escape(supervisor)} +alive .* batched x2 +1/2 ", human.stdout), human.stdout
         with app.connection_for_read() as connection:
             heartbeats: list[dict[str, object]] = []
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from jobs import batched_pool
-from jobs.batched_pool import EXIT_HARD_LIMIT, Slot, Supervisor, node_names
+from jobs.batched_pool import EXIT_HARD_LIMIT, Slot, Supervisor, group_of, node_names
 from jobs.cli.health import node_pattern
 from jobs.settings import Settings
 
@@ -57,6 +57,16 @@ def test_jobs_health_worker_node_finds_the_processes_of_a_batched_worker():
         assert not re.match(pattern, other)
     assert re.match(node_pattern("a.b+c@h"), "a.b+c-1.00ff@h")  # the name is matched as text
     assert not re.match(node_pattern("a.b+c@h"), "axbbc@h")
+
+
+def test_a_process_name_leads_back_to_its_worker_name():
+    host = socket.gethostname()
+    assert group_of(node_names("reports@%h", 12)) == f"reports@{host}"
+    assert group_of(node_names("a-1.00ff@h", 1)) == "a-1.00ff@h"  # only the last suffix is the slot's
+    assert group_of(node_names(None, 1)) == f"worker-{os.getpid()}@{host}"
+    others = ("reports@h", "reports-0.abcd@h", "reports-1.abcde@h", "reports-1.ABCD@h", "reports-x.abcd@h")
+    for other in others:
+        assert group_of(other) is None
 
 
 def test_a_crashing_process_has_its_leases_ended_and_restarts_later_each_time():

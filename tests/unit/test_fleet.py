@@ -147,6 +147,35 @@ def test_consumers_are_the_live_workers_started_with_the_queue() -> None:
     assert fleet.implementers(found, "ping", "images") == []
 
 
+def process(name: str, state: str = "alive", active: int = 0, uptime: float = 10.0) -> fleet.Worker:
+    """One process of a batched worker, as the roster and its own remote control list it."""
+    running = [fleet.ActiveJob(f"{name}/{n}", "ping", None) for n in range(active)]
+    return fleet.Worker(name, ["default"], "batched", 1, uptime, 7, running, kinds={"ping": "1"}, state=state)
+
+
+def test_the_processes_of_a_batched_worker_are_listed_as_one_worker() -> None:
+    found = fleet.grouped(
+        [
+            process("w-1.00aa@h", active=1, uptime=30.0),
+            process("w-2.00bb@h", active=1),
+            process("w-2.0fff@h", "silent"),  # the incarnation its supervisor replaced
+            process("v-1.00cc@h"),
+            worker("w-3.00dd@h"),  # a prefork worker named so by hand is itself
+        ]
+    )
+    by_name = {(w.name, w.state): w for w in found}
+    assert sorted(by_name) == [("v@h", "alive"), ("w-3.00dd@h", "alive"), ("w@h", "alive"), ("w@h", "silent")]
+    batched = by_name["w@h", "alive"]
+    assert (batched.pool, batched.concurrency, batched.uptime, batched.pid) == ("batched", 2, 30.0, None)
+    assert [job.id for job in batched.active] == ["w-1.00aa@h/0", "w-2.00bb@h/0"]
+    assert [p.name for p in batched.processes] == ["w-1.00aa@h", "w-2.00bb@h"]
+    assert (batched.kinds, batched.queues) == ({"ping": "1"}, ["default"])
+    assert [p.name for p in by_name["w@h", "silent"].processes] == ["w-2.0fff@h"]
+    assert sorted(fleet.consumers(found)["default"]) == ["v@h", "w-3.00dd@h", "w@h"]
+    assert sorted(fleet.implementers(found, "ping")) == ["v@h", "w@h"]
+    assert json.loads(json.dumps(batched.as_dict()))["processes"][0]["pid"] == 7
+
+
 def view(
     queued: int, ready: int, unpublished: int = 0, consumers: list[str] | None = None
 ) -> snapshot.QueueView:
