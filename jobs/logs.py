@@ -15,11 +15,10 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from celery import signals
-
-from jobs.settings import Settings
+if TYPE_CHECKING:  # neither is imported at run time: the batched supervisor logs through plain() alone
+    from jobs.settings import Settings
 
 __all__ = [
     "CELERY_TASK_LOGGERS",
@@ -84,16 +83,18 @@ def _use_json(logger: logging.Logger, **_: Any) -> None:
 
 def install(settings: Settings) -> None:
     """Make Celery's log set-up (worker and beat) use the configured format."""
+    from celery import signals
+
     if settings.log_format == "json":
         signals.after_setup_logger.connect(_use_json, weak=False)
         signals.after_setup_task_logger.connect(_use_json, weak=False)
 
 
-def plain(settings: Settings, level: str = "INFO") -> None:
+def plain(log_format: str, level: str = "INFO") -> None:
     """Log set-up for a process that is not Celery's (``jobs worker -P batched``'s supervisor):
-    stderr, in the configured format, Celery's text layout for the text format."""
+    stderr, in ``JOBS_LOG_FORMAT``'s format, Celery's text layout for the text format."""
     handler = logging.StreamHandler()
-    if settings.log_format == "json":
+    if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"))

@@ -118,21 +118,25 @@ def _batched(
     loglevel: str,
     celery_args: tuple[str, ...],
 ) -> NoReturn:
-    """``-P batched``: this process supervises ``concurrency`` batched worker processes."""
-    from jobs import logs
-    from jobs.batched_pool import Supervisor
+    """``-P batched``: this process becomes the supervisor of ``concurrency`` batched worker
+    processes (``python -m jobs.batched_pool``, same pid: it holds none of this command's
+    imports, only what supervising needs)."""
+    from jobs import batched_pool
 
     solo = [*_celery_worker(loglevel, "solo"), "-c", "1", "-Q", queues or ",".join(worker_queues(settings))]
-
-    def argv_for(node: str) -> list[str]:
-        return [*solo, "-n", node, *celery_args]
-
+    plan = batched_pool.Plan(
+        concurrency=concurrency or os.cpu_count() or 1,
+        argv=[*solo, "-n", batched_pool.NODE, *celery_args],
+        name=hostname,
+        soft_shutdown_timeout=settings.worker_soft_shutdown_timeout,
+        log_format=settings.log_format,
+        loglevel=loglevel,
+    )
     env = dict(os.environ)
     env["JOBS_WORKER_BATCHED"] = "1"
     env.setdefault("REMAP_SIGTERM", "SIGQUIT")  # SIGTERM: the running body gets the soft shutdown window
-    logs.plain(settings, loglevel)
-    supervisor = Supervisor(settings, concurrency or os.cpu_count() or 1, argv_for, env, name=hostname)
-    sys.exit(supervisor.run())
+    env[batched_pool.PLAN] = plan.to_json()
+    _exec([sys.executable, "-m", "jobs.batched_pool"], env)
 
 
 @click.command(context_settings={"ignore_unknown_options": True})

@@ -14,7 +14,6 @@ import pytest
 from jobs import batched_pool
 from jobs.batched_pool import EXIT_HARD_LIMIT, Slot, Supervisor, group_of, node_names
 from jobs.cli.health import node_pattern
-from jobs.settings import Settings
 
 pytestmark = pytest.mark.unit
 
@@ -24,9 +23,7 @@ def program(code: str) -> list[str]:
 
 
 def supervisor(code: str, ended: list[str], concurrency: int = 1) -> Supervisor:
-    pool = Supervisor(
-        Settings(worker_soft_shutdown_timeout=1), concurrency, lambda node: program(code), dict(os.environ)
-    )
+    pool = Supervisor(1.0, concurrency, lambda node: program(code), dict(os.environ))
     pool._end_leases = lambda slot: ended.append(slot.node)  # type: ignore[method-assign]  # no ledger here
     return pool
 

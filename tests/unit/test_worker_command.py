@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from click.testing import CliRunner
 from jobs import batched_pool, logs
 from jobs.cli import processes
 from jobs.cli.main import cli
+from jobs.settings import get_settings
 
 pytestmark = pytest.mark.unit
 
@@ -32,20 +34,33 @@ def test_a_prefork_worker_never_batches_whatever_the_environment_says(monkeypatc
 def test_batched_supervises_single_process_workers_that_batch(monkeypatch):
     seen: dict[str, Any] = {}
 
-    def run(self: batched_pool.Supervisor) -> int:
-        seen.update(env=self.env, argv=self.argv_for("w-1.abcd@host"), slots=len(self.slots))
-        return 0
+    def exec_(argv: list[str], env: dict[str, str] | None = None) -> None:
+        seen.update(argv=argv, env=env)
+        raise SystemExit(0)
 
-    monkeypatch.setattr(batched_pool.Supervisor, "run", run)
-    monkeypatch.setattr(logs, "plain", lambda settings, level="INFO": None)
+    monkeypatch.setattr(processes, "_exec", exec_)
     monkeypatch.delenv("REMAP_SIGTERM", raising=False)
     result = CliRunner().invoke(
-        cli, ["worker", "-P", "batched", "-c", "3", "-Q", "default", "--without-gossip"]
+        cli, ["worker", "-P", "batched", "-c", "3", "-Q", "default", "-n", "w@%h", "--without-gossip"]
     )
     assert result.exit_code == 0, result.output
-    assert seen["slots"] == 3
-    assert (seen["env"]["JOBS_WORKER_BATCHED"], seen["env"]["REMAP_SIGTERM"]) == ("1", "SIGQUIT")
-    argv = seen["argv"]
+    # The command becomes the supervisor (same pid), a process that imports almost nothing.
+    assert seen["argv"][1:] == ["-m", "jobs.batched_pool"]
+    env = seen["env"]
+    assert (env["JOBS_WORKER_BATCHED"], env["REMAP_SIGTERM"]) == ("1", "SIGQUIT")
+    plan = batched_pool.Plan.from_json(env[batched_pool.PLAN])
+    assert (plan.concurrency, plan.name, plan.log_format, plan.loglevel) == (3, "w@%h", "text", "INFO")
+    monkeypatch.setattr(os, "environ", env)
+    monkeypatch.setattr(batched_pool.Supervisor, "run", lambda self: seen.update(supervisor=self) or 0)
+    monkeypatch.setattr(logs, "plain", lambda log_format, level="INFO": None)
+    with pytest.raises(SystemExit) as stopped:
+        batched_pool.main()
+    assert stopped.value.code == 0
+    supervisor = seen["supervisor"]
+    assert len(supervisor.slots) == 3
+    assert batched_pool.PLAN not in supervisor.env  # the worker processes do not get the plan
+    assert supervisor.soft_shutdown_timeout == get_settings().worker_soft_shutdown_timeout
+    argv = supervisor.argv_for("w-1.abcd@host")
     assert argv[argv.index("-P") + 1 : argv.index("-P") + 4] == ["solo", "-c", "1"]
     assert argv[argv.index("-n") + 1] == "w-1.abcd@host"
     assert argv[argv.index("-Q") + 1] == "default"
