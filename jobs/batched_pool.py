@@ -261,9 +261,7 @@ class Supervisor:
         first = self.stopping is None
         self.stopping = signum
         if first:
-            self.stop_deadline = (
-                time.monotonic() + self.soft_shutdown_timeout + SHUTDOWN_GRACE
-            )
+            self.stop_deadline = time.monotonic() + self.soft_shutdown_timeout + SHUTDOWN_GRACE
         forwarded = signal.SIGTERM if signum == signal.SIGINT else signum
         for slot in self.slots:
             if slot.process is not None and slot.process.poll() is None:

@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -135,3 +136,26 @@ def test_a_worker_that_outlives_the_window_is_killed_and_its_leases_ended(monkey
         assert ended == [slot.node]
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_the_supervisor_loads_nothing_heavy_until_a_process_dies():
+    """``python -m jobs.batched_pool`` stays small: no settings (pydantic), ledger or Celery."""
+    code = (
+        "import sys\n"
+        "from jobs import batched_pool, logs\n"
+        "plan = batched_pool.Plan(2, ['true', batched_pool.NODE], None, 5.0, 'json', 'INFO')\n"
+        "plan = batched_pool.Plan.from_json(plan.to_json())\n"
+        "logs.plain(plan.log_format, plan.loglevel)\n"
+        "batched_pool.Supervisor(plan.soft_shutdown_timeout, plan.concurrency, plan.argv_for, {})\n"
+        "heavy = {'pydantic', 'sqlalchemy', 'celery', 'psycopg'}\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
+    env = {key: value for key, value in os.environ.items() if key != batched_pool.PLAN}
+    started = [sys.executable, "-m", "jobs.batched_pool"]
+    done = subprocess.run(started, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "JOBS_BATCHED_PLAN is not set: start a batched worker with `jobs worker -P batched`"
+    ]
