@@ -146,6 +146,26 @@ def test_cancelling_a_running_job_stops_its_body(batched, producer, clean, tmp_p
     assert wait_for_state(clean, job)["state"] == "cancelled"
 
 
+def busy_heartbeats(app: Any, node: str, seconds: float = 20.0) -> list[object]:
+    """The ``active`` counts of ``node``'s heartbeats, until one counts a running body or
+    ``seconds`` pass (bounded whatever the other processes send: each of their events would
+    restart ``capture``'s own timeout)."""
+    heard: list[object] = []
+    until = time.monotonic() + seconds
+
+    def on_event(event: dict[str, object]) -> None:
+        if event.get("type") == "worker-heartbeat" and event.get("hostname") == node:
+            heard.append(event.get("active"))
+        if 1 in heard or time.monotonic() > until:
+            raise KeyboardInterrupt  # stop capturing
+
+    with app.connection_for_read() as connection:
+        receiver = app.events.Receiver(connection, handlers={"*": on_event})
+        with contextlib.suppress(KeyboardInterrupt, TimeoutError, OSError):
+            receiver.capture(limit=None, timeout=5)
+    return heard
+
+
 def test_a_busy_worker_process_answers_remote_control_and_sends_heartbeats(
     batched, producer, clean, tmp_path: Path
 ):
@@ -154,7 +174,7 @@ def test_a_busy_worker_process_answers_remote_control_and_sends_heartbeats(
     from celery import Celery
 
     gate = tmp_path / "gate"
-    job = producer.submit("test.gate", {"path": str(gate), "seconds": 60})
+    job = producer.submit("test.gate", {"path": str(gate), "seconds": 120})
     deadline = time.monotonic() + 30
     while not Path(f"{gate}.started").exists():
         assert time.monotonic() < deadline
@@ -164,6 +184,8 @@ def test_a_busy_worker_process_answers_remote_control_and_sends_heartbeats(
     app = Celery("operator", broker=clean.broker_url, set_as_current=False)
     revoked: list[Any] = []
     try:
+        heard = busy_heartbeats(app, node)
+        assert 1 in heard, f"no heartbeat from {node} counted its running body; heard active={heard}"
         health = run_jobs("health", "worker", "--node", node, "--timeout", "5")
         assert health.returncode == 0, health.stdout + health.stderr
         # The supervisor's name (worker-PID@HOST, as with -n) finds its processes too.
@@ -184,18 +206,8 @@ def test_a_busy_worker_process_answers_remote_control_and_sends_heartbeats(
         human = run_jobs("workers")
         assert human.returncode == 0, human.stderr
         assert re.search(rf"{re.escape(supervisor)} +alive .* batched x2 +1/2 ", human.stdout), human.stdout
-        with app.connection_for_read() as connection:
-            heartbeats: list[dict[str, object]] = []
-
-            def on_heartbeat(event: dict[str, object]) -> None:
-                if event.get("hostname") == node and event.get("active") == 1:
-                    heartbeats.append(event)
-                    raise KeyboardInterrupt  # stop capturing
-
-            receiver = app.events.Receiver(connection, handlers={"worker-heartbeat": on_heartbeat})
-            with contextlib.suppress(KeyboardInterrupt, TimeoutError, OSError):
-                receiver.capture(limit=None, timeout=15)
-        assert heartbeats, f"no heartbeat from {node} while its body ran"
+        heard = busy_heartbeats(app, node)  # and still, after those commands
+        assert 1 in heard, f"no heartbeat from {node} counted its running body; heard active={heard}"
         # revoke changes the worker's state: it waits for the body, and its reply follows.
         asking = threading.Thread(
             target=lambda: revoked.append(
