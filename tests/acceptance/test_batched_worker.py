@@ -174,7 +174,7 @@ def test_a_busy_worker_process_answers_remote_control_and_sends_heartbeats(
     from celery import Celery
 
     gate = tmp_path / "gate"
-    job = producer.submit("test.gate", {"path": str(gate), "seconds": 120})
+    job = producer.submit("test.gate", {"path": str(gate), "seconds": 60})
     deadline = time.monotonic() + 30
     while not Path(f"{gate}.started").exists():
         assert time.monotonic() < deadline

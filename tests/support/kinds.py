@@ -226,12 +226,16 @@ class Gate(BaseModel):
     seconds: float = 60.0
 
 
-@jobs.kind("test.gate", payload=Gate, max_attempts=3, backoff=FAST)
+@jobs.kind(
+    "test.gate", payload=Gate, max_attempts=3, backoff=FAST, soft_time_limit=45.0, hard_time_limit=50.0
+)
 def gate(ctx: jobs.JobContext, payload: Gate) -> dict[str, Any]:
     """Touch ``PATH.started``, then wait (no database work) until the file ``PATH`` exists.
 
     A test holds a batched worker's batch open with it: the bodies before it in the batch
-    have run and their successes wait for the batch's finish.
+    have run and their successes wait for the batch's finish. Its soft time limit (45 s, below
+    the suite's visibility timeout with the lease margin) outlasts what a test does meanwhile
+    on a slow host; the suite's default (20 s) stopped it under a CI run's busy test.
     """
     Path(f"{payload.path}.started").write_text(str(os.getpid()))
     deadline = time.monotonic() + payload.seconds
