@@ -217,7 +217,10 @@ def test_a_rate_admits_at_most_rate_plus_burst_in_any_second(fleet, producer: Pr
     # second's admissions together with the next second's (50 seen beside the whole suite): that is
     # the workers' jitter, not the limit's, so starts are printed and only admissions are bounded
     # (the last one 23.3 s after the submit was seen on a slow host, its admissions on time).
-    assert 12 <= admitting <= 22, (admitting, took)
+    # The limit promises "at most": the lower bound is its proof. The upper one only says the
+    # admissions kept coming (not stalled); a CI run beside the whole suite admitted the last at
+    # 23.5 s, its leader's ticks slowed by the host, so it leaves room for that.
+    assert 12 <= admitting <= 40, (admitting, took)
 
 
 def test_a_cap_raised_at_runtime_with_jobs_limits_set_admits_more_at_once(fleet, producer: Producer):
