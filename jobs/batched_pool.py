@@ -35,7 +35,6 @@ the settings (pydantic) and the command line.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -49,7 +48,7 @@ import subprocess  # nosec B404
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from types import FrameType
 from typing import Any, NoReturn, Self
 
@@ -128,7 +127,7 @@ class Plan:
     loglevel: str
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
+        return json.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> Self:

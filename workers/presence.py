@@ -36,9 +36,10 @@ log = logging.getLogger("jobs.worker.presence")
 def member_of(c: Any, registry: Registry, queues: list[str]) -> roster.Member:
     """This worker as the roster records it."""
     pool = c.controller.pool if c.controller is not None else None
-    pool_name = type(pool).__module__.rsplit(".", 1)[-1] if pool is not None else None
     if get_settings().worker_batched:  # one process of a `jobs worker -P batched` (jobs.fleet groups them)
-        pool_name = "batched"
+        pool_name: str | None = "batched"
+    else:
+        pool_name = type(pool).__module__.rsplit(".", 1)[-1] if pool is not None else None
     return roster.Member(
         name=str(c.hostname),
         host=socket.gethostname(),
