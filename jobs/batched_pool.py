@@ -11,9 +11,11 @@ main process does for its children:
 - it **replaces** one that exits while the supervisor is not stopping: one that
   stopped a body at its hard time limit, one recycled past
   ``JOBS_WORKER_MAX_MEMORY_PER_CHILD``, one that crashed or was killed. For one
-  that died without saying (killed, crashed), it first ends the leases of the
-  jobs it was running (``jobs.ledger.release_lease``'s rule: the next delivery
-  of their messages, or the rescuer, runs them again at once). One that keeps
+  that died without saying (killed, crashed), it first hands back the jobs the
+  process claimed and never started, their attempt undone (its record,
+  ``jobs.unstarted``), and ends the leases of the jobs it was running
+  (``jobs.ledger.release_lease``'s rule: the next delivery of their messages,
+  or the rescuer, runs them again at once). One that keeps
   dying within seconds of its start is restarted after a growing pause (up to
   30 s), so a broken deployment does not spin;
 - it **forwards** SIGTERM, SIGINT (as SIGTERM) and SIGQUIT: each worker then
@@ -50,7 +52,9 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from types import FrameType
-from typing import Any, NoReturn, Self
+from typing import IO, Any, NoReturn, Self
+
+from jobs import unstarted
 
 __all__ = [
     "EXIT_HARD_LIMIT",
@@ -147,6 +151,8 @@ class Slot:
     failures: int = 0
     restart_at: float = 0.0
     exits: list[int] = field(default_factory=list)
+    record: IO[bytes] | None = None
+    """What the process claimed and has not started (``jobs.unstarted``)."""
 
 
 class Supervisor:
@@ -192,9 +198,12 @@ class Supervisor:
 
     def _start(self, slot: Slot) -> None:
         slot.node = node_names(self.name, slot.number)
+        slot.record = unstarted.create()
+        fd = slot.record.fileno()
         slot.process = subprocess.Popen(  # nosec B603
             self.argv_for(slot.node),
-            env=self.env,
+            env={**self.env, unstarted.FD: str(fd)},
+            pass_fds=(fd,),
             preexec_fn=_detach,  # noqa: PLW1509 - the supervisor runs no other thread
         )
         slot.started = time.monotonic()
@@ -210,6 +219,14 @@ class Supervisor:
             return
         slot.process = None
         slot.exits.append(code)
+        try:
+            self._exited(slot, code, now)
+        finally:
+            if slot.record is not None:
+                slot.record.close()
+                slot.record = None
+
+    def _exited(self, slot: Slot, code: int, now: float) -> None:
         if self.stopping is not None:
             if code < 0:  # killed by a signal while stopping: its jobs run again elsewhere
                 self._end_leases(slot)
@@ -235,13 +252,22 @@ class Supervisor:
         slot.restart_at = now + pause
 
     def _end_leases(self, slot: Slot) -> None:
-        """The worker process is gone: the jobs it ran may run again at once."""
+        """The worker process is gone: the jobs it claimed and never started go back to their
+        queues with their attempt undone; the jobs it ran may run again at once."""
         from jobs import db, ledger  # only now: the supervisor stays small until a process dies
         from jobs.settings import get_settings
 
+        never_started = unstarted.read(slot.record) if slot.record is not None else []
         try:
             with db.transaction(get_settings()) as conn:
+                handed = ledger.unclaim_lost(conn, never_started, worker=slot.node) if never_started else ()
                 ended = ledger.end_leases_of(conn, slot.node)
+            if handed:
+                log.warning(
+                    "%d job(s) worker process %s claimed and never started: handed back to their queues",
+                    len(handed),
+                    slot.node,
+                )
             if ended:
                 log.warning("%d job(s) of worker process %s run again (their leases ended)", ended, slot.node)
         except Exception as error:

@@ -19,7 +19,8 @@ sent while a body runs. One batch (docs/architecture.md, "The batched run path")
 A message is acknowledged only after its job's outcome is durable. A process killed after
 bodies ran and before their batch committed leaves those jobs ``running``: the supervisor
 ends their leases and they run again; jobs claimed but not started when the worker stops
-go back to ``queued`` with their attempt undone (``ledger.unclaim``).
+go back to ``queued`` with their attempt undone (``ledger.unclaim``); killed, it leaves that
+to its supervisor, which reads them in its record (``jobs.unstarted``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from celery.exceptions import InvalidTaskError
 from celery.worker.strategy import default as default_strategy
 from kombu.exceptions import ContentDisallowed, DecodeError
 
-from jobs import db, ledger
+from jobs import db, ledger, unstarted
 from jobs.errors import LedgerUnavailable
 from jobs.kinds import lease_for
 from jobs.settings import Settings, get_settings
@@ -89,6 +90,7 @@ class Batcher:
         self.body_seconds = 0.0  # recent bodies' run time, moving average
         self.prefetch = settings.worker_batch_size
         self.qos: Any = None
+        self.unstarted = unstarted.Record.from_env()  # what it claimed and has not started
 
     #: The batcher of this process's consumer (one consumer per worker process).
     current: Batcher | None = None
@@ -154,6 +156,7 @@ class Batcher:
             self._run(batch)
         finally:
             self.out.finish(batch)
+            self.unstarted.ended()
             self.batch = None
             self.last_activity = time.monotonic()
         deadlines.recycle_past(self.settings.worker_max_memory_per_child)
@@ -168,20 +171,8 @@ class Batcher:
         for item in batch.received:
             if item.job_id is not None and item.job_id not in ids:
                 ids[item.job_id] = item
-        if ids:
-            batch.lease = max(lease_for(self.settings, item.task.kind) for item in ids.values())
-            try:
-                with db.direct(self.settings) as direct:
-                    batch.waiting = ledger.claim_batch(
-                        direct, list(ids), worker=self.worker, lease=batch.lease
-                    )
-            except LedgerUnavailable as error:
-                log.error("%d job(s) not run: %s; messages handed back", len(batch.received), error)
-                time.sleep(LEDGER_DOWN_PAUSE)
-                for item in batch.received:
-                    self.out.requeue(item)
-                return
-            batch.claimed_at = batch.leased_at = time.monotonic()
+        if ids and not self._claim(batch, ids):
+            return
         for index, item in enumerate(batch.received):
             if watchdog.stopping():
                 self._hand_back(batch, batch.received[index:])
@@ -189,6 +180,8 @@ class Batcher:
             if batch.kept and time.monotonic() - batch.kept[0].started > KEEP_FOR:
                 self.out.finish(batch)  # a slow batch: record what ran before the next body
             claimed = batch.waiting.pop(item.job_id, None) if item.job_id is not None else None
+            if claimed is not None:
+                self.unstarted.started(claimed.id)  # before anything of its body runs
             if claimed is None:
                 self._single(item)
                 continue
@@ -196,6 +189,22 @@ class Batcher:
             if not self._attempt(batch, item, claimed):
                 self._hand_back(batch, batch.received[index + 1 :])
                 return
+
+    def _claim(self, batch: Batch, ids: dict[uuid.UUID, Received]) -> bool:
+        """Claim the batch's queued jobs in one statement; ``False``: the ledger is away."""
+        batch.lease = max(lease_for(self.settings, item.task.kind) for item in ids.values())
+        try:
+            with db.direct(self.settings) as direct:
+                batch.waiting = ledger.claim_batch(direct, list(ids), worker=self.worker, lease=batch.lease)
+        except LedgerUnavailable as error:
+            log.error("%d job(s) not run: %s; messages handed back", len(batch.received), error)
+            time.sleep(LEDGER_DOWN_PAUSE)
+            for item in batch.received:
+                self.out.requeue(item)
+            return False
+        batch.claimed_at = batch.leased_at = time.monotonic()
+        self.unstarted.claimed(batch.waiting)
+        return True
 
     def _attempt(self, batch: Batch, item: Received, claimed: ledger.Claimed) -> bool:
         """Run one claimed job; ``False`` when the batch must stop (shutdown)."""
@@ -319,27 +328,25 @@ class Batcher:
         for job_id in list(batch.waiting):
             if job_id not in held:  # cancelled, or taken over: its message takes the single-job path
                 del batch.waiting[job_id]
+                self.unstarted.started(job_id)
 
     def _hand_back(self, batch: Batch, rest: list[Received]) -> None:
-        """The worker is stopping: the jobs claimed and not started go back to ``queued``."""
-        self._unclaim(batch)
-        for item in rest:
-            self.out.requeue(item)
-
-    def _unclaim(self, batch: Batch) -> None:
-        if not batch.waiting:
-            return
+        """The worker is stopping: the jobs claimed and not started go back to ``queued`` (before
+        their messages go back: a message delivered first would find its job still running)."""
         waiting, batch.waiting = list(batch.waiting), {}
         try:
-            with db.direct(self.settings) as direct:
-                undone = ledger.unclaim(direct, waiting, worker=self.worker)
-            log.info("%d claimed job(s) not started: handed back to their queues", len(undone))
+            if waiting:
+                with db.direct(self.settings) as direct:
+                    undone = ledger.unclaim(direct, waiting, worker=self.worker)
+                log.info("%d claimed job(s) not started: handed back to their queues", len(undone))
         except LedgerUnavailable as error:
             log.error(
                 "%d claimed job(s) not started and not handed back (%s); their leases will end",
                 len(waiting),
                 error,
             )
+        for item in rest:
+            self.out.requeue(item)
 
 
 def strategy(task: LedgerTask, app: Celery, consumer: Any, **kwargs: Any) -> Any:

@@ -53,7 +53,7 @@ from jobs.ledger.attempts import (
     retry,
     succeed,
 )
-from jobs.ledger.batches import claim_batch, renew, succeed_batch, unclaim
+from jobs.ledger.batches import claim_batch, renew, succeed_batch, unclaim, unclaim_lost
 from jobs.ledger.collapsing import Pushed, lock_content, push_debounced, unique_holder
 from jobs.ledger.dependencies import (
     CancelledStep,
@@ -153,6 +153,7 @@ __all__ = [
     "succeed_batch",
     "take_unpublished",
     "unclaim",
+    "unclaim_lost",
     "unique_holder",
     "workflow_for_slot",
 ]

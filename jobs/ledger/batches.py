@@ -11,7 +11,9 @@ attempt history written in the same statement, plus the batch's own two:
 - ``unclaim``: a job the batch claimed but whose body never started (the
   worker is shutting down, or stopping a body at its hard time limit) goes
   back to ``queued`` with its attempt undone, so a job on its last attempt is
-  not failed for an attempt that never ran;
+  not failed for an attempt that never ran; the supervisor of a process that died
+  does the same for the jobs its record (``jobs.unstarted``) shows never started
+  (``unclaim_lost``);
 - ``renew``: the leases of the jobs still waiting their turn in a batch are
   extended before they would expire (a batch whose first bodies ran long).
 
@@ -36,7 +38,7 @@ from jobs.ledger.lifecycle import sources, targets
 from jobs.ledger.statements import close_attempt, execute_all, now, param, seconds_since
 from jobs.schema import job_attempts, jobs
 
-__all__ = ["claim_batch", "renew", "succeed_batch", "unclaim"]
+__all__ = ["claim_batch", "renew", "succeed_batch", "unclaim", "unclaim_lost"]
 
 
 def _ids() -> sa.BindParameter[Any]:
@@ -137,10 +139,13 @@ def succeed_batch(
 
 
 @functools.cache
-def _unclaim_statement() -> sa.Select[Any]:
+def _unclaim_statement(republish: bool = False) -> sa.Select[Any]:
     assert sources("unclaim") == ("running",)
     assert targets("unclaim") == {"queued"}
     first = jobs.c.attempt == 1
+    # A lost process's messages wait in Redis's unacked set for the visibility timeout: its jobs
+    # are handed back as a worker without their kind hands its back, for the relay to publish.
+    again = {"published_at": None, "handed_back_at": now()} if republish else {}
     undone = (
         sa.update(jobs)
         .where(jobs.c.id == sa.any_(_ids()), _is("running"), jobs.c.worker == param("w_worker", sa.Text))
@@ -150,6 +155,7 @@ def _unclaim_statement() -> sa.Select[Any]:
             lease_until=None,
             started_at=sa.case((first, None), else_=jobs.c.started_at),
             worker=sa.case((first, None), else_=jobs.c.worker),
+            **again,
         )
         .returning(jobs.c.id, (jobs.c.attempt + 1).label("attempt"))
         .cte("undone")
@@ -167,6 +173,15 @@ def unclaim(conn: psycopg.Connection[Any], ids: Sequence[uuid.UUID], *, worker: 
     undone (number and history row). Returns the ids it handed back."""
     params = {"w_ids": sorted(set(ids)), "w_worker": worker}
     return {row.id for row in execute_all(conn, _unclaim_statement(), params)}
+
+
+def unclaim_lost(conn: sa.Connection, ids: Sequence[uuid.UUID], *, worker: str) -> set[uuid.UUID]:
+    """``unclaim`` for the supervisor of a batched worker process that died (``jobs.unstarted``):
+    its messages are out of reach, so the jobs are also marked for the relay to publish again
+    once a live worker implements their kind (``publishing.take_unpublished``)."""
+    statement = _unclaim_statement(republish=True)
+    rows = conn.execute(statement, {"w_ids": sorted(set(ids)), "w_worker": worker}).all()
+    return {row.id for row in rows}
 
 
 @functools.cache

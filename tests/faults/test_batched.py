@@ -1,4 +1,4 @@
-"""Scenarios 28-29: the batched worker (``jobs worker -P batched``) loses a batch it had not recorded."""
+"""Scenarios 28-30: the batched worker (``jobs worker -P batched``) loses a batch it had not recorded."""
 
 from __future__ import annotations
 
@@ -77,3 +77,39 @@ def test_29_postgresql_stopped_while_a_batch_is_open(faults: Platform, tmp_path:
     assert {row["attempt"] for row in rows.values()} == {1}
     assert [effect["attempt"] for effect in faults.effects("s29")] == [1]
     assert faults.running("batched")
+
+
+def test_30_sigkill_of_a_batched_worker_spends_no_attempt_of_the_jobs_it_had_not_started(
+    faults: Platform, tmp_path: Path
+) -> None:
+    """The batch's first body waits for ``gate``; the pings behind it are claimed and waiting
+    their turn when the process is killed: they go back to their queue with their attempt undone
+    (the supervisor reads them from the process's record, ``jobs.unstarted``); only the body that
+    ran spends an attempt, as a lost prefork pool process spends one on the job it ran."""
+    gate = tmp_path / "gate"
+    faults.processes.stop("worker")
+    held = faults.submit("test.gate", {"path": str(gate), "seconds": 60})
+    pings = [faults.submit("ping", {"message": f"s30-{n}"}, max_attempts=1) for n in range(8)]
+    faults.start_worker("batched", "-P", "batched", "-c", "1", env={"JOBS_WORKER_BATCH_WINDOW": "0.5"})
+    deadline = time.monotonic() + 30
+    while not Path(f"{gate}.started").exists():
+        assert time.monotonic() < deadline, faults.log("batched")[-3000:]
+        time.sleep(0.02)
+    claimed = {job: (faults.row(job) or {}).get("state") for job in pings}
+    assert set(claimed.values()) == {"running"}, claimed  # claimed with the gate, not started
+    (child,) = psutil.Process(faults.pid_of("batched")).children()
+    child.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    gate.write_text("open")
+
+    rows = {job: faults.wait(job, timeout=60) for job in [held, *pings]}
+    print(
+        f"batched worker SIGKILL with {len(pings)} claimed jobs not started -> all done in "
+        f"{time.monotonic() - killed:.1f}s"
+    )
+    # max_attempts=1: a ping charged for the lost process would have failed.
+    assert {rows[job]["state"] for job in pings} == {"succeeded"}
+    assert {rows[job]["attempt"] for job in pings} == {1}
+    assert (rows[held]["state"], rows[held]["attempt"]) == ("succeeded", 2)
+    assert f"{len(pings)} job(s) worker process" in faults.log("batched")
+    assert "claimed and never started: handed back to their queues" in faults.log("batched")

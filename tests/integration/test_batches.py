@@ -133,6 +133,23 @@ def test_unclaim_undoes_the_attempt_of_a_job_that_never_started(clean):
         assert ledger.claim_batch(direct, [fresh], worker="w3", lease=60)[fresh].attempt == 1
 
 
+def test_unclaim_lost_hands_the_jobs_back_for_the_relay_to_publish_again(clean):
+    """The supervisor of a dead batched process: its messages are out of reach, so the jobs it
+    never started are queued unpublished and handed back, for the relay (``take_unpublished``)."""
+    waiting, ran = insert_job(clean, max_attempts=1), insert_job(clean)
+    with db.direct(clean) as direct:
+        ledger.claim_batch(direct, [waiting, ran], worker="w1", lease=60)
+    with db.transaction(clean) as conn:
+        assert ledger.unclaim_lost(conn, [waiting], worker="w2") == set()  # not its jobs
+        assert ledger.unclaim_lost(conn, [waiting], worker="w1") == {waiting}
+        assert ledger.unclaim_lost(conn, [waiting], worker="w1") == set()  # queued now: once only
+    now = row(clean, waiting)
+    assert (now.state, now.attempt, now.worker, now.published_at) == ("queued", 0, None, None)
+    assert now.handed_back_at is not None
+    assert attempts(clean, waiting) == []
+    assert (row(clean, ran).state, row(clean, ran).attempt) == ("running", 1)  # its body ran: untouched
+
+
 def test_renew_extends_the_leases_this_worker_still_holds(clean):
     ids = [insert_job(clean) for _ in range(2)]
     with db.direct(clean) as direct:

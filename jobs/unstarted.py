@@ -1,0 +1,118 @@
+"""The jobs a batched worker process claimed and has not started, kept where its supervisor can read them.
+
+A batched worker process (``workers.batching``) claims its whole batch in one statement,
+then runs the bodies one by one. Stopped in order it hands back the jobs it claimed and
+never started (``running --unclaim--> queued``, the attempt undone). Killed (SIGKILL, the
+kernel's OOM killer, a crash in C code) it cannot: its supervisor does it instead
+(``jobs.batched_pool``), from this record, so a lost process costs an attempt only to the
+jobs whose bodies started, as a lost prefork pool process costs one only to the job it ran.
+
+The record is a small file the supervisor creates for each process it starts and passes
+down as an open file descriptor (``FD``); the process maps it into memory and writes it as
+its batch moves:
+
+    claimed(ids) ......... after the claim committed: each id, "not started"
+    started(id) .......... before the body runs, or the id leaves the batch any other way
+    ended() .............. every id of the batch marked, at the batch's end
+
+A body's mark is a one-byte store into a shared mapping, made before any of its code
+runs, and the kernel keeps it whatever kills the process after it: so an id the record
+shows "not started" never had a body start. (The reverse can happen, an id marked and
+its body never reached, and costs that job the attempt, as without the record.)
+
+Layout: a ``uint32`` count, then ``CAPACITY`` entries of 16 bytes of UUID and one byte, 0
+for "not started". Only the first count entries are read; an entry is marked before the
+count leaves it, and a batch larger than ``CAPACITY`` records its first ``CAPACITY`` ids.
+Standard library only: the supervisor reads it without loading the platform.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import tempfile
+import uuid
+from collections.abc import Iterable
+from typing import IO
+
+__all__ = ["CAPACITY", "FD", "Record", "create", "read"]
+
+#: The environment variable that names the record's file descriptor in a worker process.
+FD = "JOBS_BATCHED_UNSTARTED_FD"
+#: Entries a record holds (a batch is at most ``JOBS_WORKER_BATCH_SIZE`` messages, 100 by default).
+CAPACITY = 4096
+
+_COUNT = struct.Struct("<I")
+_ENTRY = 17  # 16 bytes of UUID, one byte: 0 not started, 1 started (or no longer this batch's)
+SIZE = _COUNT.size + CAPACITY * _ENTRY
+_STARTED = 1
+
+
+def create() -> IO[bytes]:
+    """A new, empty record (an unlinked temporary file) for one worker process; pass its
+    ``fileno()`` down with ``pass_fds`` and under ``FD``."""
+    file = tempfile.TemporaryFile()  # noqa: SIM115 - the caller owns it for the process's life
+    file.truncate(SIZE)  # zeros: count 0
+    return file
+
+
+def read(file: IO[bytes]) -> list[uuid.UUID]:
+    """The ids the process recorded as claimed and not started (read after it died)."""
+    file.seek(0)
+    data = file.read(SIZE)
+    if len(data) < SIZE:
+        return []
+    (count,) = _COUNT.unpack_from(data)
+    found = []
+    for index in range(min(count, CAPACITY)):
+        at = _COUNT.size + index * _ENTRY
+        if data[at + 16] != _STARTED:
+            found.append(uuid.UUID(bytes=data[at : at + 16]))
+    return found
+
+
+class Record:
+    """The worker process's side: the record its supervisor opened for it."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.map = mmap.mmap(fd, SIZE) if fd is not None else None
+        self.index: dict[uuid.UUID, int] = {}
+
+    @classmethod
+    def from_env(cls) -> Record:
+        """The record named by ``FD``; one that keeps nothing in a process no supervisor started
+        (``celery worker`` run by hand) or whose descriptor is unusable."""
+        try:
+            return cls(int(os.environ[FD]))
+        except (KeyError, ValueError, OSError):
+            return cls(None)
+
+    def claimed(self, ids: Iterable[uuid.UUID]) -> None:
+        """The claim of a batch committed: these ids are the process's and not started."""
+        self.ended()
+        if self.map is None:
+            return
+        index: dict[uuid.UUID, int] = {}
+        for position, job_id in enumerate(ids):
+            if position == CAPACITY:
+                break
+            at = _COUNT.size + position * _ENTRY
+            self.map[at : at + 16] = job_id.bytes
+            self.map[at + 16] = 0
+            index[job_id] = at
+        _COUNT.pack_into(self.map, 0, len(index))
+        self.index = index
+
+    def started(self, job_id: uuid.UUID) -> None:
+        """``job_id`` starts its body now (or leaves the batch without one)."""
+        at = self.index.pop(job_id, None)
+        if at is not None and self.map is not None:
+            self.map[at + 16] = _STARTED
+
+    def ended(self) -> None:
+        """The batch is over: nothing it claimed is waiting any more."""
+        if self.map is not None:
+            for at in self.index.values():
+                self.map[at + 16] = _STARTED
+        self.index = {}
