@@ -357,7 +357,7 @@ def gather(settings: Settings, job_id: uuid.UUID, *, timeout: float = 1.0) -> Fa
         except BrokerUnavailable:
             pass  # said as "could not ask the workers" by the caller
         else:
-            live = [worker.name for worker in found if worker.live]
+            live = sorted(fleet.live_nodes(found))
             consumers = fleet.consumers(found).get(job["queue"], [])
             if any(worker.state == "alive" for worker in found):  # the roster knows the kinds
                 implementers = fleet.implementers(found, job["kind"], job["queue"])

@@ -37,7 +37,7 @@ from jobs import db, roster
 from jobs.errors import BrokerUnavailable, JobsError
 from jobs.settings import Settings
 
-__all__ = ["ActiveJob", "Worker", "consumers", "grouped", "implementers", "workers"]
+__all__ = ["ActiveJob", "Worker", "consumers", "grouped", "implementers", "live_nodes", "workers"]
 
 #: Workers that stopped or went silent longer ago than this are no longer listed.
 FORGET_AFTER = 3600.0
@@ -232,6 +232,17 @@ def grouped(found: list[Worker]) -> list[Worker]:
             )
         )
     return listed
+
+
+def live_nodes(found: list[Worker]) -> set[str]:
+    """The node names of the live workers and of their processes: what the ledger's ``worker``
+    column names (a batched worker's jobs run on its processes, ``NAME-I.XXXX@HOST``)."""
+    return {
+        node
+        for worker in found
+        if worker.live
+        for node in (worker.name, *(process.name for process in worker.processes if process.live))
+    }
 
 
 def consumers(found: list[Worker]) -> dict[str, list[str]]:

@@ -125,7 +125,7 @@ def render(taken: snapshot.Snapshot, height: int | None) -> RenderableType:
     from rich.markup import escape
     from rich.text import Text
 
-    from jobs import observe
+    from jobs import fleet, observe
 
     ledger = taken.ledger
     fixed = FIXED_LINES + (LIMIT_LINES if ledger.limits else 0)
@@ -162,7 +162,7 @@ def render(taken: snapshot.Snapshot, height: int | None) -> RenderableType:
             f"[red]{stats.failed_recently}[/]" if stats and stats.failed_recently else "0",
             "[yellow]paused[/]" if view.paused else "",
         )
-    live = None if taken.workers is None else {worker.name for worker in taken.workers if worker.live}
+    live = None if taken.workers is None else fleet.live_nodes(taken.workers)
     running = _table(
         ("job", "l", 8), ("kind", "l", 18), ("worker", "l", 18), ("for", "r", None), ("progress", "l", 22)
     )

@@ -206,6 +206,10 @@ def test_a_busy_worker_process_answers_remote_control_and_sends_heartbeats(
         human = run_jobs("workers")
         assert human.returncode == 0, human.stderr
         assert re.search(rf"{re.escape(supervisor)} +alive .* batched x2 +1/2 ", human.stdout), human.stdout
+        # The ledger names the process: `jobs explain` finds it among the live workers' processes.
+        explained = run_jobs("explain", str(job))
+        assert explained.returncode == 0, explained.stderr
+        assert f"running now on {node}" in explained.stdout, explained.stdout
         heard = busy_heartbeats(app, node)  # and still, after those commands
         assert 1 in heard, f"no heartbeat from {node} counted its running body; heard active={heard}"
         # revoke changes the worker's state: it waits for the body, and its reply follows.

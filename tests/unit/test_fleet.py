@@ -174,6 +174,8 @@ def test_the_processes_of_a_batched_worker_are_listed_as_one_worker() -> None:
     assert sorted(fleet.consumers(found)["default"]) == ["v@h", "w-3.00dd@h", "w@h"]
     assert sorted(fleet.implementers(found, "ping")) == ["v@h", "w@h"]
     assert json.loads(json.dumps(batched.as_dict()))["processes"][0]["pid"] == 7
+    # The ledger names the process a job runs on: `jobs explain` and `jobs top` find it live.
+    assert fleet.live_nodes(found) == {"v@h", "v-1.00cc@h", "w-3.00dd@h", "w@h", "w-1.00aa@h", "w-2.00bb@h"}
 
 
 def view(
