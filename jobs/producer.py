@@ -123,8 +123,13 @@ class Producer:
                 limited = self.limited(conn, definition, row.queue)
         collapsing = row.unique_key is not None or row.debounce_key is not None
         if not limited and not collapsing:  # the common case: one autocommitted statement
-            with db.autocommit(self.settings) as conn:
-                existing = duplicates.insert_or_existing(conn, row, idempotency_key)
+            existing = None
+            if idempotency_key is None and row.schedule_name is None:  # nothing it can collide with
+                with db.pooled(self.settings) as raw:
+                    ledger.insert_one(raw, row, idempotent=False)
+            else:
+                with db.autocommit(self.settings) as conn:
+                    existing = duplicates.insert_or_existing(conn, row, idempotency_key)
             if existing is not None:
                 return _existing(existing)
             return JobId(row.id, published=self._publish([row]) == 1)

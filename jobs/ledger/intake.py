@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from jobs.errors import ErrorRecord
-from jobs.ledger.statements import execute_text, now, param
+from jobs.ledger.statements import Executor, execute_text, now, param
 from jobs.schema import jobs
 from jobs.states import State
 
@@ -201,7 +201,7 @@ def _insert_one_statement(*, idempotent: bool, scheduled: bool) -> sa.Insert:
     return stmt.returning(jobs.c.id)
 
 
-def insert_one(conn: sa.Connection, job: NewJob, *, idempotent: bool) -> bool:
+def insert_one(conn: Executor, job: NewJob, *, idempotent: bool) -> bool:
     """Insert one new job: the single submit's statement. ``False`` when an existing job wins (it
     holds the idempotency key, with ``idempotent``, or the same schedule slot).
 

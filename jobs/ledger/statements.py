@@ -149,14 +149,17 @@ def execute_all(
     return conn.execute(prepared.sql, prepared.params(params), prepare=True).fetchall()
 
 
-def execute_text(conn: sa.Connection, statement: sa.Select[Any] | sa.Insert, params: dict[str, Any]) -> Any:
-    """Run a hot statement on a pooled connection as its compiled text; returns its first row or
-    ``None``.
+def execute_text(conn: Executor, statement: sa.Select[Any] | sa.Insert, params: dict[str, Any]) -> Any:
+    """Run a hot statement as its compiled text; returns its first row or ``None``.
 
-    SQLAlchemy's error handling and connection invalidation stay (``exec_driver_sql``); its
-    per-call work (cache key, compiled-cache lookup, bind processing) does not, which halves the
-    CPU of a single submit's INSERT. psycopg prepares the text on each pooled connection after a
-    few executions. Parameters go to psycopg as they are: the statement casts each one.
+    On a SQLAlchemy connection its error handling and connection invalidation stay
+    (``exec_driver_sql``); its per-call work (cache key, compiled-cache lookup, bind
+    processing) does not, which halves the CPU of a single submit's INSERT, and psycopg
+    prepares the text on each pooled connection after a few executions. On a psycopg
+    connection (``db.pooled``, ``db.direct``) the text is prepared at once and nothing of
+    SQLAlchemy runs. Parameters go to psycopg as they are: the statement casts each one.
     """
     prepared = _prepared(statement)
-    return conn.exec_driver_sql(prepared.sql, prepared.params(params)).first()
+    if isinstance(conn, sa.Connection):
+        return conn.exec_driver_sql(prepared.sql, prepared.params(params)).first()
+    return conn.execute(prepared.sql, prepared.params(params), prepare=True).fetchone()

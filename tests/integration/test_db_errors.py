@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -32,6 +33,8 @@ def test_a_missing_database_is_named_with_how_to_create_it(missing: Settings) ->
         pass  # the pooled path (SQLAlchemy)
     with pytest.raises(LedgerUnavailable, match=expected), db.direct(missing):
         pass  # the workers' direct psycopg path
+    with pytest.raises(LedgerUnavailable, match=expected), db.pooled(missing):
+        pass  # the single submit's pooled psycopg path
 
 
 def test_an_unreachable_server_is_still_called_unreachable(settings: Settings) -> None:
@@ -39,3 +42,31 @@ def test_an_unreachable_server_is_still_called_unreachable(settings: Settings) -
     nowhere = settings.model_copy(update={"database_url": url})
     with pytest.raises(LedgerUnavailable, match="PostgreSQL is unreachable at"), db.transaction(nowhere):
         pass
+    with pytest.raises(LedgerUnavailable, match="PostgreSQL is unreachable at"), db.pooled(nowhere):
+        pass
+
+
+def test_a_pooled_connection_goes_back_out_of_autocommit_and_a_dead_one_is_replaced(
+    settings: Settings,
+) -> None:
+    """``db.pooled`` lends a pool connection in autocommit and returns it as the pool's other
+    users expect it (a transaction rolls back); one PostgreSQL ended is invalidated, said once
+    as ``LedgerUnavailable``, and the next use gets a live connection."""
+    db.dispose()
+    with db.pooled(settings) as raw:
+        assert raw.autocommit
+        pid = raw.info.backend_pid
+    with db.direct(settings) as other:  # a connection of its own, outside the pool
+        other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(LedgerUnavailable, match="PostgreSQL is unreachable at"), db.pooled(settings) as raw:
+        raw.execute("SELECT 1")
+    with db.pooled(settings) as raw:
+        assert raw.execute("SELECT 1").fetchone() == (1,)
+        reused = raw.info.backend_pid
+    with db.engine(settings).connect() as conn:  # SQLAlchemy gets it back in a transaction
+        driver = conn.connection.driver_connection
+        assert isinstance(driver, psycopg.Connection)
+        assert (driver.info.backend_pid, driver.autocommit) == (reused, False)
+        conn.execute(sa.text("CREATE TEMPORARY TABLE pooled_check (n int)"))
+        conn.rollback()
+        assert conn.execute(sa.text("SELECT to_regclass('pg_temp.pooled_check')")).scalar() is None

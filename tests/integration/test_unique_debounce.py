@@ -15,6 +15,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -222,7 +223,7 @@ def test_submit_many_refuses_kinds_with_a_unique_window_or_a_debounce(producer, 
     assert rows(clean) == []
 
 
-def test_kinds_without_flow_control_keep_the_single_statement_path(producer, clean):
+def test_kinds_without_flow_control_keep_the_single_statement_path(producer, clean, monkeypatch):
     """No transaction, no lock: the job is inserted by one autocommit statement, as before (once
     the process knows which kinds are limited: it reads that list at most once a second)."""
     producer.submit("ping", {})
@@ -232,6 +233,16 @@ def test_kinds_without_flow_control_keep_the_single_statement_path(producer, cle
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         statements.append(statement.split(maxsplit=1)[0].upper())
 
+    execute = psycopg.Connection.execute
+
+    def record_driver(conn: psycopg.Connection[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        # The single submit's path (db.pooled) sends its INSERT on psycopg's own connection.
+        statements.append(
+            f"{str(query).split(maxsplit=1)[0].upper()}{'' if conn.autocommit else ' (in a transaction)'}"
+        )
+        return execute(conn, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Connection, "execute", record_driver)
     sa.event.listen(engine, "before_cursor_execute", record)
     try:
         producer.submit("ping", {})
