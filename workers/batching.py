@@ -180,11 +180,10 @@ class Batcher:
             if batch.kept and time.monotonic() - batch.kept[0].started > KEEP_FOR:
                 self.out.finish(batch)  # a slow batch: record what ran before the next body
             claimed = batch.waiting.pop(item.job_id, None) if item.job_id is not None else None
-            if claimed is not None:
-                self.unstarted.started(claimed.id)  # before anything of its body runs
             if claimed is None:
                 self._single(item)
                 continue
+            self.unstarted.started(claimed.id)  # before anything of its body runs
             self._renew(batch)
             if not self._attempt(batch, item, claimed):
                 self._hand_back(batch, batch.received[index + 1 :])
