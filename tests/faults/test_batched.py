@@ -15,6 +15,14 @@ from tests.faults.harness import Platform
 pytestmark = pytest.mark.acceptance
 
 
+def gate_started(faults: Platform, gate: Path) -> None:
+    """Wait until the ``test.gate`` body waiting for ``gate`` runs in the batched worker."""
+    deadline = time.monotonic() + 30
+    while not Path(f"{gate}.started").exists():
+        assert time.monotonic() < deadline, faults.log("batched")[-3000:]
+        time.sleep(0.02)
+
+
 def open_batch(faults: Platform, gate: Path, key: str) -> tuple[list[JobId], JobId, JobId]:
     """Queue pings, a body that commits its own work (``ctx.session``) and a body that waits for
     ``gate``, then start one batched worker process: the last batch holds the pings before the
@@ -25,10 +33,7 @@ def open_batch(faults: Platform, gate: Path, key: str) -> tuple[list[JobId], Job
     held = faults.submit("test.gate", {"path": str(gate), "seconds": 60})
     # A wide window: every message queued behind the first one joins one batch, however slow the machine.
     faults.start_worker("batched", "-P", "batched", "-c", "1", env={"JOBS_WORKER_BATCH_WINDOW": "0.5"})
-    deadline = time.monotonic() + 30
-    while not Path(f"{gate}.started").exists():
-        assert time.monotonic() < deadline, faults.log("batched")[-3000:]
-        time.sleep(0.02)
+    gate_started(faults, gate)
     return pings, own, held
 
 
@@ -91,10 +96,7 @@ def test_30_sigkill_of_a_batched_worker_spends_no_attempt_of_the_jobs_it_had_not
     held = faults.submit("test.gate", {"path": str(gate), "seconds": 60})
     pings = [faults.submit("ping", {"message": f"s30-{n}"}, max_attempts=1) for n in range(8)]
     faults.start_worker("batched", "-P", "batched", "-c", "1", env={"JOBS_WORKER_BATCH_WINDOW": "0.5"})
-    deadline = time.monotonic() + 30
-    while not Path(f"{gate}.started").exists():
-        assert time.monotonic() < deadline, faults.log("batched")[-3000:]
-        time.sleep(0.02)
+    gate_started(faults, gate)
     claimed = {job: (faults.row(job) or {}).get("state") for job in pings}
     assert set(claimed.values()) == {"running"}, claimed  # claimed with the gate, not started
     (child,) = psutil.Process(faults.pid_of("batched")).children()
