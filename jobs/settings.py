@@ -129,8 +129,8 @@ class Settings(BaseSettings):
         ge=1,
         le=1000,
         description=(
-            "jobs worker -P batched: the most messages one worker process claims, runs and records"
-            " as one batch."
+            "jobs worker -P batched and --batches: the most messages one worker process claims, runs"
+            " and records as one batch."
         ),
     )
     worker_batch_window: float = Field(
@@ -138,8 +138,8 @@ class Settings(BaseSettings):
         ge=0,
         le=1,
         description=(
-            "jobs worker -P batched: seconds a batch waits, from its first message, for more when"
-            " messages arrive close together (one arriving alone runs at once; 0: never wait)."
+            "jobs worker -P batched and --batches: seconds a batch waits, from its first message, for"
+            " more when messages arrive close together (one arriving alone runs at once; 0: never wait)."
         ),
     )
     worker_batched: bool = Field(
@@ -147,6 +147,13 @@ class Settings(BaseSettings):
         description=(
             "Set by jobs worker -P batched for the worker processes it supervises (not by hand):"
             " the process claims, runs and records its jobs in batches."
+        ),
+    )
+    worker_pool_batches: bool = Field(
+        False,
+        description=(
+            "Set by jobs worker --batches (not by hand): the prefork worker's pool processes claim,"
+            " run and record its jobs in batches."
         ),
     )
 

@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Iterable
 from typing import IO
 
-__all__ = ["CAPACITY", "FD", "Record", "create", "read"]
+__all__ = ["CAPACITY", "FD", "Record", "create", "entries", "read"]
 
 #: The environment variable that names the record's file descriptor in a worker process.
 FD = "JOBS_BATCHED_UNSTARTED_FD"
@@ -59,6 +59,11 @@ def create() -> IO[bytes]:
 
 def read(file: IO[bytes]) -> list[uuid.UUID]:
     """The ids the process recorded as claimed and not started (read after it died)."""
+    return [job_id for job_id, started in entries(file) if not started]
+
+
+def entries(file: IO[bytes]) -> list[tuple[uuid.UUID, bool]]:
+    """Every id of the process's last batch, and whether it started (or left the batch)."""
     file.seek(0)
     data = file.read(SIZE)
     if len(data) < SIZE:
@@ -67,8 +72,7 @@ def read(file: IO[bytes]) -> list[uuid.UUID]:
     found = []
     for index in range(min(count, CAPACITY)):
         at = _COUNT.size + index * _ENTRY
-        if data[at + 16] != _STARTED:
-            found.append(uuid.UUID(bytes=data[at : at + 16]))
+        found.append((uuid.UUID(bytes=data[at : at + 16]), data[at + 16] == _STARTED))
     return found
 
 
@@ -78,6 +82,17 @@ class Record:
     def __init__(self, fd: int | None) -> None:
         self.map = mmap.mmap(fd, SIZE) if fd is not None else None
         self.index: dict[uuid.UUID, int] = {}
+
+    @classmethod
+    def at(cls, path: str) -> Record:
+        """A new record in the file ``path`` (a prefork pool process's, ``workers.pool_batches``:
+        the pool's main process reads it by the process's pid)."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.ftruncate(fd, SIZE)
+            return cls(fd)
+        finally:
+            os.close(fd)  # the mapping keeps the file
 
     @classmethod
     def from_env(cls) -> Record:

@@ -10,7 +10,7 @@ from jobs import counters, db, logs
 from jobs.app import get_app
 from jobs.catalog import load_kinds
 from jobs.settings import get_settings
-from workers import batching, events, pauses, presence, redact, transport, watchdog
+from workers import batching, events, pauses, pool_batches, presence, redact, transport, watchdog
 from workers import builtin as _builtin  # noqa: F401 - attaches the built-in bodies
 from workers.task import register_kinds
 
@@ -37,6 +37,8 @@ def build() -> Celery:
         batching.install(celery_app)  # jobs worker -P batched: claims and finishes in batches
         # ... and answers remote control and sends heartbeats while its body runs (workers.mailbox).
         celery_app.conf.worker_consumer = "workers.mailbox:Consumer"
+    elif settings.worker_pool_batches:
+        pool_batches.install(celery_app)  # jobs worker --batches: batches in the prefork pool
     return celery_app
 
 

@@ -82,10 +82,10 @@ class Batch:
 class Recorder:
     """Records and tells the outcomes of one worker process's batches."""
 
-    def __init__(self, consumer: Any, settings: Settings) -> None:
+    def __init__(self, consumer: Any, settings: Settings, worker: str | None = None) -> None:
         self.consumer = consumer
         self.settings = settings
-        self.worker = str(consumer.hostname)
+        self.worker = worker or str(consumer.hostname)
         self.tally = counters.process_tally(settings)
 
     def finish(self, batch: Batch) -> None:
@@ -192,7 +192,7 @@ class Recorder:
         ran = round(time.monotonic() - running.started, 6)
         log.critical(
             "job %s %s hit its hard time limit (%gs): this worker process stops it by exiting;"
-            " its supervisor starts a new one",
+            " a new process takes its place",
             running.job_id,
             task.name,
             running.hard,
@@ -218,13 +218,17 @@ class Recorder:
                 log.exception(
                     "the batch's finished and waiting jobs were not recorded; their leases will end"
                 )
-        try:  # every message this process holds goes back to its queue now (the finished are absorbed)
+        self.restore(held)
+        counters.flush_process()
+
+    def restore(self, held: list[Received]) -> None:
+        """Every message this process holds goes back to its queue now (the finished are absorbed)."""
+        try:
             client = broker.client(self.settings)
             for message in broker.held_by_tags(client, [str(item.message.delivery_tag) for item in held]):
                 broker.restore(client, message)
         except Exception:
             log.exception("the messages this worker process holds were not handed back; Redis will")
-        counters.flush_process()
 
     def ended(self, item: Received, state: str, exception: str) -> None:
         if state == "retrying":

@@ -309,9 +309,13 @@ def register_kinds(app: Celery, registry: Registry, settings: Settings) -> None:
                 "registry": registry,
                 "soft_time_limit": kind.soft_time_limit or settings.soft_time_limit,
                 "time_limit": kind.hard_time_limit or settings.hard_time_limit,
-                # jobs worker -P batched: its messages join the process's batches (workers.batching).
-                **({"Strategy": "workers.batching:strategy"} if settings.worker_batched else {}),
+                # jobs worker -P batched and --batches: its messages join batches (workers.batching).
+                **({"Strategy": "workers.batching:strategy"} if _batches(settings) else {}),
                 "__module__": __name__,
             },
         )
         app.register_task(task_class())
+
+
+def _batches(settings: Settings) -> bool:
+    return settings.worker_batched or settings.worker_pool_batches

@@ -78,6 +78,14 @@ def default_node_name() -> str:
         " -P batched: NAME-I.XXXX@HOST for its process I)."
     ),
 )
+@click.option(
+    "--batches",
+    is_flag=True,
+    help=(
+        "-P prefork: the pool processes claim, run and record the jobs in batches (one pipe"
+        " message per batch; docs/performance.md)."
+    ),
+)
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(
@@ -85,11 +93,14 @@ def worker(
     concurrency: int | None,
     pool: str,
     hostname: str | None,
+    batches: bool,
     loglevel: str,
     celery_args: tuple[str, ...],
 ) -> None:
     """Run a worker (Celery) that executes jobs. Extra arguments go to celery worker."""
     settings = context.settings()
+    if batches and pool != "prefork":
+        raise click.UsageError(f"--batches needs -P prefork (got -P {pool}); -P batched batches already.")
     if pool == "batched":
         _batched(settings, queues, concurrency, hostname, loglevel, celery_args)
     argv = [*_celery_worker(loglevel, pool), "-Q", queues or ",".join(worker_queues(settings))]
@@ -98,7 +109,9 @@ def worker(
     argv += ["-n", hostname or default_node_name()]
     env = dict(os.environ)
     env["JOBS_WORKER_BATCHED"] = "0"  # batching is -P batched's alone, whatever a .env file says
-    if pool != "threads":
+    env["JOBS_WORKER_POOL_BATCHES"] = "1" if batches else "0"
+    # --batches: SIGTERM stays Celery's warm shutdown (the batches in the pool finish, the buffer goes back).
+    if pool != "threads" and not batches:
         # SIGTERM (docker stop, Kubernetes, systemd) starts Celery's soft shutdown: running jobs
         # get JOBS_WORKER_SOFT_SHUTDOWN_TIMEOUT seconds, then are handed back to the broker.
         env.setdefault("REMAP_SIGTERM", "SIGQUIT")
@@ -134,6 +147,7 @@ def _batched(
     )
     env = dict(os.environ)
     env["JOBS_WORKER_BATCHED"] = "1"
+    env["JOBS_WORKER_POOL_BATCHES"] = "0"
     env.setdefault("REMAP_SIGTERM", "SIGQUIT")  # SIGTERM: the running body gets the soft shutdown window
     env[batched_pool.PLAN] = plan.to_json()
     _exec([sys.executable, "-m", "jobs.batched_pool"], env)

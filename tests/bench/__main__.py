@@ -184,7 +184,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--systems",
-        default="celery-defaults,celery,platform,batched",
+        default="celery-defaults,celery,platform,batched,pooled",
         help=f"comma-separated systems among {','.join(SYSTEMS)} (default: %(default)s)",
     )
     parser.add_argument(
@@ -255,8 +255,10 @@ def plan(args: argparse.Namespace, systems: list[str], number: int) -> list[tupl
             steps += [(phase, system) for system in systems]
         elif phase == "latency":
             steps += [(phase, system) for system in systems if system != "celery-db"]
-        else:  # the batched worker shares the platform's producer; it is for short jobs (no I/O phase)
-            steps += [(phase, system) for system in systems if system not in ("celery-db", "batched")]
+        else:  # the batched workers share the platform's producer; they are for short jobs (no I/O phase)
+            steps += [
+                (phase, system) for system in systems if system not in ("celery-db", "batched", "pooled")
+            ]
     if not number % 2 and ("drain_capped", "platform") in steps and ("drain", "platform") in steps:
         # Every other round the capped drain goes first, so drift does not favour either drain.
         steps.remove(("drain_capped", "platform"))

@@ -97,6 +97,70 @@ def _against(baseline: str, short: str, targets: dict[str, float]) -> tuple[Metr
     )
 
 
+def _profile(system: str, flag: str) -> tuple[Metric, ...]:
+    """One batched profile of ``jobs worker``: drain, CPU, latency and RSS, against Celery's defaults."""
+    return tuple(
+        Metric(
+            key,
+            label,
+            unit,
+            read(phase, "celery-defaults", field),
+            read(phase, system, field),
+            target=target,
+            higher_is_better=higher,
+            compared_label=system,
+            baseline_label="celery-defaults",
+        )
+        for key, label, unit, phase, field, target, higher in (
+            (
+                f"drain_{system}",
+                f"drain, jobs worker {flag}" + DEFAULTS,
+                "jobs/s",
+                "drain",
+                "rate",
+                1.5,
+                True,
+            ),
+            (
+                f"drain_{system}_cpu",
+                f"  worker CPU per job ({flag}, drain)",
+                "ms",
+                "drain",
+                "worker_cpu_ms_per_job",
+                None,
+                False,
+            ),
+            (
+                f"drain_{system}_database_cpu",
+                f"  PostgreSQL CPU per job ({flag}, drain)",
+                "ms",
+                "drain",
+                "database_cpu_ms_per_job",
+                None,
+                False,
+            ),
+            (
+                f"latency_{system}_p50",
+                f"  submit-to-start latency p50 ({flag})",
+                "ms",
+                "latency",
+                "p50_ms",
+                None,
+                False,
+            ),
+            (
+                f"peak_rss_{system}",
+                f"  worker peak RSS, process tree ({flag})",
+                "MiB",
+                "drain",
+                "peak_rss_mib",
+                None,
+                False,
+            ),
+        )
+    )
+
+
 # Against Celery as users run it (its defaults: early acks, prefetch 4, no events, WARNING logs),
 # then against Celery given the platform's own settings (late acks, prefetch 1, events, INFO).
 DEFAULTS = " · vs Celery defaults"
@@ -113,66 +177,8 @@ METRICS = (
         compared_label="celery",
         baseline_label="celery-defaults",
     ),
-    *(
-        Metric(
-            key,
-            label,
-            unit,
-            read(phase, "celery-defaults", field),
-            read(phase, "batched", field),
-            target=target,
-            higher_is_better=higher,
-            compared_label="batched",
-            baseline_label="celery-defaults",
-        )
-        for key, label, unit, phase, field, target, higher in (
-            (
-                "drain_batched",
-                "drain, jobs worker -P batched" + DEFAULTS,
-                "jobs/s",
-                "drain",
-                "rate",
-                1.5,
-                True,
-            ),
-            (
-                "drain_batched_cpu",
-                "  worker CPU per job (-P batched, drain)",
-                "ms",
-                "drain",
-                "worker_cpu_ms_per_job",
-                None,
-                False,
-            ),
-            (
-                "drain_batched_database_cpu",
-                "  PostgreSQL CPU per job (-P batched, drain)",
-                "ms",
-                "drain",
-                "database_cpu_ms_per_job",
-                None,
-                False,
-            ),
-            (
-                "latency_batched_p50",
-                "  submit-to-start latency p50 (-P batched)",
-                "ms",
-                "latency",
-                "p50_ms",
-                None,
-                False,
-            ),
-            (
-                "peak_rss_batched",
-                "  worker peak RSS, process tree (-P batched)",
-                "MiB",
-                "drain",
-                "peak_rss_mib",
-                None,
-                False,
-            ),
-        )
-    ),
+    *_profile("batched", "-P batched"),
+    *_profile("pooled", "--batches"),
     *_against("celery", "", {"single": 0.8, "bulk": 25.0, "drain": 0.9, "latency": 1.2, "rss": 1.2}),
 )
 

@@ -23,9 +23,10 @@ JOBS = [sys.executable, "-m", "jobs"]
 
 # The systems compared: "celery-defaults" is bare Celery with its own defaults, "celery" bare
 # Celery with the platform's settings, "celery-db" the latter with its database result backend;
-# "platform" is ``jobs worker`` (prefork), "batched" ``jobs worker -P batched`` (its drain and latency).
-SYSTEMS = ("celery-defaults", "celery", "platform", "celery-db", "batched")
-PLATFORMS = ("platform", "batched")
+# "platform" is ``jobs worker`` (prefork), "batched" ``jobs worker -P batched`` and "pooled"
+# ``jobs worker --batches`` (their drain and latency).
+SYSTEMS = ("celery-defaults", "celery", "platform", "celery-db", "batched", "pooled")
+PLATFORMS = ("platform", "batched", "pooled")
 
 
 def worker_argv(system: str, concurrency: int, loglevel: str, pool: str = "prefork") -> list[str]:
@@ -36,6 +37,8 @@ def worker_argv(system: str, concurrency: int, loglevel: str, pool: str = "prefo
         return [*JOBS, "worker", *common, "-l", loglevel]
     if system == "batched":  # -c single-process workers under a supervisor, whatever ``pool``
         return [*JOBS, "worker", *common, "-l", loglevel, "-P", "batched"]
+    if system == "pooled":  # batches in the prefork pool
+        return [*JOBS, "worker", *common, "-l", loglevel, "-P", "prefork", "--batches"]
     if system == "celery-defaults":
         return [*CELERY, "-A", "tests.bench.bare:defaults_app", "worker", *common]
     return [*CELERY, "-A", "tests.bench.bare", "worker", *common, "-l", loglevel]

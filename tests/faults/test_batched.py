@@ -1,7 +1,12 @@
-"""Scenarios 28-30: the batched worker (``jobs worker -P batched``) loses a batch it had not recorded."""
+"""Scenarios 28-30: a batched worker loses a batch it had not recorded.
+
+Each runs twice: ``jobs worker -P batched`` (a supervisor of single-process workers: the
+process killed is one of those) and ``jobs worker --batches`` (batches in the prefork pool:
+the process killed is the pool process running the batch)."""
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from pathlib import Path
@@ -14,6 +19,22 @@ from tests.faults.harness import Platform
 
 pytestmark = pytest.mark.acceptance
 
+#: How each profile is started with one process running batches, and what says it lost one.
+PROFILES = {
+    "batched": (["-P", "batched", "-c", "1"], "was killed by signal 9; ending its jobs' leases"),
+    "pooled": (["-P", "prefork", "--batches", "-c", "1"], "was lost in pool process"),
+}
+
+
+@pytest.fixture(params=sorted(PROFILES))
+def profile(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def start_batched(faults: Platform, profile: str) -> None:
+    # A wide window: every message queued behind the first one joins one batch, however slow the machine.
+    faults.start_worker("batched", *PROFILES[profile][0], env={"JOBS_WORKER_BATCH_WINDOW": "0.5"})
+
 
 def gate_started(faults: Platform, gate: Path) -> None:
     """Wait until the ``test.gate`` body waiting for ``gate`` runs in the batched worker."""
@@ -23,7 +44,7 @@ def gate_started(faults: Platform, gate: Path) -> None:
         time.sleep(0.02)
 
 
-def open_batch(faults: Platform, gate: Path, key: str) -> tuple[list[JobId], JobId, JobId]:
+def open_batch(faults: Platform, gate: Path, key: str, profile: str) -> tuple[list[JobId], JobId, JobId]:
     """Queue pings, a body that commits its own work (``ctx.session``) and a body that waits for
     ``gate``, then start one batched worker process: the last batch holds the pings before the
     gate, their bodies run, and their successes wait for the batch's finish while the gate waits."""
@@ -31,17 +52,16 @@ def open_batch(faults: Platform, gate: Path, key: str) -> tuple[list[JobId], Job
     pings = [faults.submit("ping", {"message": f"{key}-{n}"}) for n in range(8)]
     own = faults.submit("test.work", {"key": key})
     held = faults.submit("test.gate", {"path": str(gate), "seconds": 60})
-    # A wide window: every message queued behind the first one joins one batch, however slow the machine.
-    faults.start_worker("batched", "-P", "batched", "-c", "1", env={"JOBS_WORKER_BATCH_WINDOW": "0.5"})
+    start_batched(faults, profile)
     gate_started(faults, gate)
     return pings, own, held
 
 
 def test_28_sigkill_of_a_batched_worker_after_bodies_ran_before_their_batch_committed(
-    faults: Platform, tmp_path: Path
+    faults: Platform, tmp_path: Path, profile: str
 ) -> None:
     gate = tmp_path / "gate"
-    pings, own, held = open_batch(faults, gate, "s28")
+    pings, own, held = open_batch(faults, gate, "s28", profile)
     states = {job: (faults.row(job) or {}).get("state") for job in [*pings, own]}
     ran = [job for job in pings if states[job] == "running"]  # bodies done, not recorded
     assert ran, "the gate's batch should hold pings that ran"
@@ -59,12 +79,12 @@ def test_28_sigkill_of_a_batched_worker_after_bodies_ran_before_their_batch_comm
     assert rows[held]["attempt"] == 2
     assert rows[own]["attempt"] == 1
     assert [effect["attempt"] for effect in faults.effects("s28")] == [1]  # no duplicate effect
-    assert "was killed by signal 9; ending its jobs' leases and starting a new one" in faults.log("batched")
+    assert PROFILES[profile][1] in faults.log("batched")
 
 
-def test_29_postgresql_stopped_while_a_batch_is_open(faults: Platform, tmp_path: Path) -> None:
+def test_29_postgresql_stopped_while_a_batch_is_open(faults: Platform, tmp_path: Path, profile: str) -> None:
     gate = tmp_path / "gate"
-    pings, own, held = open_batch(faults, gate, "s29")
+    pings, own, held = open_batch(faults, gate, "s29", profile)
     mark = faults.log_mark("batched")
     faults.postgres.stop()  # fast shutdown: every session is cut
     try:
@@ -85,7 +105,7 @@ def test_29_postgresql_stopped_while_a_batch_is_open(faults: Platform, tmp_path:
 
 
 def test_30_sigkill_of_a_batched_worker_spends_no_attempt_of_the_jobs_it_had_not_started(
-    faults: Platform, tmp_path: Path
+    faults: Platform, tmp_path: Path, profile: str
 ) -> None:
     """The batch's first body waits for ``gate``; the pings behind it are claimed and waiting
     their turn when the process is killed: they go back to their queue with their attempt undone
@@ -95,7 +115,7 @@ def test_30_sigkill_of_a_batched_worker_spends_no_attempt_of_the_jobs_it_had_not
     faults.processes.stop("worker")
     held = faults.submit("test.gate", {"path": str(gate), "seconds": 60})
     pings = [faults.submit("ping", {"message": f"s30-{n}"}, max_attempts=1) for n in range(8)]
-    faults.start_worker("batched", "-P", "batched", "-c", "1", env={"JOBS_WORKER_BATCH_WINDOW": "0.5"})
+    start_batched(faults, profile)
     gate_started(faults, gate)
     claimed = {job: (faults.row(job) or {}).get("state") for job in pings}
     assert set(claimed.values()) == {"running"}, claimed  # claimed with the gate, not started
@@ -113,5 +133,5 @@ def test_30_sigkill_of_a_batched_worker_spends_no_attempt_of_the_jobs_it_had_not
     assert {rows[job]["state"] for job in pings} == {"succeeded"}
     assert {rows[job]["attempt"] for job in pings} == {1}
     assert (rows[held]["state"], rows[held]["attempt"]) == ("succeeded", 2)
-    assert f"{len(pings)} job(s) worker process" in faults.log("batched")
-    assert "claimed and never started: handed back to their queues" in faults.log("batched")
+    handed_back = rf"{len(pings)} job\(s\) (worker|pool) process \S+ claimed and never started: handed back"
+    assert re.search(handed_back, faults.log("batched"))
