@@ -44,6 +44,10 @@ def worker_queues(settings: Settings) -> list[str]:
     return queues
 
 
+#: Whether ``jobs worker -P prefork`` runs batches unless told ``--no-batches``.
+BATCHES_BY_DEFAULT = False
+
+
 def default_node_name() -> str:
     """A node name unique to this worker process: ``worker-PID-XXXX@HOST``.
 
@@ -79,11 +83,11 @@ def default_node_name() -> str:
     ),
 )
 @click.option(
-    "--batches",
-    is_flag=True,
+    "--batches/--no-batches",
+    default=None,
     help=(
-        "-P prefork: the pool processes claim, run and record the jobs in batches (one pipe"
-        " message per batch; docs/performance.md)."
+        "-P prefork: the pool processes claim, run and record the jobs in batches, one pipe"
+        " message per batch (docs/performance.md)."
     ),
 )
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
@@ -93,7 +97,7 @@ def worker(
     concurrency: int | None,
     pool: str,
     hostname: str | None,
-    batches: bool,
+    batches: bool | None,
     loglevel: str,
     celery_args: tuple[str, ...],
 ) -> None:
@@ -101,6 +105,8 @@ def worker(
     settings = context.settings()
     if batches and pool != "prefork":
         raise click.UsageError(f"--batches needs -P prefork (got -P {pool}); -P batched batches already.")
+    if batches is None:
+        batches = pool == "prefork" and BATCHES_BY_DEFAULT
     if pool == "batched":
         _batched(settings, queues, concurrency, hostname, loglevel, celery_args)
     argv = [*_celery_worker(loglevel, pool), "-Q", queues or ",".join(worker_queues(settings))]

@@ -1,4 +1,5 @@
-"""``jobs worker -P batched``: real supervised worker processes, a real leader, the real ledger."""
+"""The batched profiles, real workers, a real leader, the real ledger: ``jobs worker -P batched``
+(supervised single-process workers) and ``jobs worker --batches`` (batches in the prefork pool)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,11 @@ from tests.support.fixtures import Processes, effects, run_jobs, wait_for_state
 
 pytestmark = pytest.mark.acceptance
 
-BATCHED = ("worker", "-P", "batched", "-c", "2", "-l", "INFO")
+#: How each profile starts with two processes running batches, and how many "ready." lines that logs.
+PROFILES = {
+    "batched": (("worker", "-P", "batched", "-c", "2", "-l", "INFO"), 2),
+    "pooled": (("worker", "-P", "prefork", "--batches", "-c", "2", "-l", "INFO"), 1),
+}
 
 
 def wait_ready(processes: Processes, name: str, count: int, timeout: float = 60.0) -> None:
@@ -41,21 +46,30 @@ def workers_of(processes: Processes, name: str) -> list[psutil.Process]:
     return psutil.Process(processes.running[name].pid).children()
 
 
+@pytest.fixture(scope="module", params=sorted(PROFILES))
+def profile(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def batched(ledger_db: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
-    """Two batched worker processes under their supervisor, and a leader, for a module of tests."""
-    started = Processes(tmp_path_factory.mktemp("batched"))
+def batched(
+    ledger_db: Settings, tmp_path_factory: pytest.TempPathFactory, profile: str
+) -> Iterator[Processes]:
+    """Two processes running batches (under their supervisor, or in the prefork pool) and a
+    leader, for a module of tests."""
+    started = Processes(tmp_path_factory.mktemp(profile))
+    argv, ready = PROFILES[profile]
     try:
-        started.start("worker", *BATCHED)
+        started.start("worker", *argv)
         started.start("beat", "beat", "-l", "INFO")
-        wait_ready(started, "worker", 2)
+        wait_ready(started, "worker", ready)
         started.wait_log("beat", "is now the leader")
         yield started
     finally:
         started.stop_all()
 
 
-def test_a_burst_is_claimed_and_recorded_in_batches(batched, producer, clean, broker):
+def test_a_burst_is_claimed_and_recorded_in_batches(batched, producer, clean, broker, profile):
     ids = producer.submit_many("ping", [{"message": f"m{n}"} for n in range(300)])
     rows = [wait_for_state(clean, job_id, timeout=60) for job_id in ids]
     deadline = time.monotonic() + 30  # every message acknowledged (a batch's in one round trip)
@@ -70,8 +84,11 @@ def test_a_burst_is_claimed_and_recorded_in_batches(batched, producer, clean, br
         ).all()
         # One claim statement stamps every job of its batch with the same started_at.
         claims = conn.execute(sa.select(sa.func.count(sa.distinct(jobs.c.started_at)))).scalar_one()
+        nodes = conn.execute(sa.select(sa.func.count(sa.distinct(jobs.c.worker)))).scalar_one()
     assert dict(history) == {"succeeded": 300}
     assert claims < 300
+    if profile == "pooled":  # one Celery node, whichever pool process ran the batch
+        assert nodes == 1
     print(f"300 jobs claimed in {claims} statements")
     assert batched.log("worker").count("succeeded in") >= 300
 
@@ -107,28 +124,39 @@ def test_the_soft_time_limit_raises_in_the_body(batched, producer, clean):
     assert row["error"]["message"].startswith("time limit")
 
 
-def test_the_hard_time_limit_ends_the_process_and_the_supervisor_replaces_it(batched, producer, clean):
+def test_the_hard_time_limit_ends_the_process_and_the_supervisor_replaces_it(
+    batched, producer, clean, profile
+):
     before = {process.pid for process in workers_of(batched, "worker")}
     job = producer.submit("test.hang", {"seconds": 30})
     row = wait_for_state(clean, job, timeout=40)
     assert (row["state"], row["error"]["type"]) == ("failed", "TimeLimitExceeded")
     assert "hard limit" in row["error"]["message"]
-    batched.wait_log("worker", "stopped a job at its hard time limit; starting a new one", timeout=30)
-    wait_ready(batched, "worker", 3)
-    after = {process.pid for process in workers_of(batched, "worker")}
-    assert len(after) == 2
+    if profile == "batched":
+        batched.wait_log("worker", "stopped a job at its hard time limit; starting a new one", timeout=30)
+        wait_ready(batched, "worker", 3)
+    else:  # the pool replaces its process, and the main process hands back what the batch held
+        batched.wait_log("worker", "was lost in pool process", timeout=30)
+    deadline = time.monotonic() + 30
+    while len(after := {process.pid for process in workers_of(batched, "worker")}) != 2:
+        assert time.monotonic() < deadline, after
+        time.sleep(0.1)
     assert len(before - after) == 1
     assert {
         wait_for_state(clean, j, timeout=30)["state"] for j in producer.submit_many("ping", [{}] * 10)
     } == {"succeeded"}
 
 
-def test_a_killed_worker_process_is_replaced_and_its_job_runs_again(batched, producer, clean):
-    job = producer.submit("test.work", {"key": "batched-crash", "crash_on_attempt": 1})
+def test_a_killed_worker_process_is_replaced_and_its_job_runs_again(batched, producer, clean, profile):
+    job = producer.submit("test.work", {"key": f"{profile}-crash", "crash_on_attempt": 1})
     row = wait_for_state(clean, job, timeout=60)
     assert (row["state"], row["attempt"]) == ("succeeded", 2)
-    assert [effect["attempt"] for effect in effects(clean, "batched-crash")] == [2]
-    assert "was killed by signal 9; ending its jobs' leases and starting a new one" in batched.log("worker")
+    assert [effect["attempt"] for effect in effects(clean, f"{profile}-crash")] == [2]
+    lost = {
+        "batched": "was killed by signal 9; ending its jobs' leases",
+        "pooled": "was lost in pool process",
+    }
+    assert lost[profile] in batched.log("worker")
 
 
 def test_cancelling_a_running_job_stops_its_body(batched, producer, clean, tmp_path: Path):
@@ -167,11 +195,14 @@ def busy_heartbeats(app: Any, node: str, seconds: float = 20.0) -> list[object]:
 
 
 def test_a_busy_worker_process_answers_remote_control_and_sends_heartbeats(
-    batched, producer, clean, tmp_path: Path
+    batched, producer, clean, tmp_path: Path, profile
 ):
     """The body runs in the process's consumer thread; pings, inspect commands and heartbeats do not
     wait for it (workers.mailbox), and a command that changes the consumer is answered after it."""
     from celery import Celery
+
+    if profile == "pooled":
+        pytest.skip("-P batched only: with --batches the bodies run in pool processes, not the consumer's")
 
     gate = tmp_path / "gate"
     job = producer.submit("test.gate", {"path": str(gate), "seconds": 60})

@@ -23,6 +23,20 @@ def test_only_the_ids_not_started_of_the_current_batch_are_read():
         only_the_ids_not_started(file)
 
 
+def test_a_pool_process_record_is_a_file_named_by_its_owner(tmp_path: Path):
+    """``Record.at`` (a ``jobs worker --batches`` pool process's): the pool's main process reads
+    every entry, started or not, from the path."""
+    path = tmp_path / str(os.getpid())
+    path.write_bytes(b"stale")  # a previous process's with the same pid: started afresh
+    record = unstarted.Record.at(str(path))
+    ids = [uuid.uuid4() for _ in range(3)]
+    record.claimed(ids)
+    record.started(ids[1])
+    with open(path, "rb") as file:
+        assert unstarted.entries(file) == [(ids[0], False), (ids[1], True), (ids[2], False)]
+        assert unstarted.read(file) == [ids[0], ids[2]]
+
+
 def only_the_ids_not_started(file: IO[bytes]) -> None:
     record = unstarted.Record(file.fileno())
     first = [uuid.uuid4() for _ in range(5)]

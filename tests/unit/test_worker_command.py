@@ -31,6 +31,35 @@ def test_a_prefork_worker_never_batches_whatever_the_environment_says(monkeypatc
     assert seen["argv"][seen["argv"].index("-P") + 1] == "prefork"
 
 
+def test_batches_runs_a_prefork_worker_whose_pool_batches(monkeypatch):
+    seen: dict[str, Any] = {}
+
+    def exec_(argv: list[str], env: dict[str, str] | None = None) -> None:
+        seen.update(argv=argv, env=env)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(processes, "_exec", exec_)
+    monkeypatch.delenv("REMAP_SIGTERM", raising=False)
+    monkeypatch.setenv("JOBS_WORKER_POOL_BATCHES", "1")  # as a stray .env line would
+    plain = CliRunner().invoke(cli, ["worker", "-c", "1", "-Q", "default"])
+    assert plain.exit_code == 0, plain.output
+    assert (seen["env"]["JOBS_WORKER_POOL_BATCHES"], seen["env"]["REMAP_SIGTERM"]) == ("0", "SIGQUIT")
+    seen.clear()
+    monkeypatch.delenv("REMAP_SIGTERM", raising=False)
+    result = CliRunner().invoke(cli, ["worker", "--batches", "-c", "2", "-Q", "default"])
+    assert result.exit_code == 0, result.output
+    assert seen["argv"][seen["argv"].index("-P") + 1] == "prefork"
+    # SIGTERM stays Celery's warm shutdown: the batches in the pool run to their end.
+    assert (seen["env"]["JOBS_WORKER_POOL_BATCHES"], seen["env"].get("REMAP_SIGTERM")) == ("1", None)
+
+
+def test_batches_needs_the_prefork_pool(monkeypatch):
+    monkeypatch.setattr(processes, "_exec", lambda argv, env=None: pytest.fail("started a worker"))
+    result = CliRunner().invoke(cli, ["worker", "-P", "threads", "--batches"])
+    assert result.exit_code == 2
+    assert "--batches needs -P prefork (got -P threads)" in result.output
+
+
 def test_batched_supervises_single_process_workers_that_batch(monkeypatch):
     seen: dict[str, Any] = {}
 
