@@ -29,6 +29,7 @@ PROFILES = {
     "batched": (("worker", "-P", "batched", "-c", "2", "-l", "INFO"), 2),
     "pooled": (("worker", "-P", "prefork", "--batches", "-c", "2", "-l", "INFO"), 1),
 }
+BATCHED = PROFILES["batched"][0]
 
 
 def wait_ready(processes: Processes, name: str, count: int, timeout: float = 60.0) -> None:
