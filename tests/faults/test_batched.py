@@ -61,7 +61,7 @@ def test_28_sigkill_of_a_batched_worker_after_bodies_ran_before_their_batch_comm
     faults: Platform, tmp_path: Path, profile: str
 ) -> None:
     gate = tmp_path / "gate"
-    pings, own, held = open_batch(faults, gate, "s28", profile)
+    pings, own, held = open_batch(faults, gate, f"s28-{profile}", profile)
     states = {job: (faults.row(job) or {}).get("state") for job in [*pings, own]}
     ran = [job for job in pings if states[job] == "running"]  # bodies done, not recorded
     assert ran, "the gate's batch should hold pings that ran"
@@ -78,13 +78,13 @@ def test_28_sigkill_of_a_batched_worker_after_bodies_ran_before_their_batch_comm
     assert {rows[job]["attempt"] for job in ran} == {2}  # run again: their first attempt was lost
     assert rows[held]["attempt"] == 2
     assert rows[own]["attempt"] == 1
-    assert [effect["attempt"] for effect in faults.effects("s28")] == [1]  # no duplicate effect
+    assert [effect["attempt"] for effect in faults.effects(f"s28-{profile}")] == [1]  # no duplicate effect
     assert PROFILES[profile][1] in faults.log("batched")
 
 
 def test_29_postgresql_stopped_while_a_batch_is_open(faults: Platform, tmp_path: Path, profile: str) -> None:
     gate = tmp_path / "gate"
-    pings, own, held = open_batch(faults, gate, "s29", profile)
+    pings, own, held = open_batch(faults, gate, f"s29-{profile}", profile)
     mark = faults.log_mark("batched")
     faults.postgres.stop()  # fast shutdown: every session is cut
     try:
@@ -100,7 +100,7 @@ def test_29_postgresql_stopped_while_a_batch_is_open(faults: Platform, tmp_path:
     assert {row["state"] for row in rows.values()} == {"succeeded"}
     # Recorded when PostgreSQL came back, within the jobs' leases: nothing ran twice.
     assert {row["attempt"] for row in rows.values()} == {1}
-    assert [effect["attempt"] for effect in faults.effects("s29")] == [1]
+    assert [effect["attempt"] for effect in faults.effects(f"s29-{profile}")] == [1]
     assert faults.running("batched")
 
 
