@@ -24,14 +24,16 @@ and puts every message of the batch back on its queue; the finished ones are abs
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 from celery import Celery, current_app
 
 from jobs import counters, db, ledger, unstarted
@@ -131,9 +133,10 @@ def run_batch(worker: str, entries: list[tuple[str, str]]) -> Report:
 
 @dataclass(slots=True)
 class _InFlight:
+    """A batch handed to the pool, and the pool process that took it."""
+
     items: list[Received]
     pid: int | None = None
-    ids: list[uuid.UUID] = field(default_factory=list)
 
 
 class Dispatcher(Intake):
@@ -191,7 +194,9 @@ class Dispatcher(Intake):
     def _lost(self, flight: _InFlight, error: Any) -> None:
         """The pool process running the batch was lost (or the batch raised): hand back what had
         not started, end the leases of what had, and put every message back on its queue."""
-        record = dict(self._record(flight.pid))
+        exception = getattr(error, "exception", error)
+        dead = isinstance(exception, (WorkerLostError, TimeLimitExceeded))  # else the batch raised
+        record = dict(self._record(flight.pid, gone=dead))
         ids = [item.job_id for item in flight.items if item.job_id is not None]
         waiting = [job_id for job_id in ids if record.get(job_id) is False]
         started = [job_id for job_id in ids if record.get(job_id)]
@@ -211,7 +216,7 @@ class Dispatcher(Intake):
             " and never started: handed back to their queues; the leases of %d started end now",
             len(flight.items),
             flight.pid,
-            getattr(error, "exception", error),
+            exception,
             len(waiting),
             flight.pid,
             len(started),
@@ -222,15 +227,16 @@ class Dispatcher(Intake):
             if item not in gone:
                 self.out.requeue(item)
 
-    def _record(self, pid: int | None) -> list[tuple[uuid.UUID, bool]]:
-        """The lost process's record (empty if it kept none), and the file removed."""
+    def _record(self, pid: int | None, *, gone: bool) -> list[tuple[uuid.UUID, bool]]:
+        """The process's record (empty if it kept none); the file removed if the process is gone."""
         if pid is None or not self.records:
             return []
         path = os.path.join(self.records, str(pid))
         try:
             with open(path, "rb") as file:
                 found = unstarted.entries(file)
-            os.unlink(path)
+            if gone:
+                os.unlink(path)
         except OSError:
             return []
         return found
@@ -259,4 +265,9 @@ def install(app: Celery) -> None:
     def remove(**_: Any) -> None:
         shutil.rmtree(records, ignore_errors=True)
 
+    def forget(**_: Any) -> None:  # a pool process that ends in order (recycled) takes its record along
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(records, str(os.getpid())))
+
     signals.worker_shutdown.connect(remove, weak=False)
+    signals.worker_process_shutdown.connect(forget, weak=False)
