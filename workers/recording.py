@@ -82,10 +82,10 @@ class Batch:
 class Recorder:
     """Records and tells the outcomes of one worker process's batches."""
 
-    def __init__(self, consumer: Any, settings: Settings, worker: str | None = None) -> None:
+    def __init__(self, consumer: Any, settings: Settings) -> None:
         self.consumer = consumer
         self.settings = settings
-        self.worker = worker or str(consumer.hostname)
+        self.worker = str(consumer.hostname)
         self.tally = counters.process_tally(settings)
 
     def finish(self, batch: Batch) -> None:
