@@ -12,7 +12,8 @@ down as an open file descriptor (``FD``); the process maps it into memory and wr
 its batch moves:
 
     claimed(ids) ......... after the claim committed: each id, "not started"
-    started(id) .......... before the body runs, or the id leaves the batch any other way
+    running(id) .......... before the body runs (started, and named as running now)
+    started(id) .......... the id leaves the batch any other way
     ended() .............. every id of the batch marked, at the batch's end
 
 A body's mark is a one-byte store into a shared mapping, made before any of its code
@@ -20,7 +21,9 @@ runs, and the kernel keeps it whatever kills the process after it: so an id the 
 shows "not started" never had a body start. (The reverse can happen, an id marked and
 its body never reached, and costs that job the attempt, as without the record.)
 
-Layout: a ``uint32`` count, then ``CAPACITY`` entries of 16 bytes of UUID and one byte, 0
+Layout: a ``uint32`` count, a ``uint32`` naming the entry whose body runs now (1 + its
+position; 0 for none: ``running``, which the main process of ``jobs worker --batches`` reads
+to answer ``inspect active``), then ``CAPACITY`` entries of 16 bytes of UUID and one byte, 0
 for "not started". Only the first count entries are read; an entry is marked before the
 count leaves it, and a batch larger than ``CAPACITY`` records its first ``CAPACITY`` ids.
 Standard library only: the supervisor reads it without loading the platform.
@@ -36,7 +39,7 @@ import uuid
 from collections.abc import Iterable
 from typing import IO
 
-__all__ = ["CAPACITY", "FD", "Record", "create", "entries", "read"]
+__all__ = ["CAPACITY", "FD", "Record", "create", "entries", "read", "running"]
 
 #: The environment variable that names the record's file descriptor in a worker process.
 FD = "JOBS_BATCHED_UNSTARTED_FD"
@@ -44,8 +47,10 @@ FD = "JOBS_BATCHED_UNSTARTED_FD"
 CAPACITY = 4096
 
 _COUNT = struct.Struct("<I")
+_NOW = struct.Struct("<I")  # at offset 4: 1 + the entry whose body runs now, 0 for none
+_HEAD = _COUNT.size + _NOW.size
 _ENTRY = 17  # 16 bytes of UUID, one byte: 0 not started, 1 started (or no longer this batch's)
-SIZE = _COUNT.size + CAPACITY * _ENTRY
+SIZE = _HEAD + CAPACITY * _ENTRY
 _STARTED = 1
 
 
@@ -71,9 +76,24 @@ def entries(file: IO[bytes]) -> list[tuple[uuid.UUID, bool]]:
     (count,) = _COUNT.unpack_from(data)
     found = []
     for index in range(min(count, CAPACITY)):
-        at = _COUNT.size + index * _ENTRY
+        at = _HEAD + index * _ENTRY
         found.append((uuid.UUID(bytes=data[at : at + 16]), data[at + 16] == _STARTED))
     return found
+
+
+def running(file: IO[bytes]) -> uuid.UUID | None:
+    """The id whose body the process runs now (the last one marked by ``Record.running`` in the
+    batch under way), or ``None``."""
+    file.seek(0)
+    head = file.read(_HEAD)
+    if len(head) < _HEAD:
+        return None
+    (count,) = _COUNT.unpack_from(head)
+    (now,) = _NOW.unpack_from(head, _COUNT.size)
+    if not 0 < now <= min(count, CAPACITY):
+        return None
+    file.seek(_HEAD + (now - 1) * _ENTRY)
+    return uuid.UUID(bytes=file.read(16))
 
 
 class Record:
@@ -112,7 +132,7 @@ class Record:
         for position, job_id in enumerate(ids):
             if position == CAPACITY:
                 break
-            at = _COUNT.size + position * _ENTRY
+            at = _HEAD + position * _ENTRY
             self.map[at : at + 16] = job_id.bytes
             self.map[at + 16] = 0
             index[job_id] = at
@@ -125,9 +145,17 @@ class Record:
         if at is not None and self.map is not None:
             self.map[at + 16] = _STARTED
 
+    def running(self, job_id: uuid.UUID) -> None:
+        """``job_id``'s body starts now: marked started, and named as the body running."""
+        at = self.index.get(job_id)
+        self.started(job_id)
+        if at is not None and self.map is not None:
+            _NOW.pack_into(self.map, _COUNT.size, (at - _HEAD) // _ENTRY + 1)
+
     def ended(self) -> None:
-        """The batch is over: nothing it claimed is waiting any more."""
+        """The batch is over: nothing it claimed is waiting any more, no body runs."""
         if self.map is not None:
             for at in self.index.values():
                 self.map[at + 16] = _STARTED
+            _NOW.pack_into(self.map, _COUNT.size, 0)
         self.index = {}

@@ -95,7 +95,7 @@ class BatchRun:
             if claimed is None:
                 self._single(item)
                 continue
-            self.unstarted.started(claimed.id)  # before anything of its body runs
+            self.unstarted.running(claimed.id)  # before anything of its body runs
             self._renew(batch)
             if not self._attempt(batch, item, claimed):
                 self._hand_back(batch, batch.received[index + 1 :])

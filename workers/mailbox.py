@@ -234,6 +234,16 @@ class _Running:
 #: The batched bodies running in this process (one at most), by job id. Not Celery's
 #: ``active_requests``: Celery's shutdown and reconnection treat those as its own requests.
 RUNNING: dict[str, _Running] = {}
+#: Where else bodies run that ``inspect active`` lists: the pool processes of ``jobs worker
+#: --batches`` (``workers.pool_batches``), as ``(message, pid, started)`` triples.
+ELSEWHERE: list[Callable[[], list[tuple[Received, int, float]]]] = []
+
+
+def describe(item: Received, pid: int, started: float, hostname: str) -> dict[str, Any]:
+    """A body running in another process (``pid``), as ``inspect active`` lists it."""
+    entry = _Running(item, hostname)
+    entry.time_start = started
+    return {**entry.info(), "worker_pid": pid}
 
 
 @contextlib.contextmanager
@@ -253,7 +263,13 @@ def running(item: Received, hostname: str) -> Iterator[None]:
 @inspect_command(alias="dump_active")
 def active(state: Any, safe: bool = False, **kwargs: Any) -> list[dict[str, Any]]:
     """List of tasks currently being executed (Celery's, and a batched process's body)."""
-    return [*_celery_active(state, safe=safe, **kwargs), *(entry.info() for entry in list(RUNNING.values()))]
+    bodies = [body for source in ELSEWHERE for body in source()]
+    elsewhere = [describe(*body, hostname=str(state.hostname)) for body in bodies]
+    return [
+        *_celery_active(state, safe=safe, **kwargs),
+        *(entry.info() for entry in list(RUNNING.values())),
+        *elsewhere,
+    ]
 
 
 class _Heartbeat(_CeleryHeartbeat):  # type: ignore[misc]

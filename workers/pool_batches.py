@@ -28,18 +28,22 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 from celery import Celery, current_app
+from celery.worker import state as worker_state
 
 from jobs import counters, db, ledger, unstarted
 from jobs.errors import LedgerUnavailable
 from jobs.settings import Settings, get_settings
-from workers import batching, watchdog
+from workers import batching, mailbox, watchdog
 from workers.batch_run import BatchRun
 from workers.batching import Intake
 from workers.recording import Received, Recorder
@@ -52,6 +56,9 @@ log = logging.getLogger("jobs.worker")
 RECORDS = "JOBS_POOL_BATCH_RECORDS"
 #: Seconds added to the sum of a batch's hard limits: past it the pool kills the process.
 BACKSTOP = 30.0
+
+#: What the main process sends the pool processes that run batches when the worker stops.
+SHUTDOWN = signal.SIGUSR2
 
 ACK, REQUEUE, SINGLE = "ack", "requeue", "single"
 
@@ -108,16 +115,32 @@ class _PoolRun(BatchRun):
         self.out.single(item)
 
 
+def _stop(signum: int, frame: FrameType | None) -> None:
+    """In a pool process: the worker is stopping (``SHUTDOWN``, from the main process). The
+    running body gets the soft shutdown's window, and its batch starts no other body
+    (``watchdog.stopping``)."""
+    setattr(worker_state, "should_stop", 0)  # noqa: B010 - typed None in celery-types
+    run = _PoolRun.current
+    if run is not None:
+        run.deadlines.shutdown(run.settings.worker_soft_shutdown_timeout)
+
+
+def _pool_process_init(**_: Any) -> None:
+    # A SIGTERM sent to the whole process group (systemd, a terminal, a test harness) is the
+    # main process's to act on: its warm shutdown tells each pool process with ``SHUTDOWN``.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(SHUTDOWN, _stop)
+
+
 def run_batch(worker: str, entries: list[tuple[str, str]]) -> Report:
     """Run one batch in this pool process: ``entries`` are its messages' (job id, task name)."""
     run = _PoolRun.current
     if run is None:
         settings = get_settings()
+        run = _PoolRun.current = _PoolRun(worker, settings, _Told(worker, settings), unstarted.Record(None))
         records = os.environ.get(RECORDS)
-        record = unstarted.Record.at(os.path.join(records, str(os.getpid()))) if records else None
-        run = _PoolRun.current = _PoolRun(
-            worker, settings, _Told(worker, settings), record or unstarted.Record(None)
-        )
+        if records:
+            run.unstarted = unstarted.Record.at(os.path.join(records, str(os.getpid())))
     tasks = current_app.tasks
     items = [
         Received(tasks[name], None, None, None, None, None, None, uuid.UUID(job_id))  # type: ignore[arg-type]
@@ -137,6 +160,8 @@ class _InFlight:
 
     items: list[Received]
     pid: int | None = None
+    accepted: float = 0.0  # time.monotonic() when a pool process took it
+    wall: float = 0.0  # time.time() then
 
 
 class Dispatcher(Intake):
@@ -147,6 +172,7 @@ class Dispatcher(Intake):
         self.worker = str(consumer.hostname)
         self.at_once = max(1, int(getattr(consumer.pool, "limit", None) or 1))
         self.records = os.environ.get(RECORDS)
+        self.flights: dict[int, _InFlight] = {}  # the batches in the pool now
 
     def run(self, received: list[Received]) -> None:
         if watchdog.stopping():  # the worker stops: the pool takes no more batches
@@ -162,18 +188,24 @@ class Dispatcher(Intake):
         if not batch:
             return
         flight = _InFlight(batch)
+        self.flights[id(flight)] = flight
         backstop = sum(_hard_limit(item, self.settings) for item in batch) + BACKSTOP
         self.consumer.pool.apply_async(
             run_batch,
             args=(self.worker, [(str(item.job_id), item.task.name) for item in batch]),
             callback=lambda report: self._done(flight, report),
             error_callback=lambda error: self._lost(flight, error),
-            accept_callback=lambda pid, _accepted: setattr(flight, "pid", pid),
+            accept_callback=lambda pid, _accepted: self._accepted(flight, pid),
             timeout=backstop,
             soft_timeout=2 * backstop,  # never: each body's soft limit is its pool process's
         )
 
+    @staticmethod
+    def _accepted(flight: _InFlight, pid: int) -> None:
+        flight.pid, flight.accepted, flight.wall = pid, time.monotonic(), time.time()
+
     def _done(self, flight: _InFlight, report: Report) -> None:
+        self.flights.pop(id(flight), None)
         try:
             told, events, self.body_seconds = report
             for position, kind, fields in events:
@@ -194,26 +226,16 @@ class Dispatcher(Intake):
     def _lost(self, flight: _InFlight, error: Any) -> None:
         """The pool process running the batch was lost (or the batch raised): hand back what had
         not started, end the leases of what had, and put every message back on its queue."""
+        self.flights.pop(id(flight), None)
         exception = getattr(error, "exception", error)
         dead = isinstance(exception, (WorkerLostError, TimeLimitExceeded))  # else the batch raised
         record = dict(self._record(flight.pid, gone=dead))
-        ids = [item.job_id for item in flight.items if item.job_id is not None]
-        waiting = [job_id for job_id in ids if record.get(job_id) is False]
-        started = [job_id for job_id in ids if record.get(job_id)]
-        states: dict[uuid.UUID, str] = {}
-        try:
-            with db.direct(self.settings) as direct:
-                if waiting:
-                    ledger.unclaim(direct, waiting, worker=self.worker)
-                if started:
-                    ledger.renew(direct, started, worker=self.worker, lease=0.0)  # their leases end now
-            with db.autocommit(self.settings) as conn:
-                states = dict(ledger.states_of(conn, ids))
-        except LedgerUnavailable as problem:
-            log.error("the lost batch's jobs were not handed back (%s); their leases will end", problem)
+        by_id = {item.job_id: item for item in flight.items if item.job_id is not None}
+        waiting = [job_id for job_id in by_id if record.get(job_id) is False]
+        started = [job_id for job_id in by_id if record.get(job_id)]
         log.error(
-            "a batch of %d job(s) was lost in pool process %s (%r); %d job(s) pool process %s claimed"
-            " and never started: handed back to their queues; the leases of %d started end now",
+            "a batch of %d job(s) was lost in pool process %s (%r): %d job(s) pool process %s claimed"
+            " and never started: handed back to their queues; %d started",
             len(flight.items),
             flight.pid,
             exception,
@@ -221,11 +243,44 @@ class Dispatcher(Intake):
             flight.pid,
             len(started),
         )
+        states: dict[uuid.UUID, str] = {}
+        try:
+            if waiting:
+                with db.direct(self.settings) as direct:
+                    ledger.unclaim(direct, waiting, worker=self.worker)
+            # As the per-job path does for a lost pool process: each started job's lease is
+            # released for its redelivery to take it over at once, or it fails on its last attempt.
+            why = str(exception) if isinstance(exception, WorkerLostError) else repr(exception)
+            ran = round(max(time.monotonic() - flight.accepted, 0.0), 6)
+            for job_id in started:
+                by_id[job_id].task.lost_child(str(job_id), self.worker, why, ran)
+            with db.autocommit(self.settings) as conn:
+                states = dict(ledger.states_of(conn, list(by_id)))
+        except LedgerUnavailable as problem:
+            log.error("the lost batch's jobs were not handed back (%s); their leases will end", problem)
         gone = [item for item in flight.items if _obsolete(states, item.job_id)]
         self.out.ack_all(gone)
         for item in flight.items:
             if item not in gone:
                 self.out.requeue(item)
+
+    def bodies(self) -> list[tuple[Received, int, float]]:
+        """The bodies running in the pool now (``inspect active``): each in-flight batch's, as its
+        pool process's record names it."""
+        found = []
+        for flight in list(self.flights.values()):
+            if flight.pid is None or not self.records:
+                continue
+            try:
+                with open(os.path.join(self.records, str(flight.pid)), "rb") as file:
+                    job_id = unstarted.running(file)
+            except OSError:
+                continue
+            for item in flight.items:
+                if item.job_id == job_id:
+                    found.append((item, flight.pid, flight.wall))
+                    break
+        return found
 
     def _record(self, pid: int | None, *, gone: bool) -> list[tuple[uuid.UUID, bool]]:
         """The process's record (empty if it kept none); the file removed if the process is gone."""
@@ -269,5 +324,18 @@ def install(app: Celery) -> None:
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(records, str(os.getpid())))
 
+    def shutting_down(**_: Any) -> None:  # in the main process, as the warm shutdown begins
+        for name in os.listdir(records):
+            with contextlib.suppress(ValueError, OSError):
+                os.kill(int(name), SHUTDOWN)
+
+    signals.worker_process_init.connect(_pool_process_init, weak=False)
+    signals.worker_shutting_down.connect(shutting_down, weak=False)
     signals.worker_shutdown.connect(remove, weak=False)
     signals.worker_process_shutdown.connect(forget, weak=False)
+    mailbox.ELSEWHERE.append(_bodies)
+
+
+def _bodies() -> list[tuple[Received, int, float]]:
+    intake = Intake.current
+    return intake.bodies() if isinstance(intake, Dispatcher) else []

@@ -1,4 +1,6 @@
-"""``jobs worker -P batched`` stopping: SIGTERM's window, hand-backs, memory recycling (own workers)."""
+"""The batched profiles stopping: SIGTERM's window, hand-backs, memory recycling (own workers).
+
+SIGTERM's window runs for ``jobs worker -P batched`` and ``jobs worker --batches`` alike."""
 
 from __future__ import annotations
 
@@ -8,15 +10,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.test_batched_worker import BATCHED, wait_ready
+from tests.acceptance.test_batched_worker import BATCHED, PROFILES, wait_ready
 from tests.support.fixtures import effects, wait_for_state
 
 pytestmark = pytest.mark.acceptance
 
 
-def test_sigterm_lets_a_running_body_finish_within_the_window(processes, producer, clean):
-    processes.start("worker", *BATCHED, env={"JOBS_WORKER_SOFT_SHUTDOWN_TIMEOUT": "10"})
-    wait_ready(processes, "worker", 2)
+@pytest.fixture(params=sorted(PROFILES))
+def profile(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_sigterm_lets_a_running_body_finish_within_the_window(processes, producer, clean, profile):
+    argv, ready = PROFILES[profile]
+    processes.start("worker", *argv, env={"JOBS_WORKER_SOFT_SHUTDOWN_TIMEOUT": "10"})
+    wait_ready(processes, "worker", ready)
     job = producer.submit("test.work", {"key": "batched-finish", "sleep": 1.5})
     wait_for_state(clean, job, ("running",), timeout=30)
     assert processes.stop("worker", signal.SIGTERM, timeout=30) == 0
@@ -25,7 +33,9 @@ def test_sigterm_lets_a_running_body_finish_within_the_window(processes, produce
     assert [effect["attempt"] for effect in effects(clean, "batched-finish")] == [1]
 
 
-def test_sigterm_hands_back_a_body_that_outlives_the_window(processes, producer, clean, tmp_path: Path):
+def test_sigterm_hands_back_a_body_that_outlives_the_window(
+    processes, producer, clean, tmp_path: Path, profile
+):
     gate = tmp_path / "gate"
     # Queued before the worker starts, with a wide window: after the first message (alone, as
     # always), the gate and the pings behind it form one batch, claimed together.
@@ -33,7 +43,8 @@ def test_sigterm_hands_back_a_body_that_outlives_the_window(processes, producer,
     long = producer.submit("test.gate", {"path": str(gate), "seconds": 30})
     behind = producer.submit_many("ping", [{}] * 5)
     env = {"JOBS_WORKER_SOFT_SHUTDOWN_TIMEOUT": "1", "JOBS_WORKER_BATCH_WINDOW": "0.5"}
-    processes.start("worker", "worker", "-P", "batched", "-c", "1", "-l", "INFO", env=env)
+    one = {"batched": ("-P", "batched"), "pooled": ("-P", "prefork", "--batches")}[profile]
+    processes.start("worker", "worker", *one, "-c", "1", "-l", "INFO", env=env)
     deadline = time.monotonic() + 60
     while not Path(f"{gate}.started").exists():
         assert time.monotonic() < deadline, processes.log("worker")[-3000:]

@@ -263,6 +263,43 @@ def test_a_busy_worker_process_answers_remote_control_and_sends_heartbeats(
     assert app.control.revoke(str(uuid.uuid4()), destination=[node], reply=True, timeout=5)
 
 
+def test_a_body_running_in_a_pool_process_is_listed_as_active(
+    batched, producer, clean, tmp_path: Path, profile
+):
+    """``--batches``: a batch's body is not a Celery request; the main process lists it from its
+    pool process's record, so ``inspect active``, ``jobs workers`` and ``jobs explain`` see it."""
+    from celery import Celery
+
+    if profile != "pooled":
+        pytest.skip("--batches only: -P batched lists its body from the process itself (above)")
+    gate = tmp_path / "gate"
+    job = producer.submit("test.gate", {"path": str(gate), "seconds": 60})
+    deadline = time.monotonic() + 30
+    while not Path(f"{gate}.started").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with db.transaction(clean) as conn:
+        node = conn.execute(sa.select(jobs.c.worker).where(jobs.c.id == job)).scalar_one()
+    app = Celery("operator", broker=clean.broker_url, set_as_current=False)
+    try:
+        active = app.control.inspect(destination=[node], timeout=5).active() or {}
+        listed = active.get(node, [])
+        assert [(task["id"], task["name"]) for task in listed] == [(str(job), "test.gate")]
+        assert listed[0]["worker_pid"] in {process.pid for process in workers_of(batched, "worker")}
+        workers = run_jobs("workers", "--json")
+        assert workers.returncode == 0, workers.stderr
+        (worker,) = [w for w in json.loads(workers.stdout)["workers"] if w["name"] == node]
+        assert (worker["pool"], worker["concurrency"]) == ("prefork", 2)
+        assert [(entry["id"], entry["kind"]) for entry in worker["active"]] == [(str(job), "test.gate")]
+        explained = run_jobs("explain", str(job))
+        assert explained.returncode == 0, explained.stderr
+        assert f"running now on {node}" in explained.stdout, explained.stdout
+    finally:
+        gate.write_text("open")
+    assert wait_for_state(clean, job)["state"] == "succeeded"
+    assert not (app.control.inspect(destination=[node], timeout=5).active() or {}).get(node)
+
+
 def test_plain_celery_messages_take_the_single_job_path(batched, clean):
     from celery import Celery
 

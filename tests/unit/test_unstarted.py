@@ -8,7 +8,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 
@@ -32,9 +32,20 @@ def test_a_pool_process_record_is_a_file_named_by_its_owner(tmp_path: Path):
     ids = [uuid.uuid4() for _ in range(3)]
     record.claimed(ids)
     record.started(ids[1])
-    with open(path, "rb") as file:
-        assert unstarted.entries(file) == [(ids[0], False), (ids[1], True), (ids[2], False)]
-        assert unstarted.read(file) == [ids[0], ids[2]]
+
+    def now(read: Any) -> Any:  # as the main process reads it: the file opened afresh
+        with open(path, "rb") as file:
+            return read(file)
+
+    assert now(unstarted.entries) == [(ids[0], False), (ids[1], True), (ids[2], False)]
+    assert now(unstarted.read) == [ids[0], ids[2]]
+    assert now(unstarted.running) is None  # started is not running: it left the batch
+    record.running(ids[2])
+    assert (now(unstarted.running), now(unstarted.read)) == (ids[2], [ids[0]])
+    record.running(ids[0])
+    assert now(unstarted.running) == ids[0]
+    record.ended()
+    assert (now(unstarted.running), now(unstarted.read)) == (None, [])
 
 
 def only_the_ids_not_started(file: IO[bytes]) -> None:
