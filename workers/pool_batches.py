@@ -325,6 +325,10 @@ def install(app: Celery) -> None:
             os.unlink(os.path.join(records, str(os.getpid())))
 
     def shutting_down(**_: Any) -> None:  # in the main process, as the warm shutdown begins
+        log.warning(
+            "Initiating Soft Shutdown: the bodies running in the pool get %gs, then are handed back",
+            get_settings().worker_soft_shutdown_timeout,
+        )
         for name in os.listdir(records):
             with contextlib.suppress(ValueError, OSError):
                 os.kill(int(name), SHUTDOWN)

@@ -116,8 +116,11 @@ def worker(
     env = dict(os.environ)
     env["JOBS_WORKER_BATCHED"] = "0"  # batching is -P batched's alone, whatever a .env file says
     env["JOBS_WORKER_POOL_BATCHES"] = "1" if batches else "0"
-    # --batches: SIGTERM stays Celery's warm shutdown (the batches in the pool finish, the buffer goes back).
-    if pool != "threads" and not batches:
+    if batches:
+        # SIGTERM is Celery's warm shutdown, whatever the image sets: the buffer goes back and the
+        # bodies running in the pool get the soft shutdown's window (workers.pool_batches).
+        env["REMAP_SIGTERM"] = ""
+    elif pool != "threads":
         # SIGTERM (docker stop, Kubernetes, systemd) starts Celery's soft shutdown: running jobs
         # get JOBS_WORKER_SOFT_SHUTDOWN_TIMEOUT seconds, then are handed back to the broker.
         env.setdefault("REMAP_SIGTERM", "SIGQUIT")
