@@ -14,6 +14,7 @@ its batch moves:
     claimed(ids) ......... after the claim committed: each id, "not started"
     running(id) .......... before the body runs (started, and named as running now)
     started(id) .......... the id leaves the batch any other way
+    withdrawn(ids) ....... not started, handed back while the batch runs (behind a long body)
     ended() .............. every id of the batch marked, at the batch's end
 
 A body's mark is a one-byte store into a shared mapping, made before any of its code
@@ -39,7 +40,18 @@ import uuid
 from collections.abc import Iterable
 from typing import IO
 
-__all__ = ["CAPACITY", "FD", "Record", "create", "entries", "read", "running"]
+__all__ = [
+    "CAPACITY",
+    "FD",
+    "NOT_STARTED",
+    "STARTED",
+    "WITHDRAWN",
+    "Record",
+    "create",
+    "entries",
+    "read",
+    "running",
+]
 
 #: The environment variable that names the record's file descriptor in a worker process.
 FD = "JOBS_BATCHED_UNSTARTED_FD"
@@ -51,7 +63,8 @@ _NOW = struct.Struct("<I")  # at offset 4: 1 + the entry whose body runs now, 0 
 _HEAD = _COUNT.size + _NOW.size
 _ENTRY = 17  # 16 bytes of UUID, one byte: 0 not started, 1 started (or no longer this batch's)
 SIZE = _HEAD + CAPACITY * _ENTRY
-_STARTED = 1
+#: An entry's states.
+NOT_STARTED, STARTED, WITHDRAWN = 0, 1, 2
 
 
 def create() -> IO[bytes]:
@@ -64,36 +77,36 @@ def create() -> IO[bytes]:
 
 def read(file: IO[bytes]) -> list[uuid.UUID]:
     """The ids the process recorded as claimed and not started (read after it died)."""
-    return [job_id for job_id, started in entries(file) if not started]
+    return [job_id for job_id, state in entries(file) if state == NOT_STARTED]
 
 
-def entries(file: IO[bytes]) -> list[tuple[uuid.UUID, bool]]:
-    """Every id of the process's last batch, and whether it started (or left the batch)."""
-    file.seek(0)
-    data = file.read(SIZE)
-    if len(data) < SIZE:
+def entries(file: IO[bytes]) -> list[tuple[uuid.UUID, int]]:
+    """Every id of the process's last batch, with its state: ``NOT_STARTED``, ``STARTED`` (or
+    left the batch) or ``WITHDRAWN`` (handed back while the batch ran)."""
+    head = os.pread(file.fileno(), _HEAD, 0)  # unbuffered: the process writes it through a mapping
+    if len(head) < _HEAD:
         return []
-    (count,) = _COUNT.unpack_from(data)
+    count = min(_COUNT.unpack_from(head)[0], CAPACITY)
+    data = os.pread(file.fileno(), count * _ENTRY, _HEAD)
     found = []
-    for index in range(min(count, CAPACITY)):
-        at = _HEAD + index * _ENTRY
-        found.append((uuid.UUID(bytes=data[at : at + 16]), data[at + 16] == _STARTED))
+    for index in range(len(data) // _ENTRY):
+        at = index * _ENTRY
+        found.append((uuid.UUID(bytes=data[at : at + 16]), data[at + 16]))
     return found
 
 
 def running(file: IO[bytes]) -> uuid.UUID | None:
     """The id whose body the process runs now (the last one marked by ``Record.running`` in the
     batch under way), or ``None``."""
-    file.seek(0)
-    head = file.read(_HEAD)
+    head = os.pread(file.fileno(), _HEAD, 0)
     if len(head) < _HEAD:
         return None
     (count,) = _COUNT.unpack_from(head)
     (now,) = _NOW.unpack_from(head, _COUNT.size)
     if not 0 < now <= min(count, CAPACITY):
         return None
-    file.seek(_HEAD + (now - 1) * _ENTRY)
-    return uuid.UUID(bytes=file.read(16))
+    entry = os.pread(file.fileno(), 16, _HEAD + (now - 1) * _ENTRY)
+    return uuid.UUID(bytes=entry) if len(entry) == 16 else None
 
 
 class Record:
@@ -143,7 +156,7 @@ class Record:
         """``job_id`` starts its body now (or leaves the batch without one)."""
         at = self.index.pop(job_id, None)
         if at is not None and self.map is not None:
-            self.map[at + 16] = _STARTED
+            self.map[at + 16] = STARTED
 
     def running(self, job_id: uuid.UUID) -> None:
         """``job_id``'s body starts now: marked started, and named as the body running."""
@@ -152,10 +165,17 @@ class Record:
         if at is not None and self.map is not None:
             _NOW.pack_into(self.map, _COUNT.size, (at - _HEAD) // _ENTRY + 1)
 
+    def withdrawn(self, ids: Iterable[uuid.UUID]) -> None:
+        """These ids, not started, left the batch while it ran: handed back already (``ledger.unclaim``)."""
+        for job_id in ids:
+            at = self.index.pop(job_id, None)
+            if at is not None and self.map is not None:
+                self.map[at + 16] = WITHDRAWN
+
     def ended(self) -> None:
         """The batch is over: nothing it claimed is waiting any more, no body runs."""
         if self.map is not None:
             for at in self.index.values():
-                self.map[at + 16] = _STARTED
+                self.map[at + 16] = STARTED
             _NOW.pack_into(self.map, _COUNT.size, 0)
         self.index = {}

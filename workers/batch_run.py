@@ -27,7 +27,7 @@ from jobs.errors import LedgerUnavailable
 from jobs.kinds import lease_for
 from jobs.settings import Settings
 from workers import outcomes, runner, watchdog
-from workers.deadlines import Deadlines, JobCancelled, ShutdownExpired
+from workers.deadlines import Deadlines, JobCancelled, Running, ShutdownExpired
 from workers.recording import LEDGER_DOWN_PAUSE, Batch, Kept, Received, Recorder
 
 if TYPE_CHECKING:
@@ -52,7 +52,9 @@ class BatchRun:
         self.batch: Batch | None = None
         self.buffer: list[Received] = []  # what waits for the next batch (the consumer's side)
         self.deadlines = Deadlines(
-            lambda running: self.out.abandon(running, self.batch, self.buffer), self._cancelled
+            lambda running: self.out.abandon(running, self.batch, self.buffer),
+            self._cancelled,
+            on_long=self._long_body,
         )
         self.body_seconds = 0.0  # recent bodies' run time, moving average
         self.unstarted = record  # what it claimed and has not started
@@ -60,6 +62,13 @@ class BatchRun:
     def _single(self, item: Received) -> None:
         """A message the batch did not claim."""
         raise NotImplementedError
+
+    def _withdrawn(self, item: Received) -> None:
+        """A message whose job was withdrawn from the batch while a long body ran."""
+        self.out.requeue(item)
+
+    def _long_body(self, running: Running) -> None:
+        """Called once by the watching thread when a body has run ``deadlines.LONG_BODY`` seconds."""
 
     def _listed(self, item: Received) -> contextlib.AbstractContextManager[None]:
         """Around a body: where ``inspect active`` finds it (nowhere, here)."""
@@ -91,9 +100,13 @@ class BatchRun:
                 return
             if batch.kept and time.monotonic() - batch.kept[0].started > KEEP_FOR:
                 self.out.finish(batch)  # a slow batch: record what ran before the next body
-            claimed = batch.waiting.pop(item.job_id, None) if item.job_id is not None else None
+            with batch.lock:
+                claimed = batch.waiting.pop(item.job_id, None) if item.job_id is not None else None
             if claimed is None:
-                self._single(item)
+                if item.job_id in batch.withdrawn:
+                    self._withdrawn(item)
+                else:
+                    self._single(item)
                 continue
             self.unstarted.running(claimed.id)  # before anything of its body runs
             self._renew(batch)
@@ -130,7 +143,7 @@ class BatchRun:
                     kind,
                     claimed,
                     self.worker,
-                    defer=lambda c, result, started: batch.kept.append(Kept(item, c, result, started)),
+                    defer=lambda c, result, started: self._keep(batch, Kept(item, c, result, started)),
                 )
         except ShutdownExpired:
             self._forget(batch, claimed)
@@ -168,6 +181,11 @@ class BatchRun:
         return True
 
     @staticmethod
+    def _keep(batch: Batch, kept: Kept) -> None:
+        with batch.lock:  # the watching thread may be recording the batch's kept successes
+            batch.kept.append(kept)
+
+    @staticmethod
     def _forget(batch: Batch, claimed: ledger.Claimed) -> None:
         """A body stopped as it returned: its kept success (if it got that far) is not recorded."""
         if batch.kept and batch.kept[-1].claimed is claimed:
@@ -197,15 +215,17 @@ class BatchRun:
             log.warning("the leases of %d waiting job(s) were not renewed: %s", len(batch.waiting), error)
             return
         batch.leased_at = time.monotonic()
-        for job_id in list(batch.waiting):
-            if job_id not in held:  # cancelled, or taken over: its message takes the single-job path
-                del batch.waiting[job_id]
-                self.unstarted.started(job_id)
+        with batch.lock:
+            for job_id in list(batch.waiting):
+                if job_id not in held:  # cancelled, or taken over: its message takes the single-job path
+                    del batch.waiting[job_id]
+                    self.unstarted.started(job_id)
 
     def _hand_back(self, batch: Batch, rest: list[Received]) -> None:
         """The worker is stopping: the jobs claimed and not started go back to ``queued`` (before
         their messages go back: a message delivered first would find its job still running)."""
-        waiting, batch.waiting = list(batch.waiting), {}
+        with batch.lock:
+            waiting, batch.waiting = list(batch.waiting), {}
         try:
             if waiting:
                 with db.direct(self.settings) as direct:
@@ -218,4 +238,7 @@ class BatchRun:
                 error,
             )
         for item in rest:
-            self.out.requeue(item)
+            if item.job_id in batch.withdrawn:
+                self._withdrawn(item)
+            else:
+                self.out.requeue(item)

@@ -52,6 +52,9 @@ log = logging.getLogger("jobs.worker")
 WATCH_EVERY = 0.25
 #: A body that has run this long is looked up in the ledger this often, seconds (cancelled?).
 CANCEL_CHECK = 1.0
+#: A body that has run this long is a long one (``on_long``), seconds: in a ``jobs worker
+#: --batches`` pool process, the jobs waiting behind it in its batch are handed back.
+LONG_BODY = 0.5
 
 
 class ShutdownExpired(BaseException):
@@ -74,6 +77,7 @@ class Running:
     hard: float
     soft_fired: bool = field(default=False)
     cancelled: bool = field(default=False)
+    long: bool = field(default=False)
     next_check: float = field(default=0.0)
 
 
@@ -88,9 +92,11 @@ class Deadlines:
         self,
         on_hard_limit: Callable[[Running], None],
         is_cancelled: Callable[[Any], bool] = lambda job_id: False,
+        on_long: Callable[[Running], None] | None = None,
     ) -> None:
         self.on_hard_limit = on_hard_limit
         self.is_cancelled = is_cancelled
+        self.on_long = on_long
         self._main = threading.main_thread().ident
         self.current: Running | None = None
         self.shutdown_at: float | None = None
@@ -168,6 +174,12 @@ class Deadlines:
             if current is None:
                 continue
             now = time.monotonic()
+            if self.on_long is not None and not current.long and now - current.started >= LONG_BODY:
+                current.long = True
+                try:
+                    self.on_long(current)
+                except Exception:
+                    log.exception("job %s: acting on its long body failed", current.job_id)
             if now >= current.next_check and current.job_id is not None and not current.cancelled:
                 current.next_check = now + CANCEL_CHECK
                 self._check_cancelled(current)

@@ -8,11 +8,16 @@ per job. In the pool process the batch runs as everywhere (``workers.batch_run``
 the bodies under their time limits, one finish); what it did to each message comes back in
 the reply, and the main process acts on it::
 
-    main process                              pool process
+    main process                              pool process (workers.pool_process)
     ------------                              ------------
     receive, form a batch ---- job ids ---->  claim, bodies, finish (durable)
-    task events, acknowledge <-- report -----  per message: ack | requeue | single
+    task events, acknowledge <-- report -----  per message: ack | requeue | single | withdrawn
     single: Celery's default handling (one Request, the single-job path, in the pool)
+
+A body that runs long (``deadlines.LONG_BODY``) would hold the jobs claimed behind it in its
+batch: its pool process withdraws them (unclaimed, marked in its record), and the main
+process, which looks at the records of long batches every ``WITHDRAWN_CHECK`` seconds,
+requeues their messages at once for the other pool processes.
 
 A message is acknowledged only after its job's outcome committed. A pool process lost
 mid-batch (SIGKILL, the OOM killer, its hard time limit) reaches the main process as the
@@ -28,130 +33,32 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
+from billiard.einfo import ExceptionWithTraceback  # type: ignore[attr-defined]  # missing from the stubs
 from billiard.exceptions import TimeLimitExceeded, WorkerLostError
-from celery import Celery, current_app
-from celery.worker import state as worker_state
+from celery import Celery
 
-from jobs import counters, db, ledger, unstarted
+from jobs import db, ledger, unstarted
 from jobs.errors import LedgerUnavailable
 from jobs.settings import Settings, get_settings
-from workers import batching, mailbox, watchdog
-from workers.batch_run import BatchRun
+from workers import batching, deadlines, mailbox, pool_process, watchdog
 from workers.batching import Intake
+from workers.pool_process import ACK, RECORDS, SHUTDOWN, SINGLE, Report, run_batch
 from workers.recording import Received, Recorder
 
-__all__ = ["RECORDS", "Dispatcher", "install", "run_batch"]
+__all__ = ["Dispatcher", "install"]
 
 log = logging.getLogger("jobs.worker")
 
-#: The environment variable naming the directory of the pool processes' records.
-RECORDS = "JOBS_POOL_BATCH_RECORDS"
 #: Seconds added to the sum of a batch's hard limits: past it the pool kills the process.
 BACKSTOP = 30.0
-
-#: What the main process sends the pool processes that run batches when the worker stops.
-SHUTDOWN = signal.SIGUSR2
-
-ACK, REQUEUE, SINGLE = "ack", "requeue", "single"
-
-#: A pool process's report of one batch: per message ``ACK``, ``REQUEUE`` or ``SINGLE``; the
-#: task events (message position, event, fields); its bodies' moving average run time.
-Report = tuple[list[str], list[tuple[int, str, dict[str, Any]]], float]
-
-
-# -- in a pool process ----------------------------------------------------------------------------
-
-
-class _Told(Recorder):
-    """What a batch did to each message, kept for the report (the main process holds them)."""
-
-    def __init__(self, worker: str, settings: Settings) -> None:
-        self.settings = settings
-        self.worker = worker
-        self.tally = counters.process_tally(settings)
-        self.consumer = None
-        self.start([])
-
-    def start(self, items: list[Received]) -> None:
-        self.position = {id(item): index for index, item in enumerate(items)}
-        self.outcome = [REQUEUE] * len(items)  # an item nothing was said of goes back
-        self.events: list[tuple[int, str, dict[str, Any]]] = []
-
-    def ack(self, item: Received) -> None:
-        self.outcome[self.position[id(item)]] = ACK
-
-    def ack_all(self, items: list[Received]) -> None:
-        for item in items:
-            self.ack(item)
-
-    def requeue(self, item: Received) -> None:
-        self.outcome[self.position[id(item)]] = REQUEUE
-
-    def single(self, item: Received) -> None:
-        self.outcome[self.position[id(item)]] = SINGLE
-
-    def event(self, kind: str, item: Received, **fields: Any) -> None:
-        self.events.append((self.position[id(item)], kind, fields))
-
-    def restore(self, held: list[Received]) -> None:
-        """The main process holds the messages: it puts them back when it learns the process is gone."""
-
-
-class _PoolRun(BatchRun):
-    out: _Told
-
-    #: This pool process's (made at its first batch).
-    current: _PoolRun | None = None
-
-    def _single(self, item: Received) -> None:
-        self.out.single(item)
-
-
-def _stop(signum: int, frame: FrameType | None) -> None:
-    """In a pool process: the worker is stopping (``SHUTDOWN``, from the main process). The
-    running body gets the soft shutdown's window, and its batch starts no other body
-    (``watchdog.stopping``)."""
-    setattr(worker_state, "should_stop", 0)  # noqa: B010 - typed None in celery-types
-    run = _PoolRun.current
-    if run is not None:
-        run.deadlines.shutdown(run.settings.worker_soft_shutdown_timeout)
-
-
-def _pool_process_init(**_: Any) -> None:
-    # A SIGTERM sent to the whole process group (systemd, a terminal, a test harness) is the
-    # main process's to act on: its warm shutdown tells each pool process with ``SHUTDOWN``.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(SHUTDOWN, _stop)
-
-
-def run_batch(worker: str, entries: list[tuple[str, str]]) -> Report:
-    """Run one batch in this pool process: ``entries`` are its messages' (job id, task name)."""
-    run = _PoolRun.current
-    if run is None:
-        settings = get_settings()
-        run = _PoolRun.current = _PoolRun(worker, settings, _Told(worker, settings), unstarted.Record(None))
-        records = os.environ.get(RECORDS)
-        if records:
-            run.unstarted = unstarted.Record.at(os.path.join(records, str(os.getpid())))
-    tasks = current_app.tasks
-    items = [
-        Received(tasks[name], None, None, None, None, None, None, uuid.UUID(job_id))  # type: ignore[arg-type]
-        for job_id, name in entries
-    ]
-    run.out.start(items)
-    run.run(items)
-    return run.out.outcome, run.out.events, run.body_seconds
-
-
-# -- in the main process --------------------------------------------------------------------------
+#: How often the main process looks for jobs withdrawn from the batches in its pool, seconds.
+WITHDRAWN_CHECK = 0.25
 
 
 @dataclass(slots=True)
@@ -173,6 +80,7 @@ class Dispatcher(Intake):
         self.at_once = max(1, int(getattr(consumer.pool, "limit", None) or 1))
         self.records = os.environ.get(RECORDS)
         self.flights: dict[int, _InFlight] = {}  # the batches in the pool now
+        self.watching = False
 
     def run(self, received: list[Received]) -> None:
         if watchdog.stopping():  # the worker stops: the pool takes no more batches
@@ -189,6 +97,7 @@ class Dispatcher(Intake):
             return
         flight = _InFlight(batch)
         self.flights[id(flight)] = flight
+        self._watch()
         backstop = sum(_hard_limit(item, self.settings) for item in batch) + BACKSTOP
         self.consumer.pool.apply_async(
             run_batch,
@@ -199,6 +108,29 @@ class Dispatcher(Intake):
             timeout=backstop,
             soft_timeout=2 * backstop,  # never: each body's soft limit is its pool process's
         )
+
+    def _watch(self) -> None:
+        """Look for withdrawn jobs every ``WITHDRAWN_CHECK`` seconds, from the first batch on."""
+        hub = self.consumer.controller.hub if self.consumer.controller is not None else None
+        if not self.watching and hub is not None:
+            self.watching = True
+            hub.call_repeatedly(WITHDRAWN_CHECK, self._withdrawn)
+
+    def _withdrawn(self) -> None:
+        """Requeue the messages of the jobs a pool process withdrew from its batch behind a long
+        body (its record marks them ``WITHDRAWN``, after their unclaim committed)."""
+        now = time.monotonic()
+        for flight in list(self.flights.values()):
+            if flight.pid is None or now - flight.accepted < deadlines.LONG_BODY:
+                continue
+            states = dict(self._record(flight.pid, gone=False))
+            for item in flight.items:
+                if states.get(item.job_id) == unstarted.WITHDRAWN:  # type: ignore[arg-type]
+                    self._requeue(item)
+
+    def _requeue(self, item: Received) -> None:
+        if not item.message.acknowledged:  # withdrawn: requeued already
+            self.out.requeue(item)
 
     @staticmethod
     def _accepted(flight: _InFlight, pid: int) -> None:
@@ -214,13 +146,12 @@ class Dispatcher(Intake):
             for item, what in zip(flight.items, told, strict=True):
                 if what == SINGLE:
                     self.default(item)
-                elif what != ACK:
-                    self.out.requeue(item)
+                elif what != ACK:  # requeue, or withdrawn (requeued already, unless just now)
+                    self._requeue(item)
         except Exception:  # never into the pool's result handler: what is not acknowledged goes back
             log.exception("the report of a batch of %d message(s) failed", len(flight.items))
             for item in flight.items:
-                if not item.message.acknowledged:
-                    self.out.requeue(item)
+                self._requeue(item)
         self.fit_prefetch()
 
     def _lost(self, flight: _InFlight, error: Any) -> None:
@@ -228,11 +159,13 @@ class Dispatcher(Intake):
         not started, end the leases of what had, and put every message back on its queue."""
         self.flights.pop(id(flight), None)
         exception = getattr(error, "exception", error)
+        if isinstance(exception, ExceptionWithTraceback):
+            exception = exception.exc
         dead = isinstance(exception, (WorkerLostError, TimeLimitExceeded))  # else the batch raised
         record = dict(self._record(flight.pid, gone=dead))
         by_id = {item.job_id: item for item in flight.items if item.job_id is not None}
-        waiting = [job_id for job_id in by_id if record.get(job_id) is False]
-        started = [job_id for job_id in by_id if record.get(job_id)]
+        waiting = [job_id for job_id in by_id if record.get(job_id) == unstarted.NOT_STARTED]
+        started = [job_id for job_id in by_id if record.get(job_id) == unstarted.STARTED]
         log.error(
             "a batch of %d job(s) was lost in pool process %s (%r): %d job(s) pool process %s claimed"
             " and never started: handed back to their queues; %d started",
@@ -262,7 +195,7 @@ class Dispatcher(Intake):
         self.out.ack_all(gone)
         for item in flight.items:
             if item not in gone:
-                self.out.requeue(item)
+                self._requeue(item)
 
     def bodies(self) -> list[tuple[Received, int, float]]:
         """The bodies running in the pool now (``inspect active``): each in-flight batch's, as its
@@ -282,7 +215,7 @@ class Dispatcher(Intake):
                     break
         return found
 
-    def _record(self, pid: int | None, *, gone: bool) -> list[tuple[uuid.UUID, bool]]:
+    def _record(self, pid: int | None, *, gone: bool) -> list[tuple[uuid.UUID, int]]:
         """The process's record (empty if it kept none); the file removed if the process is gone."""
         if pid is None or not self.records:
             return []
@@ -333,7 +266,7 @@ def install(app: Celery) -> None:
             with contextlib.suppress(ValueError, OSError):
                 os.kill(int(name), SHUTDOWN)
 
-    signals.worker_process_init.connect(_pool_process_init, weak=False)
+    signals.worker_process_init.connect(pool_process.init, weak=False)
     signals.worker_shutting_down.connect(shutting_down, weak=False)
     signals.worker_shutdown.connect(remove, weak=False)
     signals.worker_process_shutdown.connect(forget, weak=False)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -77,6 +78,11 @@ class Batch:
     leased_at: float = 0.0
     """When the waiting jobs' leases were last taken (the claim, or ``ledger.renew``)."""
     lease: float = 0.0
+    withdrawn: set[uuid.UUID] = field(default_factory=set)
+    """Jobs handed back, not started, while a long body ran (``workers.pool_batches``)."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    """Taken to move a job out of ``waiting`` or ``kept``: in a pool process of ``jobs worker
+    --batches`` the watching thread withdraws the one and records the other while a long body runs."""
 
 
 class Recorder:
@@ -90,7 +96,8 @@ class Recorder:
 
     def finish(self, batch: Batch) -> None:
         """Record every kept success in one statement, then acknowledge their messages."""
-        kept, batch.kept = batch.kept, []
+        with batch.lock:  # the watching thread records a long body's batch (workers.pool_process)
+            kept, batch.kept = batch.kept, []
         if not kept:
             return
         done: list[tuple[uuid.UUID, int, str | None]] = []

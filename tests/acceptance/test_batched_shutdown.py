@@ -1,4 +1,5 @@
-"""The batched profiles stopping: SIGTERM's window, hand-backs, memory recycling (own workers).
+"""The batched profiles with workers of their own: SIGTERM's window, hand-backs, memory
+recycling, jobs behind a long body.
 
 SIGTERM's window runs for ``jobs worker -P batched`` and ``jobs worker --batches`` alike."""
 
@@ -54,7 +55,12 @@ def test_sigterm_hands_back_a_body_that_outlives_the_window(
     assert time.monotonic() - started < 15
     log = processes.log("worker")
     assert "the worker's soft shutdown expired while it ran; lease released" in log
-    assert "5 claimed job(s) not started: handed back to their queues" in log
+    handed_back = {
+        "batched": "5 claimed job(s) not started: handed back to their queues",
+        # --batches hands them back as the long body passes half a second, before the SIGTERM.
+        "pooled": "5 job(s) waiting behind it in its batch handed back to their queues",
+    }
+    assert handed_back[profile] in log
     assert wait_for_state(clean, first)["state"] == "succeeded"
     assert wait_for_state(clean, long, ("running",), timeout=5)["state"] == "running"
     for job_id in behind:  # queued again, their attempt undone
@@ -79,3 +85,31 @@ def test_a_worker_process_past_its_memory_limit_is_recycled(processes, producer,
     processes.wait_log("worker", "stopped; starting a new one", timeout=30)
     wait_ready(processes, "worker", 3)
     assert wait_for_state(clean, producer.submit("ping", {}), timeout=60)["state"] == "succeeded"
+
+
+def test_jobs_behind_a_long_body_in_a_pool_batch_run_in_the_other_pool_process(
+    processes, producer, clean, tmp_path: Path
+):
+    """``--batches``: a batch's jobs run one after the other in its pool process; once a body
+    runs long, the jobs waiting behind it are withdrawn (no attempt spent) and run in the other
+    pool process, as per-job prefork would run them, while the long body goes on."""
+    gate = tmp_path / "gate"
+    # Queued before the worker starts, with a wide window: after the first message (alone, as
+    # always), the gate and the pings behind it form one batch, claimed together.
+    first = producer.submit("ping", {})
+    long = producer.submit("test.gate", {"path": str(gate), "seconds": 60})
+    behind = producer.submit_many("ping", [{}] * 5, max_attempts=1)
+    env = {"JOBS_WORKER_BATCH_WINDOW": "0.5"}
+    processes.start("worker", "worker", "-P", "prefork", "--batches", "-c", "2", "-l", "INFO", env=env)
+    try:
+        rows = [wait_for_state(clean, job_id, timeout=60) for job_id in [first, *behind]]
+        assert {(row["state"], row["attempt"]) for row in rows} == {("succeeded", 1)}
+        assert Path(f"{gate}.started").exists()
+        assert wait_for_state(clean, long, ("running",), timeout=5)["state"] == "running"  # still
+        processes.wait_log(
+            "worker", "runs long: 5 job(s) waiting behind it in its batch handed back", timeout=10
+        )
+    finally:
+        gate.write_text("open")
+    done = wait_for_state(clean, long, timeout=30)
+    assert (done["state"], done["attempt"]) == ("succeeded", 1)

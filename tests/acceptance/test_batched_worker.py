@@ -15,12 +15,13 @@ from typing import Any
 
 import psutil
 import pytest
+import redis
 import sqlalchemy as sa
 
 from jobs import db
 from jobs.schema import job_attempts, jobs
 from jobs.settings import Settings
-from tests.support.fixtures import Processes, effects, run_jobs, wait_for_state
+from tests.support.fixtures import Processes, clear_broker, effects, run_jobs, wait_for_state
 
 pytestmark = pytest.mark.acceptance
 
@@ -54,10 +55,11 @@ def profile(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def batched(
-    ledger_db: Settings, tmp_path_factory: pytest.TempPathFactory, profile: str
+    ledger_db: Settings, tmp_path_factory: pytest.TempPathFactory, profile: str, broker: redis.Redis
 ) -> Iterator[Processes]:
     """Two processes running batches (under their supervisor, or in the prefork pool) and a
     leader, for a module of tests."""
+    clear_broker(broker)  # before the worker starts: an earlier test's messages are not its jobs
     started = Processes(tmp_path_factory.mktemp(profile))
     argv, ready = PROFILES[profile]
     try:

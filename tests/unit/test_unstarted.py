@@ -37,7 +37,11 @@ def test_a_pool_process_record_is_a_file_named_by_its_owner(tmp_path: Path):
         with open(path, "rb") as file:
             return read(file)
 
-    assert now(unstarted.entries) == [(ids[0], False), (ids[1], True), (ids[2], False)]
+    assert now(unstarted.entries) == [
+        (ids[0], unstarted.NOT_STARTED),
+        (ids[1], unstarted.STARTED),
+        (ids[2], unstarted.NOT_STARTED),
+    ]
     assert now(unstarted.read) == [ids[0], ids[2]]
     assert now(unstarted.running) is None  # started is not running: it left the batch
     record.running(ids[2])
@@ -46,6 +50,16 @@ def test_a_pool_process_record_is_a_file_named_by_its_owner(tmp_path: Path):
     assert now(unstarted.running) == ids[0]
     record.ended()
     assert (now(unstarted.running), now(unstarted.read)) == (None, [])
+
+    later = [uuid.uuid4() for _ in range(3)]  # withdrawn: handed back while the batch ran
+    record.claimed(later)
+    record.withdrawn(later[1:])
+    assert now(unstarted.entries) == [
+        (later[0], unstarted.NOT_STARTED),
+        (later[1], unstarted.WITHDRAWN),
+        (later[2], unstarted.WITHDRAWN),
+    ]
+    assert now(unstarted.read) == [later[0]]
 
 
 def only_the_ids_not_started(file: IO[bytes]) -> None:
