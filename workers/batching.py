@@ -32,6 +32,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from celery import Celery, bootsteps
+from celery.app.trace import LOG_RECEIVED
 from celery.exceptions import InvalidTaskError
 from celery.worker.strategy import default as default_strategy
 from kombu.exceptions import ContentDisallowed, DecodeError
@@ -213,6 +214,24 @@ class Batcher(Intake, BatchRun):
 Intake.kind = Batcher
 
 
+#: Celery's logger of its "Task name[id] received" line (demoted to DEBUG by ``jobs.logs``).
+_received = logging.getLogger("celery.worker.strategy")
+
+
+def _log_received(task: LedgerTask, message: Message) -> None:
+    """Celery's line for a message its default strategy receives, for a batched one too: the
+    masked payload only (``argsrepr``, ``kwargsrepr``), as Celery's own line carries."""
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    context = {
+        "id": headers.get("id"),
+        "name": task.name,
+        "args": headers.get("argsrepr"),
+        "kwargs": headers.get("kwargsrepr"),
+        "eta": None,
+    }
+    _received.info(LOG_RECEIVED, context, extra={"data": context})
+
+
 def strategy(task: LedgerTask, app: Celery, consumer: Any, **kwargs: Any) -> Any:
     """The batched strategy of one kind's task (``Task.Strategy``): its messages join the
     process's batch; Celery's default handler runs those the batch does not claim."""
@@ -220,6 +239,8 @@ def strategy(task: LedgerTask, app: Celery, consumer: Any, **kwargs: Any) -> Any
     intake = Intake.of(consumer)
 
     def handle(message: Message, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any) -> None:
+        if _received.isEnabledFor(logging.DEBUG):
+            _log_received(task, message)
         intake.receive(Received(task, message, body, ack, reject, callbacks, fallback, _job_id(message)))
 
     return handle
