@@ -258,10 +258,12 @@ def install(app: Celery) -> None:
             os.unlink(os.path.join(records, str(os.getpid())))
 
     def shutting_down(**_: Any) -> None:  # in the main process, as the warm shutdown begins
-        log.warning(
-            "Initiating Soft Shutdown: the bodies running in the pool get %gs, then are handed back",
-            get_settings().worker_soft_shutdown_timeout,
-        )
+        window = get_settings().worker_soft_shutdown_timeout
+        if window > 0:
+            log.warning(
+                "Initiating Soft Shutdown: the bodies running in the pool get %gs, then are handed back",
+                window,
+            )
         for name in os.listdir(records):
             with contextlib.suppress(ValueError, OSError):
                 os.kill(int(name), SHUTDOWN)

@@ -126,12 +126,13 @@ class _PoolRun(BatchRun):
 
 def _stop(signum: int, frame: FrameType | None) -> None:
     """In a pool process: the worker is stopping (``SHUTDOWN``, from the main process). The
-    running body gets the soft shutdown's window, and its batch starts no other body
-    (``watchdog.stopping``)."""
+    running body gets the soft shutdown's window (none set: it finishes, as in Celery's warm
+    shutdown), and its batch starts no other body (``watchdog.stopping``)."""
     setattr(worker_state, "should_stop", 0)  # noqa: B010 - typed None in celery-types
     run = _PoolRun.current
-    if run is not None:
-        run.deadlines.shutdown(run.settings.worker_soft_shutdown_timeout)
+    window = run.settings.worker_soft_shutdown_timeout if run is not None else 0
+    if run is not None and window > 0:
+        run.deadlines.shutdown(window)
 
 
 def init(**_: Any) -> None:
