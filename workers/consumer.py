@@ -16,6 +16,7 @@ If PostgreSQL cannot be reached the message goes back to the broker after
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from celery import signals
@@ -25,15 +26,28 @@ from jobs.errors import ErrorRecord, LedgerUnavailable
 from jobs.settings import get_settings
 from workers import unknown
 
-__all__ = ["LEDGER_DOWN_PAUSE", "Consumer"]
+__all__ = ["ALSO_CANCEL", "LEDGER_DOWN_PAUSE", "Consumer"]
 
 log = logging.getLogger("jobs.worker")
 
 LEDGER_DOWN_PAUSE = 2.0
 
 
+#: Called when Celery cancels the active requests (the cold shutdown), after its own: the
+#: bodies that run outside Celery's requests (``jobs worker --batches``) are handed back too.
+ALSO_CANCEL: list[Callable[[], None]] = []
+
+
 class Consumer(CeleryConsumer):
     """Celery's consumer with ``on_unknown_task`` routed through the ledger."""
+
+    def cancel_active_requests(self) -> None:
+        super().cancel_active_requests()
+        for cancel in ALSO_CANCEL:
+            try:
+                cancel()
+            except Exception:  # the shutdown goes on; the leases end
+                log.exception("handing back the running batches failed")
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
         settings = get_settings()

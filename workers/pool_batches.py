@@ -33,6 +33,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import time
 import uuid
@@ -46,7 +47,7 @@ from celery import Celery
 from jobs import db, ledger, unstarted
 from jobs.errors import LedgerUnavailable
 from jobs.settings import Settings, get_settings
-from workers import batching, deadlines, mailbox, pool_process, watchdog
+from workers import batching, consumer, deadlines, mailbox, pool_process, watchdog
 from workers.batching import Intake
 from workers.pool_process import ACK, RECORDS, SHUTDOWN, SINGLE, Report, run_batch
 from workers.recording import Received, Recorder
@@ -154,10 +155,24 @@ class Dispatcher(Intake):
                 self._requeue(item)
         self.fit_prefetch()
 
-    def _lost(self, flight: _InFlight, error: Any) -> None:
+    def stop_at_once(self) -> None:
+        """The cold shutdown (a second Ctrl-C, SIGQUIT): the pool processes running batches stop
+        now, and their jobs are handed back at once, as the per-job path hands back a running
+        job (``LedgerRequest.cancel``): the running body's lease released, the jobs waiting
+        unclaimed, their messages requeued."""
+        flights = list(self.flights.values())
+        for flight in flights:
+            if flight.pid is not None:
+                with contextlib.suppress(OSError):
+                    os.kill(flight.pid, signal.SIGKILL)
+        for flight in flights:
+            self._lost(flight, WorkerLostError("the worker's cold shutdown stopped it"), cold=True)
+
+    def _lost(self, flight: _InFlight, error: Any, *, cold: bool = False) -> None:
         """The pool process running the batch was lost (or the batch raised): hand back what had
         not started, end the leases of what had, and put every message back on its queue."""
-        self.flights.pop(id(flight), None)
+        if self.flights.pop(id(flight), None) is None:  # handed back already (the cold shutdown)
+            return
         exception = getattr(error, "exception", error)
         if isinstance(exception, ExceptionWithTraceback):
             exception = exception.exc
@@ -186,7 +201,11 @@ class Dispatcher(Intake):
             why = str(exception) if isinstance(exception, WorkerLostError) else repr(exception)
             ran = round(max(time.monotonic() - flight.accepted, 0.0), 6)
             for job_id in started:
-                by_id[job_id].task.lost_child(str(job_id), self.worker, why, ran)
+                task = by_id[job_id].task
+                if cold:
+                    task.release_lease(str(job_id), self.worker, "the worker's cold shutdown stopped it")
+                else:
+                    task.lost_child(str(job_id), self.worker, why, ran)
             with db.autocommit(self.settings) as conn:
                 states = dict(ledger.states_of(conn, list(by_id)))
         except LedgerUnavailable as problem:
@@ -257,7 +276,9 @@ def install(app: Celery) -> None:
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(records, str(os.getpid())))
 
-    def shutting_down(**_: Any) -> None:  # in the main process, as the warm shutdown begins
+    def shutting_down(how: str = "Warm", **_: Any) -> None:  # in the main process
+        if how != "Warm":  # the cold shutdown stopped them already (stop_at_once)
+            return
         window = get_settings().worker_soft_shutdown_timeout
         if window > 0:
             log.warning(
@@ -273,6 +294,13 @@ def install(app: Celery) -> None:
     signals.worker_shutdown.connect(remove, weak=False)
     signals.worker_process_shutdown.connect(forget, weak=False)
     mailbox.ELSEWHERE.append(_bodies)
+    consumer.ALSO_CANCEL.append(_stop_at_once)
+
+
+def _stop_at_once() -> None:
+    intake = Intake.current
+    if isinstance(intake, Dispatcher):
+        intake.stop_at_once()
 
 
 def _bodies() -> list[tuple[Received, int, float]]:

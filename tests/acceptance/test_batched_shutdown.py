@@ -5,8 +5,10 @@ SIGTERM's window runs for ``jobs worker -P batched`` and ``jobs worker --batches
 
 from __future__ import annotations
 
+import os
 import signal
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,24 @@ def test_jobs_behind_a_long_body_in_a_pool_batch_run_in_the_other_pool_process(
         gate.write_text("open")
     done = wait_for_state(clean, long, timeout=30)
     assert (done["state"], done["attempt"]) == ("succeeded", 1)
+
+
+def test_sigquit_hands_a_body_running_in_the_pool_back_at_once(processes, producer, clean, broker):
+    """``--batches``: the cold shutdown (SIGQUIT, a second Ctrl-C) stops the pool processes that
+    run batches and hands their jobs back at once, as the per-job path hands back a running job:
+    its lease released, its message back on its queue for the next worker."""
+    processes.start("worker", *PROFILES["pooled"][0], env={"JOBS_WORKER_SOFT_SHUTDOWN_TIMEOUT": "0"})
+    wait_ready(processes, "worker", 1)
+    job = producer.submit("test.work", {"key": "cold", "sleep": 60.0})
+    wait_for_state(clean, job, ("running",), timeout=30)
+    worker = processes.running["worker"]
+    started = time.monotonic()
+    os.kill(worker.pid, signal.SIGQUIT)  # the main process only, as a second Ctrl-C reaches it
+    assert worker.wait(timeout=30) == 0
+    assert time.monotonic() - started < 15, "the body was waited for"
+    row = wait_for_state(clean, job, ("running",), timeout=5)
+    assert row["lease_until"] <= datetime.now(UTC), "the lease was released"
+    assert "the worker's cold shutdown stopped it; lease released" in processes.log("worker")
+    queued = [key for key in broker.scan_iter(count=1000) if broker.type(key) == b"list"]
+    assert sum(str(job).encode() in m for key in queued for m in broker.lrange(key, 0, -1)) == 1
+    assert effects(clean, "cold") == []
