@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 import sqlalchemy as sa
@@ -107,14 +108,23 @@ def queued_messages(client: redis.Redis, queue: str = "default") -> int:
 def clean(ledger_db: Settings, broker: redis.Redis) -> Settings:
     """An empty ledger and an empty test broker db for this test."""
     clear_broker(broker)  # first: lets a worker finish what it holds from the previous test
-    with db.transaction(ledger_db) as conn:
-        # The roster (workers, fleet_kinds) stays: module-scoped workers enlisted once.
-        conn.execute(
-            sa.text(
-                "TRUNCATE jobs, job_attempts, test_effects, queue_pauses, broker_epochs, counters,"
-                " limits, limit_slots, limit_keys, workflows, job_deps"
-            )
-        )
+    for attempt in range(5):
+        try:
+            with db.transaction(ledger_db) as conn:
+                # The roster (workers, fleet_kinds) stays: module-scoped workers enlisted once.
+                conn.execute(
+                    sa.text(
+                        "TRUNCATE jobs, job_attempts, test_effects, queue_pauses, broker_epochs, counters,"
+                        " limits, limit_slots, limit_keys, workflows, job_deps"
+                    )
+                )
+            break
+        except sa.exc.OperationalError as error:
+            # A module's leader or worker locked the same tables in another order: PostgreSQL
+            # picked the TRUNCATE as the deadlock's victim. Its transaction rolled back; again.
+            if not isinstance(error.orig, psycopg.errors.DeadlockDetected) or attempt == 4:
+                raise
+            time.sleep(0.2)
     ledger.forget_targets()
     return ledger_db
 
