@@ -15,6 +15,7 @@ its batch moves:
     running(id) .......... before the body runs (started, and named as running now)
     started(id) .......... the id leaves the batch any other way
     withdrawn(ids) ....... not started, handed back while the batch runs (behind a long body)
+    timed_out(id) ........ the running body is past its hard limit (the reader records it)
     ended() .............. every id of the batch marked, at the batch's end
 
 A body's mark is a one-byte store into a shared mapping, made before any of its code
@@ -45,6 +46,7 @@ __all__ = [
     "FD",
     "NOT_STARTED",
     "STARTED",
+    "TIMED_OUT",
     "WITHDRAWN",
     "Record",
     "create",
@@ -64,7 +66,7 @@ _HEAD = _COUNT.size + _NOW.size
 _ENTRY = 17  # 16 bytes of UUID, one byte: 0 not started, 1 started (or no longer this batch's)
 SIZE = _HEAD + CAPACITY * _ENTRY
 #: An entry's states.
-NOT_STARTED, STARTED, WITHDRAWN = 0, 1, 2
+NOT_STARTED, STARTED, WITHDRAWN, TIMED_OUT = 0, 1, 2, 3
 
 
 def create() -> IO[bytes]:
@@ -115,6 +117,7 @@ class Record:
     def __init__(self, fd: int | None) -> None:
         self.map = mmap.mmap(fd, SIZE) if fd is not None else None
         self.index: dict[uuid.UUID, int] = {}
+        self.now: tuple[uuid.UUID | None, int | None] = (None, None)  # the body running, its entry
 
     @classmethod
     def at(cls, path: str) -> Record:
@@ -162,8 +165,16 @@ class Record:
         """``job_id``'s body starts now: marked started, and named as the body running."""
         at = self.index.get(job_id)
         self.started(job_id)
+        self.now = (job_id, at)
         if at is not None and self.map is not None:
             _NOW.pack_into(self.map, _COUNT.size, (at - _HEAD) // _ENTRY + 1)
+
+    def timed_out(self, job_id: uuid.UUID) -> None:
+        """The body running, ``job_id``'s, is past its hard limit: its attempt is the reader's to
+        record (the main process of ``jobs worker --batches`` records it, as for a pool child)."""
+        running, at = self.now
+        if running == job_id and at is not None and self.map is not None:
+            self.map[at + 16] = TIMED_OUT
 
     def withdrawn(self, ids: Iterable[uuid.UUID]) -> None:
         """These ids, not started, left the batch while it ran: handed back already (``ledger.unclaim``)."""

@@ -43,6 +43,7 @@ from typing import Any
 from billiard.einfo import ExceptionWithTraceback  # type: ignore[attr-defined]  # missing from the stubs
 from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 from celery import Celery
+from celery.exceptions import TimeLimitExceeded as CeleryTimeLimit
 
 from jobs import db, ledger, unstarted
 from jobs.errors import LedgerUnavailable
@@ -181,6 +182,7 @@ class Dispatcher(Intake):
         by_id = {item.job_id: item for item in flight.items if item.job_id is not None}
         waiting = [job_id for job_id in by_id if record.get(job_id) == unstarted.NOT_STARTED]
         started = [job_id for job_id in by_id if record.get(job_id) == unstarted.STARTED]
+        timed_out = [job_id for job_id in by_id if record.get(job_id) == unstarted.TIMED_OUT]
         log.error(
             "a batch of %d job(s) was lost in pool process %s (%r): %d job(s) pool process %s claimed"
             " and never started: handed back to their queues; %d started",
@@ -200,6 +202,10 @@ class Dispatcher(Intake):
             # released for its redelivery to take it over at once, or it fails on its last attempt.
             why = str(exception) if isinstance(exception, WorkerLostError) else repr(exception)
             ran = round(max(time.monotonic() - flight.accepted, 0.0), 6)
+            for job_id in timed_out:  # its pool process stopped at the body's hard limit
+                item = by_id[job_id]
+                hard = _hard_limit(item, self.settings)
+                item.task.record_hard_timeout(str(job_id), CeleryTimeLimit(hard), ran)
             for job_id in started:
                 task = by_id[job_id].task
                 if cold:

@@ -81,6 +81,13 @@ class _Told(Recorder):
     def restore(self, held: list[Received]) -> None:
         """The main process holds the messages: it puts them back when it learns the process is gone."""
 
+    def timed_out(self, running: Running) -> None:
+        """The main process records (and says, once) the attempt the hard limit stops, as it does
+        for a per-job pool child: the record marks it ``TIMED_OUT`` for the main process."""
+        run = _PoolRun.current
+        if run is not None and running.job_id is not None:
+            run.unstarted.timed_out(running.job_id)
+
 
 class _PoolRun(BatchRun):
     out: _Told
@@ -117,9 +124,9 @@ class _PoolRun(BatchRun):
                 "%d job(s) behind a long body not handed back (%s); their leases will end", len(ids), error
             )
         self.unstarted.withdrawn(ids)
-        log.info(
-            "job %s runs long: %d job(s) waiting behind it in its batch handed back to their queues",
-            running.job_id,
+        log.info(  # the kind, not the job: a job's lines are its attempts' outcomes
+            "a %s body runs long: %d job(s) waiting behind it in its batch handed back to their queues",
+            running.kind.name,
             len(ids),
         )
 

@@ -195,22 +195,7 @@ class Recorder:
         """The body ``running`` is past its hard limit (called by the watching thread, the process
         ends next): record its attempt, the batch's kept successes and the hand-back of the jobs it
         had not started, and put every message the process holds back on its queue."""
-        task: LedgerTask = running.kind
-        ran = round(time.monotonic() - running.started, 6)
-        log.critical(
-            "job %s %s hit its hard time limit (%gs): this worker process stops it by exiting;"
-            " a new process takes its place",
-            running.job_id,
-            task.name,
-            running.hard,
-        )
-        if running.job_id is not None:
-            try:
-                task.record_hard_timeout(str(running.job_id), TimeLimitExceeded(running.hard), ran)
-            except Exception:
-                log.exception(
-                    "job %s: its hard time limit was not recorded; its lease will end", running.job_id
-                )
+        self.timed_out(running)
         held = list(buffer)
         if batch is not None:
             held += batch.received
@@ -227,6 +212,25 @@ class Recorder:
                 )
         self.restore(held)
         counters.flush_process()
+
+    def timed_out(self, running: Running) -> None:
+        """Say and record the attempt the hard limit stops (the process exits next)."""
+        task: LedgerTask = running.kind
+        ran = round(time.monotonic() - running.started, 6)
+        log.critical(
+            "job %s %s hit its hard time limit (%gs): this worker process stops it by exiting;"
+            " a new process takes its place",
+            running.job_id,
+            task.name,
+            running.hard,
+        )
+        if running.job_id is not None:
+            try:
+                task.record_hard_timeout(str(running.job_id), TimeLimitExceeded(running.hard), ran)
+            except Exception:
+                log.exception(
+                    "job %s: its hard time limit was not recorded; its lease will end", running.job_id
+                )
 
     def restore(self, held: list[Received]) -> None:
         """Every message this process holds goes back to its queue now (the finished are absorbed)."""

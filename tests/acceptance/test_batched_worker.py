@@ -138,8 +138,12 @@ def test_the_hard_time_limit_ends_the_process_and_the_supervisor_replaces_it(
     if profile == "batched":
         batched.wait_log("worker", "stopped a job at its hard time limit; starting a new one", timeout=30)
         wait_ready(batched, "worker", 3)
-    else:  # the pool replaces its process, and the main process hands back what the batch held
+    else:  # the pool replaces its process; the main process records the attempt, as for a pool child
         batched.wait_log("worker", "was lost in pool process", timeout=30)
+        lines = [line for line in batched.log("worker").splitlines() if str(job) in line]
+        (line,) = lines  # one line for the attempt, as a per-job pool child's
+        assert "ERROR/MainProcess]" in line
+        assert "TimeLimitExceeded: time limit: killed after" in line
     deadline = time.monotonic() + 30
     while len(after := {process.pid for process in workers_of(batched, "worker")}) != 2:
         assert time.monotonic() < deadline, after

@@ -60,6 +60,10 @@ def test_a_pool_process_record_is_a_file_named_by_its_owner(tmp_path: Path):
         (later[2], unstarted.WITHDRAWN),
     ]
     assert now(unstarted.read) == [later[0]]
+    record.running(later[0])
+    record.timed_out(later[1])  # not the body running: nothing changes
+    record.timed_out(later[0])  # past its hard limit: the reader records its attempt
+    assert now(unstarted.entries)[0] == (later[0], unstarted.TIMED_OUT)
 
 
 def only_the_ids_not_started(file: IO[bytes]) -> None:
