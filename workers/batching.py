@@ -97,7 +97,8 @@ class Intake:
     def of(cls, consumer: Any) -> Intake:
         intake = cls.current
         if intake is None or intake.consumer is not consumer:
-            intake = Intake.current = cls.kind(consumer, get_settings(), Recorder(consumer, get_settings()))
+            settings = get_settings()
+            intake = Intake.current = cls.kind(consumer, settings, Recorder(consumer, settings))
         return intake
 
     def run(self, received: list[Received]) -> None:

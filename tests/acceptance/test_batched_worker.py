@@ -168,17 +168,26 @@ def test_a_killed_worker_process_is_replaced_and_its_job_runs_again(batched, pro
 
 def test_cancelling_a_running_job_stops_its_body(batched, producer, clean, tmp_path: Path):
     gate = tmp_path / "gate"  # never opened: the body would wait a minute, and does not look
-    job = producer.submit("test.gate", {"path": str(gate), "seconds": 60})
-    deadline = time.monotonic() + 30
-    while not Path(f"{gate}.started").exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    job, _ = gate_running(producer, clean, gate)
     cancelled = run_jobs("cancel", str(job))
     assert cancelled.returncode == 0, cancelled.stderr
     batched.wait_log(
         "worker", f"job {job} test.gate attempt 1/3 on queue default cancelled while running", timeout=15
     )
     assert wait_for_state(clean, job)["state"] == "cancelled"
+
+
+def gate_running(producer: Any, clean: Settings, gate: Path) -> tuple[uuid.UUID, str]:
+    """Submit a ``test.gate`` body that waits for ``gate``, wait until it runs; its job and the
+    node the ledger names for it."""
+    job = producer.submit("test.gate", {"path": str(gate), "seconds": 60})
+    deadline = time.monotonic() + 30
+    while not Path(f"{gate}.started").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with db.transaction(clean) as conn:
+        node = conn.execute(sa.select(jobs.c.worker).where(jobs.c.id == job)).scalar_one()
+    return job, str(node)
 
 
 def busy_heartbeats(app: Any, node: str, seconds: float = 20.0) -> list[object]:
@@ -212,13 +221,7 @@ def test_a_busy_worker_process_answers_remote_control_and_sends_heartbeats(
         pytest.skip("-P batched only: with --batches the bodies run in pool processes, not the consumer's")
 
     gate = tmp_path / "gate"
-    job = producer.submit("test.gate", {"path": str(gate), "seconds": 60})
-    deadline = time.monotonic() + 30
-    while not Path(f"{gate}.started").exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    with db.transaction(clean) as conn:
-        node = conn.execute(sa.select(jobs.c.worker).where(jobs.c.id == job)).scalar_one()
+    job, node = gate_running(producer, clean, gate)
     app = Celery("operator", broker=clean.broker_url, set_as_current=False)
     revoked: list[Any] = []
     try:
@@ -279,13 +282,7 @@ def test_a_body_running_in_a_pool_process_is_listed_as_active(
     if profile != "pooled":
         pytest.skip("--batches only: -P batched lists its body from the process itself (above)")
     gate = tmp_path / "gate"
-    job = producer.submit("test.gate", {"path": str(gate), "seconds": 60})
-    deadline = time.monotonic() + 30
-    while not Path(f"{gate}.started").exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    with db.transaction(clean) as conn:
-        node = conn.execute(sa.select(jobs.c.worker).where(jobs.c.id == job)).scalar_one()
+    job, node = gate_running(producer, clean, gate)
     app = Celery("operator", broker=clean.broker_url, set_as_current=False)
     try:
         active = app.control.inspect(destination=[node], timeout=5).active() or {}

@@ -16,14 +16,20 @@ from jobs.settings import get_settings
 pytestmark = pytest.mark.unit
 
 
-def test_a_prefork_worker_never_batches_whatever_the_environment_says(monkeypatch):
-    seen: dict[str, Any] = {}
+@pytest.fixture
+def seen(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """What ``jobs worker`` would ``exec``: its argv and environment (nothing is started)."""
+    captured: dict[str, Any] = {}
 
     def exec_(argv: list[str], env: dict[str, str] | None = None) -> None:
-        seen.update(argv=argv, env=env)
+        captured.update(argv=argv, env=env)
         raise SystemExit(0)
 
     monkeypatch.setattr(processes, "_exec", exec_)
+    return captured
+
+
+def test_a_prefork_worker_never_batches_whatever_the_environment_says(monkeypatch, seen):
     monkeypatch.setenv("JOBS_WORKER_BATCHED", "1")  # as a stray .env line would
     result = CliRunner().invoke(cli, ["worker", "-c", "1", "-Q", "default"])
     assert result.exit_code == 0, result.output
@@ -31,14 +37,7 @@ def test_a_prefork_worker_never_batches_whatever_the_environment_says(monkeypatc
     assert seen["argv"][seen["argv"].index("-P") + 1] == "prefork"
 
 
-def test_batches_runs_a_prefork_worker_whose_pool_batches(monkeypatch):
-    seen: dict[str, Any] = {}
-
-    def exec_(argv: list[str], env: dict[str, str] | None = None) -> None:
-        seen.update(argv=argv, env=env)
-        raise SystemExit(0)
-
-    monkeypatch.setattr(processes, "_exec", exec_)
+def test_batches_runs_a_prefork_worker_whose_pool_batches(monkeypatch, seen):
     monkeypatch.delenv("REMAP_SIGTERM", raising=False)
     monkeypatch.setenv("JOBS_WORKER_POOL_BATCHES", "1")  # as a stray .env line would
     plain = CliRunner().invoke(cli, ["worker", "-c", "1", "-Q", "default"])
@@ -60,14 +59,7 @@ def test_batches_needs_the_prefork_pool(monkeypatch):
     assert "--batches needs -P prefork (got -P threads)" in result.output
 
 
-def test_batched_supervises_single_process_workers_that_batch(monkeypatch):
-    seen: dict[str, Any] = {}
-
-    def exec_(argv: list[str], env: dict[str, str] | None = None) -> None:
-        seen.update(argv=argv, env=env)
-        raise SystemExit(0)
-
-    monkeypatch.setattr(processes, "_exec", exec_)
+def test_batched_supervises_single_process_workers_that_batch(monkeypatch, seen):
     monkeypatch.delenv("REMAP_SIGTERM", raising=False)
     result = CliRunner().invoke(
         cli, ["worker", "-P", "batched", "-c", "3", "-Q", "default", "-n", "w@%h", "--without-gossip"]
